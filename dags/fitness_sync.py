@@ -1,0 +1,89 @@
+"""
+### fitness_sync
+
+Every hour, keeps a person's **Strava activities** in PostgreSQL (connection `fitness_db`).
+
+Each source is a task group: `extract` (API → `raw_record`), `transform` (→ staging; bad records
+→ `quarantine` with their reason), `load` (one-transaction upsert that writes only rows that really
+changed; what happened goes to `sync_run`). Sources are independent: one failing never stops another.
+
+The window is the run's data interval widened backwards by `lookback_hours` (param, default 72) so
+late uploads are caught. A manual run without a logical date takes the last full hour.
+
+Connections: `strava_default` (type `strava`), `fitness_db` (PostgreSQL). See the README.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+try:
+    from airflow.sdk import CronDataIntervalTimetable, Param, dag, task, task_group
+except ImportError:  # Airflow 2.10/2.11
+    from airflow.decorators import dag, task, task_group
+    from airflow.models.param import Param
+    from airflow.timetables.interval import CronDataIntervalTimetable
+
+DEFAULT_LOOKBACK_HOURS = 72
+
+
+@dag(
+    dag_id="fitness_sync",
+    # not "@hourly": on Airflow 3 that gives zero-length data intervals
+    schedule=CronDataIntervalTimetable("0 * * * *", timezone="UTC"),
+    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+    catchup=False,
+    max_active_runs=1,  # runs overlap by the lookback: in parallel they would fetch the same data
+    default_args={
+        "owner": "fitness",
+        "retries": 3,
+        "retry_delay": dt.timedelta(minutes=1),
+        "retry_exponential_backoff": True,
+        "max_retry_delay": dt.timedelta(minutes=30),
+        "execution_timeout": dt.timedelta(hours=2),
+    },
+    params={
+        "lookback_hours": Param(  # noqa: AIR311 - resolves to airflow.sdk.Param on Airflow 3
+            DEFAULT_LOOKBACK_HOURS, type="integer", minimum=0,
+            description="How far before the data interval to re-fetch (late uploads).",
+        ),
+    },
+    tags=["fitness", "strava"],
+    doc_md=__doc__,
+)
+def fitness_sync() -> None:
+    @task
+    def ensure_schema() -> dict[str, Any]:
+        from fitness_pipeline import tasks
+
+        return tasks.ensure_schema()
+
+    @task_group(group_id="strava")
+    def strava() -> None:
+        @task(task_id="extract")
+        def extract(params: dict[str, Any] | None = None, data_interval_start: dt.datetime | None = None,
+                    data_interval_end: dt.datetime | None = None, dag_run: Any = None) -> dict[str, Any]:
+            from fitness_pipeline import tasks
+
+            window = tasks.run_window(params, data_interval_start, data_interval_end, dag_run)
+            return tasks.extract_strava(dag_run.run_id, window)
+
+        @task(task_id="transform")
+        def transform(extracted: dict[str, Any]) -> dict[str, Any]:
+            from fitness_pipeline import tasks
+
+            return tasks.transform(extracted)
+
+        @task(task_id="load")
+        def load(transformed: dict[str, Any]) -> dict[str, Any]:
+            from fitness_pipeline import tasks
+
+            return tasks.load(transformed)
+
+        load(transform(extract()))
+
+    ensure_schema() >> strava()
+
+
+fitness_sync()

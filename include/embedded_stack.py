@@ -1,0 +1,92 @@
+"""The embedded defaults that stand in for a deployment: PostgreSQL from the ``pgserver``
+wheel and Airflow configured through environment variables.
+
+Used by ``make demo``, the tests and the benchmarks; nothing here is imported by the DAG.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class EmbeddedPostgres:
+    """A running PostgreSQL server on a Unix socket (``pgserver``)."""
+
+    server: Any
+    socket_dir: str
+    port: int
+
+    def connection(self, database: str = "postgres") -> dict[str, Any]:
+        """An Airflow Connection (JSON form) for ``database``."""
+        return {"conn_type": "postgres", "host": self.socket_dir, "port": self.port, "login": "postgres",
+                "schema": database}
+
+    def connection_env(self, database: str = "postgres") -> str:
+        return json.dumps(self.connection(database))
+
+    def dsn(self, database: str = "postgres") -> str:
+        return f"host={self.socket_dir} port={self.port} user=postgres dbname={database}"
+
+    def admin(self, sql: str) -> None:
+        """Run ``sql`` outside a transaction (CREATE/DROP DATABASE)."""
+        import psycopg
+
+        with psycopg.connect(self.dsn(), autocommit=True) as conn:
+            conn.execute(sql)
+
+    def stop(self) -> None:
+        """Stop the server now (and delete its data if it was started with ``keep=False``)."""
+        logging.getLogger("pgserver").setLevel(logging.WARNING)  # it logs from atexit otherwise
+        self.server.cleanup()
+
+    def create_database(self, name: str) -> None:
+        self.admin(f'CREATE DATABASE "{name}"')
+
+    def drop_database(self, name: str) -> None:
+        self.admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    def database_exists(self, name: str) -> bool:
+        import psycopg
+
+        with psycopg.connect(self.dsn(), autocommit=True) as conn:
+            return conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is not None
+
+
+def start_postgres(data_dir: Path, *, keep: bool = True) -> EmbeddedPostgres:
+    """Start (or reuse) the server whose data lives in ``data_dir``.
+
+    ``keep=False`` deletes the data when this process exits (tests); otherwise the server
+    stops at exit and the data stays for the next run (demo).
+    """
+    import pgserver
+
+    logging.getLogger("pgserver").setLevel(logging.WARNING)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    server = pgserver.get_server(data_dir, cleanup_mode="stop" if keep else "delete")
+    info = server.get_postmaster_info()
+    return EmbeddedPostgres(server=server, socket_dir=str(info.socket_dir), port=int(info.port or 5432))
+
+
+def airflow_env(home: Path) -> dict[str, str]:
+    """Environment variables that make a self-contained Airflow (SQLite metadata, no examples)."""
+    home.mkdir(parents=True, exist_ok=True)
+    return {
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+        "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "plugins"), str(REPO / "include"),
+                                                     os.environ.get("PYTHONPATH", "")])),
+    }

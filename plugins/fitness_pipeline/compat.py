@@ -1,0 +1,12 @@
+"""Imports that differ between Airflow 3 (``airflow.sdk``) and Airflow 2.10/2.11."""
+
+from __future__ import annotations
+
+try:
+    from airflow.sdk import BaseHook
+    from airflow.sdk.log import mask_secret
+except ImportError:  # Airflow 2
+    from airflow.hooks.base import BaseHook  # type: ignore[no-redef]
+    from airflow.utils.log.secrets_masker import mask_secret  # type: ignore[no-redef]
+
+__all__ = ["BaseHook", "mask_secret"]

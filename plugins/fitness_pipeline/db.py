@@ -1,0 +1,88 @@
+"""Database plumbing shared by the DDL, the loader and the token store.
+
+Everything here takes a DB-API connection from ``PostgresHook.get_conn()``: a
+psycopg 3 connection on Airflow 3, a psycopg2 one on Airflow 2. SQL is composed
+with SQLAlchemy Core and compiled for PostgreSQL; values always travel as bound
+parameters or through COPY, never inside the SQL text.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg
+
+# psycopg2's dialect compiles to the pyformat style (%(name)s), which both drivers accept.
+DIALECT = pg.psycopg2.dialect()
+
+
+def compile_sql(statement: sa.sql.ClauseElement) -> tuple[str, dict[str, Any]]:
+    """Compile a Core statement to (sql, params) for a DB-API cursor."""
+    compiled = statement.compile(dialect=DIALECT)
+    return str(compiled), dict(compiled.params)
+
+
+def execute(cursor: Any, statement: sa.sql.ClauseElement, params: Mapping[str, Any] | None = None) -> Any:
+    """Execute a Core statement; ``params`` override its bound values. Returns the cursor."""
+    sql, bound = compile_sql(statement)
+    bound.update(params or {})
+    cursor.execute(sql, bound)
+    return cursor
+
+
+@contextmanager
+def transaction(conn: Any) -> Iterator[Any]:
+    """One transaction on ``conn``: commit on success, roll back on any error. Yields a cursor."""
+    cursor = conn.cursor()
+    try:
+        yield cursor
+        conn.commit()
+    except BaseException:
+        conn.rollback()
+        raise
+    finally:
+        cursor.close()
+
+
+def is_psycopg3(conn: Any) -> bool:
+    return type(conn).__module__.startswith("psycopg.")
+
+
+def copy_rows(cursor: Any, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> int:
+    """COPY ``rows`` into ``table``; works on psycopg 3 and psycopg2. Returns the row count."""
+    quoted = ", ".join(DIALECT.identifier_preparer.quote(c) for c in columns)
+    sql = f"COPY {DIALECT.identifier_preparer.quote(table)} ({quoted}) FROM STDIN"
+    count = 0
+    if hasattr(cursor, "copy"):  # psycopg 3: rows are adapted in C
+        with cursor.copy(sql) as copy:
+            for row in rows:
+                copy.write_row(row)
+                count += 1
+        return count
+    buffer = io.StringIO()
+    for row in rows:
+        buffer.write("\t".join(_copy_text(value) for value in row))
+        buffer.write("\n")
+        count += 1
+    buffer.seek(0)
+    cursor.copy_expert(sql, buffer)
+    return count
+
+
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _copy_text(value: Any) -> str:
+    """One value in COPY's text format (for psycopg2, which has no row writer)."""
+    if value is None:
+        return "\\N"
+    if isinstance(value, bool):
+        return "t" if value else "f"
+    if isinstance(value, dt.datetime | dt.date | dt.time):
+        return value.isoformat()
+    return str(value).translate(_COPY_ESCAPES)

@@ -1,0 +1,135 @@
+"""Apply :mod:`fitness_pipeline.schema` to a database, idempotently.
+
+Creates missing tables and indexes, adds missing columns, and widens the seed
+article's column types in place (``varchar(50)`` names, ``timestamp`` instants,
+``bigint`` upload ids, float seconds) so an existing database keeps its data.
+Everything runs in one transaction under an advisory lock, so concurrent runs
+(a backfill) neither race nor see a half-made schema.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.schema import CreateColumn, CreateIndex, CreateTable
+
+from fitness_pipeline.db import DIALECT, transaction
+from fitness_pipeline.schema import metadata
+
+log = logging.getLogger(__name__)
+
+_LOCK_KEY = 0x66697473  # any constant: serializes schema changes across tasks
+
+# (existing udt_name, wanted udt_name) -> USING expression; {col} is the quoted column.
+_SAFE_CASTS = {
+    ("varchar", "text"): "{col}::text",
+    ("bpchar", "text"): "{col}::text",
+    ("int8", "numeric"): "{col}::numeric",
+    ("int4", "numeric"): "{col}::numeric",
+    ("int4", "int8"): "{col}::bigint",
+    ("float8", "int4"): "round({col})::integer",
+    ("float4", "int4"): "round({col})::integer",
+    # the seed stored UTC instants without a zone
+    ("timestamp", "timestamptz"): "{col} AT TIME ZONE 'UTC'",
+}
+
+
+@dataclass
+class SchemaChanges:
+    """What :func:`ensure_schema` did; empty when the schema was already current."""
+
+    created_tables: list[str] = field(default_factory=list)
+    added_columns: list[str] = field(default_factory=list)
+    altered_columns: list[str] = field(default_factory=list)
+    created_indexes: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.created_tables or self.added_columns or self.altered_columns or self.created_indexes)
+
+
+def ensure_schema(conn: Any, meta: sa.MetaData = metadata) -> SchemaChanges:
+    """Bring the database reached by DB-API ``conn`` up to ``meta``. Returns what changed."""
+    changes = SchemaChanges()
+    with transaction(conn) as cur:
+        cur.execute("SELECT pg_advisory_xact_lock(%(key)s)", {"key": _LOCK_KEY})
+        existing = _existing_columns(cur)
+        existing_indexes = _existing_indexes(cur)
+        for table in meta.sorted_tables:
+            if table.name not in existing:
+                cur.execute(str(CreateTable(table).compile(dialect=DIALECT)))
+                changes.created_tables.append(table.name)
+                for index in table.indexes:
+                    cur.execute(str(CreateIndex(index).compile(dialect=DIALECT)))
+                    changes.created_indexes.append(str(index.name))
+                continue
+            _upgrade_table(cur, table, existing[table.name], changes)
+            for index in table.indexes:
+                if index.name not in existing_indexes:
+                    cur.execute(str(CreateIndex(index).compile(dialect=DIALECT)))
+                    changes.created_indexes.append(str(index.name))
+    if changes:
+        log.info("Schema updated: %s", changes)
+    return changes
+
+
+def _upgrade_table(cur: Any, table: sa.Table, columns: dict[str, str], changes: SchemaChanges) -> None:
+    quote = DIALECT.identifier_preparer.quote
+    for column in table.columns:
+        if column.name not in columns:
+            if column.server_default is None and not column.nullable:
+                # existing rows have no value for it: added as nullable, old rows keep NULL
+                column = column._copy()
+                column.nullable = True
+            ddl = CreateColumn(column).compile(dialect=DIALECT)
+            cur.execute(f"ALTER TABLE {quote(table.name)} ADD COLUMN {ddl}")
+            changes.added_columns.append(f"{table.name}.{column.name}")
+            continue
+        have, want = columns[column.name], _udt_name(column)
+        if have == want:
+            continue
+        using = _SAFE_CASTS.get((have, want))
+        if using is None:
+            log.warning("Column %s.%s is %s, expected %s: left as it is (migrate it by hand)",
+                        table.name, column.name, have, want)
+            continue
+        col = quote(column.name)
+        cur.execute(
+            f"ALTER TABLE {quote(table.name)} ALTER COLUMN {col} TYPE "
+            f"{column.type.compile(dialect=DIALECT)} USING {using.format(col=col)}"
+        )
+        changes.altered_columns.append(f"{table.name}.{column.name}: {have} -> {want}")
+
+
+def _udt_name(column: sa.Column) -> str:
+    """PostgreSQL's internal name for the column's type, as information_schema reports it."""
+    compiled = column.type.compile(dialect=DIALECT).lower()
+    base = compiled.split("(")[0].strip()
+    return {
+        "bigint": "int8",
+        "integer": "int4",
+        "float": "float8",
+        "double precision": "float8",
+        "boolean": "bool",
+        "timestamp with time zone": "timestamptz",
+        "timestamp without time zone": "timestamp",
+        "varchar": "varchar",
+    }.get(base, base)
+
+
+def _existing_columns(cur: Any) -> dict[str, dict[str, str]]:
+    cur.execute(
+        "SELECT table_name, column_name, udt_name FROM information_schema.columns "
+        "WHERE table_schema = current_schema()"
+    )
+    tables: dict[str, dict[str, str]] = {}
+    for table_name, column_name, udt_name in cur.fetchall():
+        tables.setdefault(table_name, {})[column_name] = udt_name
+    return tables
+
+
+def _existing_indexes(cur: Any) -> set[str]:
+    cur.execute("SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()")
+    return {row[0] for row in cur.fetchall()}

@@ -1,0 +1,257 @@
+"""What the Strava and Fitbit (Google Health) hooks share: a ``requests`` session with
+``urllib3.Retry``, OAuth refresh-token handling through a :class:`TokenStore`, timeouts
+on every request, and nothing secret in any log."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any, ClassVar
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+from fitness_pipeline.compat import BaseHook, mask_secret
+from fitness_pipeline.tokens import MemoryTokenStore, PostgresTokenStore, TokenSet, TokenStore
+
+#: Where the token store lives unless the Connection's extra says otherwise.
+DEFAULT_TOKEN_STORE_CONN_ID = "fitness_db"
+
+
+class ApiError(RuntimeError):
+    """The API answered with an error that retrying the request will not fix."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class AuthorizationError(ApiError):
+    """The credentials were refused: a person has to act (see the message)."""
+
+
+class RateLimitError(ApiError):
+    """The rate limit resets too far ahead to wait inside this task; retry after ``retry_at``."""
+
+    def __init__(self, message: str, retry_at: dt.datetime) -> None:
+        super().__init__(message, status=429)
+        self.retry_at = retry_at
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    """Per-connection knobs, read from the Connection's extra (all optional)."""
+
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+    max_retries: int = 5
+    backoff_factor: float = 1.0
+    max_rate_limit_wait: float = 900.0
+    token_store_conn_id: str | None = DEFAULT_TOKEN_STORE_CONN_ID
+
+    @classmethod
+    def from_extra(cls, extra: Mapping[str, Any]) -> HttpSettings:
+        values: dict[str, Any] = {}
+        for name, default in cls.__dataclass_fields__.items():
+            if name in extra and extra[name] not in ("", None):
+                values[name] = type(default.default)(extra[name]) if default.default is not None else extra[name]
+        if extra.get("token_store_conn_id") in ("", "memory"):
+            values["token_store_conn_id"] = None
+        return cls(**values)
+
+    @property
+    def timeout(self) -> tuple[float, float]:
+        return (self.connect_timeout, self.read_timeout)
+
+
+class OAuthApiHook(BaseHook):
+    """Base for hooks whose Connection holds an OAuth client and a refresh token.
+
+    Connection: ``login`` = client id, ``password`` = client secret, ``host`` = the API root
+    (scheme included), extra ``refresh_token`` and optional ``token_url`` plus the
+    :class:`HttpSettings` fields.
+    """
+
+    default_host: ClassVar[str]
+    default_token_path: ClassVar[str]
+    #: refresh when the access token has less than this many seconds left
+    token_refresh_margin: ClassVar[float] = 300.0
+    #: HTTP statuses retried with exponential backoff and jitter
+    retry_statuses: ClassVar[frozenset[int]] = frozenset({500, 502, 503, 504})
+
+    def __init__(self, conn_id: str, *, token_store: TokenStore | None = None,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        super().__init__()
+        self.conn_id = conn_id
+        self._token_store = token_store
+        self._sleep = sleep
+        self._session: requests.Session | None = None
+
+    # --- configuration from the Connection ------------------------------------------------
+
+    @cached_property
+    def connection(self) -> Any:
+        return self.get_connection(self.conn_id)
+
+    @cached_property
+    def extra(self) -> dict[str, Any]:
+        return dict(self.connection.extra_dejson or {})
+
+    @cached_property
+    def settings(self) -> HttpSettings:
+        return HttpSettings.from_extra(self.extra)
+
+    @cached_property
+    def base_url(self) -> str:
+        host = (self.connection.host or "").strip().rstrip("/")
+        if not host:
+            return self.default_host
+        if "://" not in host:
+            host = f"{self.connection.schema or 'https'}://{host}"
+        if self.connection.port and host.count(":") < 2:
+            host = f"{host}:{self.connection.port}"
+        return host
+
+    @cached_property
+    def token_url(self) -> str:
+        return self.extra.get("token_url") or f"{self.base_url}{self.default_token_path}"
+
+    @cached_property
+    def token_store(self) -> TokenStore:
+        if self._token_store is not None:
+            return self._token_store
+        if self.settings.token_store_conn_id:
+            return PostgresTokenStore(self.settings.token_store_conn_id)
+        return MemoryTokenStore()
+
+    def _refresh_token_from_connection(self) -> str:
+        token = self.extra.get("refresh_token")
+        if not token:
+            raise AuthorizationError(
+                f"Connection {self.conn_id!r} has no refresh_token in its extra: authorize the app and add it."
+            )
+        mask_secret(token)
+        return str(token)
+
+    # --- HTTP ----------------------------------------------------------------------------
+
+    def get_conn(self) -> requests.Session:
+        """A ``requests.Session`` that retries connection errors, timeouts and 5xx with backoff."""
+        if self._session is None:
+            session = requests.Session()
+            retry = Retry(
+                total=self.settings.max_retries,
+                backoff_factor=self.settings.backoff_factor,
+                backoff_jitter=self.settings.backoff_factor,
+                backoff_max=60,
+                status_forcelist=self.retry_statuses,
+                allowed_methods=frozenset({"GET"}) | self.idempotent_posts(),
+                respect_retry_after_header=True,
+                raise_on_status=False,
+            )
+            session.mount("http://", HTTPAdapter(max_retries=retry))
+            session.mount("https://", HTTPAdapter(max_retries=retry))
+            session.headers["User-Agent"] = "fitness-pipeline (Apache Airflow)"
+            self._session = session
+        return self._session
+
+    def idempotent_posts(self) -> frozenset[str]:
+        """POSTs that only read (e.g. Google's rollups) may be retried like GETs."""
+        return frozenset()
+
+    def close(self) -> None:
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+
+    def access_token(self, *, force_refresh: bool = False) -> str:
+        """A valid access token, refreshed through the token store only when about to expire."""
+        key = f"{self.conn_type}:{self.conn_id}"
+        margin = float("inf") if force_refresh else self.token_refresh_margin
+        tokens = self.token_store.get_token(key, self._refresh_token_from_connection(), self._refresh, margin)
+        mask_secret(tokens.access_token)
+        return str(tokens.access_token)
+
+    def _refresh(self, refresh_token: str) -> TokenSet:
+        """Exchange ``refresh_token`` at the token endpoint. Only connection errors are retried:
+        a refresh that reached the server may already have rotated the token."""
+        session = requests.Session()
+        session.mount("http://", HTTPAdapter(max_retries=Retry(total=3, connect=3, read=0, status=0, other=0,
+                                                               backoff_factor=0.5, allowed_methods=None)))
+        session.mount("https://", session.get_adapter("http://"))
+        conn = self.connection
+        with session:
+            response = session.post(
+                self.token_url,
+                data={"client_id": conn.login, "client_secret": conn.password,
+                      "grant_type": "refresh_token", "refresh_token": refresh_token},
+                timeout=self.settings.timeout,
+            )
+        if response.status_code != 200:
+            raise self.token_error(response)
+        body = self.json_body(response)
+        tokens = self.parse_token_response(body, refresh_token)
+        mask_secret(tokens.access_token)
+        mask_secret(tokens.refresh_token)
+        self.log.info("Refreshed the access token of connection %r; it expires at %s", self.conn_id,
+                      tokens.expires_at)
+        return tokens
+
+    def request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        """Send an authorized request to ``base_url + path``; returns a successful response or raises."""
+        url = f"{self.base_url}{path}"
+        session = self.get_conn()
+        refreshed = False
+        while True:
+            self.before_request()
+            headers = {"Authorization": f"Bearer {self.access_token(force_refresh=refreshed)}"}
+            response = session.request(method, url, headers=headers, timeout=self.settings.timeout, **kwargs)
+            self.after_response(response)
+            if response.status_code == 401 and not refreshed:
+                # a token revoked early or a clock skew: one forced refresh, then give up
+                refreshed = True
+                continue
+            if response.status_code == 429:
+                self.wait_for_rate_limit(response)
+                continue
+            if response.status_code >= 400:
+                raise self.api_error(response)
+            return response
+
+    @staticmethod
+    def json_body(response: requests.Response) -> Any:
+        """The decoded JSON body; a clear error (without the body, which may hold personal data) otherwise."""
+        try:
+            return response.json()
+        except ValueError:
+            raise ApiError(
+                f"{response.request.method} {response.url.split('?')[0]} answered {response.status_code} with a body "
+                f"that is not valid JSON ({len(response.content)} bytes, "
+                f"content-type {response.headers.get('Content-Type')!r})",
+                status=response.status_code,
+            ) from None
+
+    # --- provider specifics --------------------------------------------------------------
+
+    def before_request(self) -> None:
+        """Called before every request (e.g. to wait out a rate limit already reached)."""
+
+    def after_response(self, response: requests.Response) -> None:
+        """Called after every response (e.g. to record rate-limit headers)."""
+
+    def wait_for_rate_limit(self, response: requests.Response) -> None:
+        """Sleep until a 429 is over, or raise :class:`RateLimitError`."""
+        raise RateLimitError(f"{self.conn_id}: rate limited", dt.datetime.now(dt.UTC))
+
+    def parse_token_response(self, body: Mapping[str, Any], refresh_token: str) -> TokenSet:
+        raise NotImplementedError
+
+    def token_error(self, response: requests.Response) -> ApiError:
+        raise NotImplementedError
+
+    def api_error(self, response: requests.Response) -> ApiError:
+        raise NotImplementedError

@@ -1,0 +1,209 @@
+"""Hook for the Strava API v3."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import requests
+
+from fitness_pipeline.hooks.base import ApiError, AuthorizationError, OAuthApiHook, RateLimitError
+from fitness_pipeline.tokens import TokenSet
+
+ACTIVITIES_PATH = "/api/v3/athlete/activities"
+MAX_PER_PAGE = 200
+DAY = 86_400
+
+
+@dataclass(frozen=True)
+class RateLimitUsage:
+    """One bucket of Strava's limits, as its headers say: ``"<15-min>,<daily>"``."""
+
+    bucket: str
+    window_limit: int
+    window_usage: int
+    daily_limit: int
+    daily_usage: int
+    window_index: int  # which window (since the epoch) the usage was read in
+    day_index: int
+
+    @classmethod
+    def from_headers(cls, headers: Mapping[str, str], prefix: str, bucket: str, now: float,
+                     window_seconds: int) -> RateLimitUsage | None:
+        try:
+            window_limit, daily_limit = (int(v) for v in headers[f"{prefix}-Limit"].split(","))
+            window_usage, daily_usage = (int(v) for v in headers[f"{prefix}-Usage"].split(","))
+        except (KeyError, ValueError):
+            return None
+        return cls(bucket, window_limit, window_usage, daily_limit, daily_usage,
+                   int(now // window_seconds), int(now // DAY))
+
+    def reset_at(self, now: float, window_seconds: int) -> float | None:
+        """When requests are allowed again (epoch seconds), or None when they are now."""
+        if self.day_index == int(now // DAY) and self.daily_usage >= self.daily_limit:
+            return (self.day_index + 1) * DAY
+        if self.window_index == int(now // window_seconds) and self.window_usage >= self.window_limit:
+            return (self.window_index + 1) * window_seconds
+        return None
+
+
+class StravaHook(OAuthApiHook):
+    """Read a Strava athlete's data through the API v3.
+
+    Connection (type ``strava``): ``login`` = client id, ``password`` = client secret,
+    extra ``refresh_token`` (with scope ``activity:read_all``); ``host`` = API root,
+    default ``https://www.strava.com`` (every path after it is the real API's, so any
+    faithful server can stand in). Optional extras: ``token_url`` (default
+    ``<host>/oauth/token``), ``rate_limit_window_seconds`` (900), ``max_rate_limit_wait``
+    (900 s: a longer wait fails the try so Airflow retries later), ``connect_timeout``,
+    ``read_timeout``, ``max_retries``, ``backoff_factor``, ``token_store_conn_id``
+    (``fitness_db``; ``memory`` keeps tokens in the process only).
+    """
+
+    conn_name_attr = "strava_conn_id"
+    default_conn_name = "strava_default"
+    conn_type = "strava"
+    hook_name = "Strava"
+
+    default_host: ClassVar[str] = "https://www.strava.com"
+    default_token_path: ClassVar[str] = "/oauth/token"
+
+    def __init__(self, strava_conn_id: str = default_conn_name, **kwargs: Any) -> None:
+        super().__init__(strava_conn_id, **kwargs)
+        self.strava_conn_id = strava_conn_id
+        self._usage: dict[str, RateLimitUsage] = {}
+        self._clock = time.time
+
+    @property
+    def window_seconds(self) -> int:
+        return int(self.extra.get("rate_limit_window_seconds") or 900)
+
+    # --- data ------------------------------------------------------------------------------
+
+    def iter_activity_pages(self, after: dt.datetime, before: dt.datetime,
+                            per_page: int = MAX_PER_PAGE) -> Iterator[list[dict[str, Any]]]:
+        """Yield pages of SummaryActivity dicts that started in ``(after, before)``.
+
+        Pages until an empty page: Strava may return short pages before the end.
+        """
+        page = 1
+        while True:
+            params = {"after": _epoch(after), "before": _epoch(before), "page": page, "per_page": per_page}
+            activities = self.json_body(self.request("GET", ACTIVITIES_PATH, params=params))
+            if not isinstance(activities, list):
+                raise ApiError(f"{ACTIVITIES_PATH} answered a JSON {type(activities).__name__}, expected a list")
+            if not activities:
+                return
+            yield activities
+            page += 1
+
+    def list_activities(self, after: dt.datetime, before: dt.datetime) -> list[dict[str, Any]]:
+        """All SummaryActivity dicts that started in ``(after, before)``, as a list."""
+        return [activity for page in self.iter_activity_pages(after, before) for activity in page]
+
+    # --- tokens ------------------------------------------------------------------------------
+
+    def parse_token_response(self, body: Mapping[str, Any], refresh_token: str) -> TokenSet:
+        try:
+            expires_at = dt.datetime.fromtimestamp(int(body["expires_at"]), dt.UTC)
+            return TokenSet(str(body["access_token"]), str(body.get("refresh_token") or refresh_token), expires_at)
+        except (KeyError, TypeError, ValueError):
+            raise ApiError("Strava's token endpoint answered without access_token/expires_at") from None
+
+    def token_error(self, response: requests.Response) -> ApiError:
+        fields = _error_fields(response)
+        if response.status_code == 400 and "refresh_token" in fields:
+            return AuthorizationError(
+                f"Strava refused the refresh token of connection {self.conn_id!r} (revoked, or replaced by a newer "
+                "one that was not saved). Authorize the app again and put the new refresh token in the "
+                "Connection's extra.", status=400)
+        if "client_id" in fields or "client_secret" in fields or response.status_code == 401:
+            return AuthorizationError(
+                f"Strava refused the client id/secret of connection {self.conn_id!r}: check login and password "
+                "against your API application's settings.", status=response.status_code)
+        return ApiError(f"Strava's token endpoint answered {response.status_code} {_summary(response)}",
+                        status=response.status_code)
+
+    def api_error(self, response: requests.Response) -> ApiError:
+        fields = _error_fields(response)
+        if response.status_code == 401 and "activity:read_permission" in fields:
+            return AuthorizationError(
+                "The Strava token lacks the activity:read scope: authorize again with scope "
+                "read,activity:read_all (the athlete must leave both boxes ticked).", status=401)
+        if response.status_code == 401:
+            return AuthorizationError(
+                f"Strava refused the access token of connection {self.conn_id!r} even after a refresh: "
+                "the athlete may have revoked access; authorize the app again.", status=401)
+        return ApiError(f"Strava answered {response.status_code} {_summary(response)} for "
+                        f"{response.request.method} {response.url.split('?')[0]}", status=response.status_code)
+
+    # --- rate limits ------------------------------------------------------------------------
+
+    def after_response(self, response: requests.Response) -> None:
+        now = self._clock()
+        for prefix, bucket in (("X-ReadRateLimit", "read"), ("X-RateLimit", "overall")):
+            usage = RateLimitUsage.from_headers(response.headers, prefix, bucket, now, self.window_seconds)
+            if usage:
+                self._usage[bucket] = usage
+
+    def before_request(self) -> None:
+        """Wait out a limit the last response already showed as reached: no request is wasted on a 429."""
+        self._wait_for_reset(reason="reached")
+
+    def wait_for_rate_limit(self, response: requests.Response) -> None:
+        if not self._wait_for_reset(reason="exceeded"):
+            # a 429 without usable headers: assume the short window and wait for the next one
+            now = self._clock()
+            self._pause_until((now // self.window_seconds + 1) * self.window_seconds, "an unknown bucket", now)
+
+    def _wait_for_reset(self, reason: str) -> bool:
+        now = self._clock()
+        resets = [(usage.reset_at(now, self.window_seconds), usage) for usage in self._usage.values()]
+        resets = [(at, usage) for at, usage in resets if at is not None]
+        if not resets:
+            return False
+        reset_at, usage = max(resets, key=lambda pair: pair[0])
+        what = (f"the {usage.bucket} limit {reason} ({usage.window_usage}/{usage.window_limit} this window, "
+                f"{usage.daily_usage}/{usage.daily_limit} today)")
+        self._pause_until(reset_at, what, now)
+        return True
+
+    def _pause_until(self, reset_at: float, what: str, now: float) -> None:
+        wait = max(0.0, reset_at - now)
+        when = dt.datetime.fromtimestamp(reset_at, dt.UTC)
+        if wait > self.settings.max_rate_limit_wait:
+            raise RateLimitError(
+                f"Strava rate limit: {what}; it resets at {when:%Y-%m-%d %H:%M:%S} UTC, {math.ceil(wait)} s away, "
+                f"more than max_rate_limit_wait={self.settings.max_rate_limit_wait:g} s. Failing this try so "
+                "Airflow retries later.", retry_at=when)
+        self.log.warning("Strava rate limit: %s; waiting %.0f s until %s UTC", what, wait, f"{when:%H:%M:%S}")
+        self._sleep(wait + 0.5)  # half a second past the boundary: clocks differ a little
+        self._usage.clear()
+
+
+def _epoch(value: dt.datetime) -> int:
+    if value.tzinfo is None:
+        raise ValueError("Strava windows need aware datetimes (UTC)")
+    return int(value.timestamp())
+
+
+def _error_fields(response: requests.Response) -> set[str]:
+    try:
+        errors = response.json().get("errors") or []
+    except (ValueError, AttributeError):
+        return set()
+    return {str(e.get("field")) for e in errors if isinstance(e, dict)}
+
+
+def _summary(response: requests.Response) -> str:
+    """Strava's error message and codes: they hold no personal data, unlike bodies in general."""
+    try:
+        body = response.json()
+        errors = ", ".join(f"{e.get('resource')}.{e.get('field')}: {e.get('code')}" for e in body.get("errors") or [])
+        return f"({body.get('message')}{'; ' + errors if errors else ''})"
+    except (ValueError, AttributeError):
+        return f"({response.reason})"

@@ -1,0 +1,148 @@
+"""The one definition of the fitness database (SQLAlchemy Core).
+
+The DDL (:mod:`fitness_pipeline.ddl`), the loader and the tests all read these
+``Table`` objects. Column names of ``strava_activity`` are the ones the seed
+article's users already query; their types are fixed here (text names of any
+length, ``timestamptz`` UTC instants, numeric ``upload_id``, integer seconds).
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg
+
+metadata = sa.MetaData()
+
+#: Columns every loaded table gets; the loader sets them, never the caller.
+FIRST_SEEN = "first_seen"
+LAST_TIME = "last_time"
+MANAGED_COLUMNS = frozenset({FIRST_SEEN, LAST_TIME})
+
+
+def _managed_columns() -> list[sa.Column]:
+    return [
+        sa.Column(FIRST_SEEN, sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now(),
+                  comment="when this row was first loaded"),
+        sa.Column(LAST_TIME, sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now(),
+                  comment="when this row was last inserted or really changed (the seed's column)"),
+    ]
+
+
+strava_activity = sa.Table(
+    "strava_activity",
+    metadata,
+    sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=False, comment="Strava activity id"),
+    sa.Column("owner", sa.BigInteger, comment="athlete.id"),
+    sa.Column("activity_type", sa.Text, comment="Strava's deprecated `type`"),
+    sa.Column("sport_type", sa.Text, comment="Strava's `sport_type`; new values pass through unchanged"),
+    sa.Column("name", sa.Text),
+    sa.Column("distance", sa.Float, comment="metres"),
+    sa.Column("moving_time", sa.Integer, comment="seconds"),
+    sa.Column("elapsed_time", sa.Integer, comment="seconds"),
+    sa.Column("total_elevation_gain", sa.Float, comment="metres"),
+    sa.Column("average_speed", sa.Float, comment="m/s"),
+    sa.Column("max_speed", sa.Float, comment="m/s"),
+    sa.Column("average_cadence", sa.Float),
+    sa.Column("average_heartrate", sa.Float, comment="bpm; null without a heart-rate sensor"),
+    sa.Column("max_heartrate", sa.Float, comment="bpm; null without a heart-rate sensor"),
+    sa.Column("average_watts", sa.Float),
+    sa.Column("kilojoules", sa.Float),
+    sa.Column("start_date", sa.DateTime(timezone=True), nullable=False, comment="UTC instant"),
+    sa.Column("start_date_local", sa.DateTime(timezone=False),
+              comment="athlete's wall-clock time, not shifted (Strava writes it with a misleading Z)"),
+    sa.Column("timezone", sa.Text, comment='e.g. "(GMT-08:00) America/Los_Angeles"'),
+    sa.Column("utc_offset", sa.Float, comment="seconds east of UTC at start"),
+    sa.Column("upload_id", sa.Numeric(30, 0), comment="numeric: real values overflow BIGINT"),
+    sa.Column("external_id", sa.Text),
+    sa.Column("device_name", sa.Text),
+    sa.Column("gear_id", sa.Text),
+    sa.Column("manual", sa.Boolean),
+    sa.Column("private", sa.Boolean),
+    sa.Column("visibility", sa.Text),
+    sa.Column("trainer", sa.Boolean),
+    sa.Column("commute", sa.Boolean),
+    sa.Column("workout_type", sa.Integer),
+    sa.Column("raw", pg.JSONB, nullable=False, comment="the SummaryActivity exactly as the API sent it"),
+    *_managed_columns(),
+    sa.Index("ix_strava_activity_start_date", "start_date"),
+    sa.Index("ix_strava_activity_owner_start_date", "owner", "start_date"),
+    comment="Strava activities (SummaryActivity), one row per activity id",
+)
+
+quarantine = sa.Table(
+    "quarantine",
+    metadata,
+    sa.Column("source", sa.Text, primary_key=True, comment="e.g. strava_activity"),
+    sa.Column("record_key", sa.Text, primary_key=True, comment="the record's id, or a hash when it has none"),
+    sa.Column("reason", sa.Text, nullable=False),
+    # text, not jsonb: jsonb rejects some payloads (\u0000) that we must still keep
+    sa.Column("payload", sa.Text, nullable=False),
+    sa.Column("first_seen", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("last_seen", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("times_seen", sa.Integer, nullable=False, server_default="1"),
+    comment="records that could not be loaded, with the reason; removed once a valid version loads",
+)
+
+oauth_token = sa.Table(
+    "oauth_token",
+    metadata,
+    sa.Column("token_key", sa.Text, primary_key=True, comment="<conn_type>:<conn_id>"),
+    sa.Column("refresh_token", sa.Text, nullable=False),
+    sa.Column("access_token", sa.Text),
+    sa.Column("expires_at", sa.DateTime(timezone=True)),
+    sa.Column("seed_fingerprint", sa.Text, nullable=False,
+              comment="sha256 of the Connection's refresh token this row started from"),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    comment="newest OAuth tokens per connection; rows are locked while refreshing",
+)
+
+sync_run = sa.Table(
+    "sync_run",
+    metadata,
+    sa.Column("batch_id", sa.Text, primary_key=True, comment="<dag run id>/<source>"),
+    sa.Column("source", sa.Text, nullable=False),
+    sa.Column("window_start", sa.DateTime(timezone=True)),
+    sa.Column("window_end", sa.DateTime(timezone=True)),
+    sa.Column("extracted", sa.Integer, nullable=False),
+    sa.Column("quarantined", sa.Integer, nullable=False),
+    sa.Column("inserted", sa.Integer, nullable=False),
+    sa.Column("updated", sa.Integer, nullable=False),
+    sa.Column("unchanged", sa.Integer, nullable=False),
+    sa.Column("finished_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    comment="one row per loaded batch: what each run did",
+)
+
+raw_record = sa.Table(
+    "raw_record",
+    metadata,
+    sa.Column("batch_id", sa.Text, primary_key=True),
+    sa.Column("seq", sa.Integer, primary_key=True),
+    sa.Column("payload", sa.Text, nullable=False, comment="one API record as JSON text"),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    comment="landing area between extract and transform; emptied by load",
+)
+
+
+def staging_table_for(target: sa.Table) -> sa.Table:
+    """The staging table between transform and load: the target's data columns plus the batch."""
+    columns = [sa.Column("batch_id", sa.Text, nullable=False), sa.Column("seq", sa.Integer, nullable=False)]
+    columns += [sa.Column(c.name, c.type) for c in data_columns(target)]
+    columns.append(sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()))
+    return sa.Table(
+        f"stage_{target.name}",
+        metadata,
+        *columns,
+        sa.PrimaryKeyConstraint("batch_id", "seq"),
+        comment=f"rows for {target.name} waiting to be loaded; emptied by load",
+    )
+
+
+def data_columns(table: sa.Table) -> list[sa.Column]:
+    """The columns a transform fills (everything but the loader-managed timestamps)."""
+    return [c for c in table.columns if c.name not in MANAGED_COLUMNS]
+
+
+stage_strava_activity = staging_table_for(strava_activity)
+
+#: Loaded tables and their staging tables; the DAG and the loader look sources up here.
+STAGING = {strava_activity.name: stage_strava_activity}

@@ -1,0 +1,180 @@
+"""The bodies of the ``fitness_sync`` DAG's tasks, kept out of the DAG file so it parses fast.
+
+Data moves between tasks through the fitness database, never through XCom:
+extract lands raw API records in ``raw_record``; transform turns them into rows in
+the source's staging table (bad records to ``quarantine``); load merges the staged
+rows into the target in one transaction and records the run in ``sync_run``. Each
+task returns a small dict of counts and keys (the XCom). Every step can be retried:
+it first removes what an earlier try of the same batch left behind.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import closing
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg
+
+from fitness_pipeline.db import copy_rows, execute, transaction
+from fitness_pipeline.schema import STAGING, raw_record, strava_activity, sync_run
+from fitness_pipeline.transform import Row, strava_activity_row, transform_batch
+from fitness_pipeline.windows import Window, extraction_window
+
+log = logging.getLogger(__name__)
+
+FITNESS_DB_CONN_ID = "fitness_db"
+STRAVA_CONN_ID = "strava_default"
+#: raw and staged rows of batches that never finished are removed after this long
+STALE_AFTER = dt.timedelta(days=7)
+_READ_CHUNK = 5000
+
+
+@dataclass(frozen=True)
+class Source:
+    """A loaded table and how its rows are made from one API record."""
+
+    name: str
+    target: sa.Table
+    to_row: Callable[[Any], Row]
+
+    @property
+    def staging(self) -> sa.Table:
+        return STAGING[self.target.name]
+
+
+SOURCES = {source.name: source for source in (
+    Source("strava_activity", strava_activity, strava_activity_row),
+)}
+
+
+def connect(conn_id: str = FITNESS_DB_CONN_ID) -> Any:
+    """A DB-API connection to the fitness database through ``PostgresHook``."""
+    from airflow.providers.postgres.hooks.postgres import PostgresHook
+
+    return PostgresHook(postgres_conn_id=conn_id).get_conn()
+
+
+def run_window(params: dict[str, Any] | None, data_interval_start: dt.datetime | None,
+               data_interval_end: dt.datetime | None, dag_run: Any) -> Window:
+    """The extraction window of the current run (see :func:`extraction_window`)."""
+    lookback = dt.timedelta(hours=float((params or {}).get("lookback_hours", 0)))
+    run_after = getattr(dag_run, "run_after", None) or getattr(dag_run, "execution_date", None)
+    return extraction_window(data_interval_start, data_interval_end, run_after, lookback)
+
+
+def batch_id(run_id: str, source: str) -> str:
+    return f"{run_id}/{source}"
+
+
+# --- ensure_schema -------------------------------------------------------------------------
+
+
+def ensure_schema(conn_id: str = FITNESS_DB_CONN_ID) -> dict[str, Any]:
+    """Create or upgrade the tables, and clear landing/staging rows of long-dead batches."""
+    from fitness_pipeline.ddl import ensure_schema as apply_schema
+
+    with closing(connect(conn_id)) as conn:
+        changes = apply_schema(conn)
+        with transaction(conn) as cur:
+            cutoff = sa.func.now() - STALE_AFTER
+            for table in (raw_record, *STAGING.values()):
+                execute(cur, sa.delete(table).where(table.c.created_at < cutoff))
+    return {"created_tables": changes.created_tables, "added_columns": changes.added_columns,
+            "altered_columns": changes.altered_columns}
+
+
+# --- extract -------------------------------------------------------------------------------
+
+
+def land_records(cur: Any, batch: str, pages: Iterable[list[Any]]) -> int:
+    """Replace the batch's landed records with ``pages``, page by page. Returns the record count."""
+    execute(cur, sa.delete(raw_record).where(raw_record.c.batch_id == batch))
+    count = 0
+    for page in pages:
+        # ensure_ascii: any odd string (a lone surrogate) survives landing and is judged by transform
+        rows = ((batch, count + i, json.dumps(record)) for i, record in enumerate(page))
+        count += copy_rows(cur, raw_record.name, ["batch_id", "seq", "payload"], rows)
+    return count
+
+
+def extract_strava(run_id: str, window: Window, strava_conn_id: str = STRAVA_CONN_ID,
+                   db_conn_id: str = FITNESS_DB_CONN_ID) -> dict[str, Any]:
+    """Land every activity that started inside ``window``."""
+    from fitness_pipeline.hooks.strava import StravaHook
+
+    batch = batch_id(run_id, "strava_activity")
+    hook = StravaHook(strava_conn_id)
+    try:
+        with closing(connect(db_conn_id)) as conn, transaction(conn) as cur:
+            count = land_records(cur, batch, hook.iter_activity_pages(window.start, window.end))
+    finally:
+        hook.close()
+    log.info("strava_activity: landed %d activities that started in [%s, %s)", count, window.start, window.end)
+    return {"batch_id": batch, "source": "strava_activity", "extracted": count, "window": window.as_dict()}
+
+
+# --- transform -----------------------------------------------------------------------------
+
+
+def transform(extracted: dict[str, Any], db_conn_id: str = FITNESS_DB_CONN_ID) -> dict[str, Any]:
+    """Turn the batch's landed records into staged rows; quarantine the ones that cannot load."""
+    from fitness_pipeline.loader import quarantine_records, stage_rows
+
+    source = SOURCES[extracted["source"]]
+    batch = extracted["batch_id"]
+    staged = rejected = 0
+    with closing(connect(db_conn_id)) as conn, transaction(conn) as cur:
+        execute(cur, sa.delete(source.staging).where(source.staging.c.batch_id == batch))
+        for payloads in _landed_chunks(conn, batch):
+            result = transform_batch((json.loads(p) for p in payloads), source.to_row)
+            staged += stage_rows(cur, source.target, batch, result.rows, start_seq=staged)
+            rejected += quarantine_records(cur, source.name, result.rejected)
+    if rejected:
+        log.warning("%s: %d records quarantined (see table quarantine)", source.name, rejected)
+    log.info("%s: %d rows staged", source.name, staged)
+    return {**extracted, "staged": staged, "quarantined": rejected}
+
+
+def _landed_chunks(conn: Any, batch: str) -> Iterator[list[str]]:
+    """The batch's landed payloads in order, a chunk at a time (server-side cursor: lean memory)."""
+    with closing(conn.cursor("landed_records")) as cur:
+        execute(cur, sa.select(raw_record.c.payload).where(raw_record.c.batch_id == batch)
+                .order_by(raw_record.c.seq))
+        while chunk := cur.fetchmany(_READ_CHUNK):
+            yield [row[0] for row in chunk]
+
+
+# --- load ----------------------------------------------------------------------------------
+
+
+def load(transformed: dict[str, Any], db_conn_id: str = FITNESS_DB_CONN_ID) -> dict[str, Any]:
+    """Merge the staged batch into its table and record the run, in one transaction."""
+    from fitness_pipeline.loader import delete_staged, merge_staged, release_quarantined
+
+    source = SOURCES[transformed["source"]]
+    batch = transformed["batch_id"]
+    with closing(connect(db_conn_id)) as conn, transaction(conn) as cur:
+        counts = merge_staged(cur, source.target, batch)
+        release_quarantined(cur, source.name, source.target, source.staging, batch)
+        delete_staged(cur, source.staging, batch)
+        execute(cur, sa.delete(raw_record).where(raw_record.c.batch_id == batch))
+        window = transformed.get("window") or {}
+        record = {
+            "batch_id": batch, "source": source.name,
+            "window_start": window.get("start"), "window_end": window.get("end"),
+            "extracted": transformed["extracted"], "quarantined": transformed["quarantined"],
+            **counts.as_dict(),
+        }
+        insert = pg.insert(sync_run).values(**record)
+        execute(cur, insert.on_conflict_do_update(
+            index_elements=[sync_run.c.batch_id],
+            set_={**{k: insert.excluded[k] for k in record if k != "batch_id"}, "finished_at": sa.func.now()}))
+    log.info("%s: %d inserted, %d updated, %d unchanged, %d quarantined", source.name, counts.inserted,
+             counts.updated, counts.unchanged, transformed["quarantined"])
+    return {"source": source.name, "batch_id": batch, "quarantined": transformed["quarantined"], **counts.as_dict()}

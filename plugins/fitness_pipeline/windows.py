@@ -1,0 +1,51 @@
+"""Which stretch of time a run fetches: a pure function of the run, never of "now"."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+HOUR = dt.timedelta(hours=1)
+
+
+@dataclass(frozen=True)
+class Window:
+    """A closed-open UTC interval ``[start, end)``."""
+
+    start: dt.datetime
+    end: dt.datetime
+
+    def as_dict(self) -> dict[str, str]:
+        return {"start": self.start.isoformat(), "end": self.end.isoformat()}
+
+
+def extraction_window(
+    data_interval_start: dt.datetime | None,
+    data_interval_end: dt.datetime | None,
+    run_after: dt.datetime | None,
+    lookback: dt.timedelta,
+) -> Window:
+    """The run's data interval widened backwards by ``lookback`` (late uploads land inside it).
+
+    A run without a data interval (Airflow 3's manual trigger without a logical date) takes
+    the last full hour before ``run_after``, so a re-run of it fetches the same window.
+    """
+    if lookback < dt.timedelta(0):
+        raise ValueError("lookback must not be negative")
+    if data_interval_start is not None and data_interval_end is not None and data_interval_end > data_interval_start:
+        start, end = _utc(data_interval_start), _utc(data_interval_end)
+    else:
+        anchor = _utc(run_after or data_interval_end or data_interval_start or _missing())
+        end = anchor.replace(minute=0, second=0, microsecond=0)
+        start = end - HOUR
+    return Window(start - lookback, end)
+
+
+def _utc(value: dt.datetime) -> dt.datetime:
+    if value.tzinfo is None:
+        raise ValueError("run dates must be time-zone aware")
+    return value.astimezone(dt.UTC)
+
+
+def _missing() -> dt.datetime:
+    raise ValueError("the run has neither a data interval nor a run_after date")

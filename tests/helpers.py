@@ -1,0 +1,14 @@
+"""Small helpers shared by the tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def query(conn: Any, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
+    """Run a read-only query in its own transaction and return all rows."""
+    with conn.cursor() as cur:
+        cur.execute(sql, params)
+        rows = cur.fetchall()
+    conn.rollback()
+    return rows

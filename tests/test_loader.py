@@ -1,0 +1,143 @@
+"""Schema and loader on a real PostgreSQL."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from typing import Any
+
+import psycopg2
+import pytest
+
+from fitness_pipeline.ddl import ensure_schema
+from fitness_pipeline.db import transaction
+from fitness_pipeline.loader import UpsertCounts, quarantine_records, upsert_rows
+from fitness_pipeline.schema import metadata, strava_activity
+from fitness_pipeline.transform import Rejected, strava_activity_row
+from tests.helpers import query
+from tests.test_transform import activity
+
+
+def rows(*ids: int, **changes: Any) -> list[dict[str, Any]]:
+    return [strava_activity_row(activity(id=i, **changes)) for i in ids]
+
+
+def upsert(conn: Any, batch: list[dict[str, Any]]) -> UpsertCounts:
+    with transaction(conn) as cur:
+        return upsert_rows(cur, strava_activity, batch)
+
+
+def tuple_stats(conn: Any) -> tuple[int, int]:
+    """(inserted, updated) tuples written to strava_activity, from the statistics collector."""
+    query(conn, "SELECT pg_stat_force_next_flush()")
+    return query(conn, "SELECT n_tup_ins, n_tup_upd FROM pg_stat_user_tables WHERE relname = 'strava_activity'")[0]
+
+
+def snapshot(conn: Any) -> list[tuple[Any, ...]]:
+    return query(conn, "SELECT id, xmin::text, name, distance, last_time, raw FROM strava_activity ORDER BY id")
+
+
+def test_schema_is_created_once_and_idempotent(db_conn: Any) -> None:
+    changes = ensure_schema(db_conn)
+    assert set(changes.created_tables) == set(metadata.tables)
+    assert not ensure_schema(db_conn)
+    types = dict(query(db_conn, "SELECT column_name, data_type FROM information_schema.columns "
+                                "WHERE table_name = 'strava_activity'"))
+    assert types["name"] == "text"
+    assert types["start_date"] == "timestamp with time zone"
+    assert types["start_date_local"] == "timestamp without time zone"
+    assert types["upload_id"] == "numeric"
+    assert types["raw"] == "jsonb"
+
+
+def test_insert_update_unchanged_counts_and_no_tuple_written(schema: Any) -> None:
+    assert upsert(schema, rows(1, 2, 3)) == UpsertCounts(inserted=3, updated=0, unchanged=0)
+    before = snapshot(schema)
+    ins_before, upd_before = tuple_stats(schema)
+
+    assert upsert(schema, rows(1, 2, 3)) == UpsertCounts(inserted=0, updated=0, unchanged=3)
+    assert snapshot(schema) == before  # same xmin and last_time: no new tuple
+    assert tuple_stats(schema) == (ins_before, upd_before)
+
+    changed = rows(1, 2) + rows(3, name="Renamed") + rows(4)
+    assert upsert(schema, changed) == UpsertCounts(inserted=1, updated=1, unchanged=2)
+    after = {r[0]: r for r in snapshot(schema)}
+    old = {r[0]: r for r in before}
+    assert after[3][2] == "Renamed" and after[3][4] > old[3][4]  # last_time moved for the change only
+    assert after[1] == old[1] and after[2] == old[2]
+    assert tuple_stats(schema) == (ins_before + 1, upd_before + 1)
+
+
+def test_duplicates_in_one_batch_last_one_wins(schema: Any) -> None:
+    batch = rows(7, name="first") + rows(7, name="second")
+    assert upsert(schema, batch) == UpsertCounts(inserted=1, updated=0, unchanged=0)
+    assert query(schema, "SELECT name FROM strava_activity") == [("second",)]
+
+
+def test_values_round_trip(schema: Any) -> None:
+    upsert(schema, rows(5))
+    (upload_id, start, local, raw), = query(
+        schema, "SELECT upload_id, start_date, start_date_local, raw FROM strava_activity")
+    assert upload_id == Decimal("987654321234567891234")
+    assert start == dt.datetime(2018, 5, 2, 12, 15, 9, tzinfo=dt.UTC)
+    assert local == dt.datetime(2018, 5, 2, 5, 15, 9)
+    assert raw["upload_id"] == 987654321234567891234
+
+
+def test_failed_load_leaves_the_table_as_it_was(schema: Any) -> None:
+    upsert(schema, rows(1, 2))
+    before = snapshot(schema)
+    bad = rows(1, name="changed") + rows(9)
+    bad[-1]["start_date"] = None  # NOT NULL: the statement fails after row 1 was updated
+    with pytest.raises(Exception, match="start_date"):
+        upsert(schema, bad)
+    assert snapshot(schema) == before
+
+
+def test_psycopg2_copy_path(postgres: Any, schema: Any, fitness_db: str) -> None:
+    """Airflow 2's PostgresHook hands out psycopg2 connections: the loader must work on both."""
+    conn = psycopg2.connect(postgres.dsn(fitness_db))
+    try:
+        tricky = rows(11, name="tab\there, newline\nand back\\slash", external_id=None)
+        assert upsert(conn, tricky + rows(12)) == UpsertCounts(inserted=2)
+        assert upsert(conn, tricky + rows(12)) == UpsertCounts(unchanged=2)
+    finally:
+        conn.close()
+    assert query(schema, "SELECT name FROM strava_activity WHERE id = 11") == [
+        ("tab\there, newline\nand back\\slash",)]
+
+
+def test_quarantine_keeps_reason_and_counts_sightings(schema: Any) -> None:
+    rejected = [Rejected("42", "start_date is missing", '{"id": 42, "name": "nul \\u0000"}')]
+    with transaction(schema) as cur:
+        quarantine_records(cur, "strava_activity", rejected)
+    with transaction(schema) as cur:
+        quarantine_records(cur, "strava_activity", rejected)
+    assert query(schema, "SELECT record_key, reason, times_seen, payload FROM quarantine") == [
+        ("42", "start_date is missing", 2, '{"id": 42, "name": "nul \\u0000"}')]
+
+
+SEED_DDL = """
+CREATE TABLE strava_activity (
+    id BIGINT PRIMARY KEY, owner INTEGER, activity_type VARCHAR(50), distance FLOAT, elapsed_time FLOAT,
+    average_speed FLOAT, average_cadence FLOAT, average_heartrate FLOAT, name VARCHAR(50), utc_offset FLOAT,
+    max_speed FLOAT, max_heartrate FLOAT, total_elevation_gain FLOAT, upload_id BIGINT, moving_time FLOAT,
+    start_date TIMESTAMP, start_date_local TIMESTAMP, last_time TIMESTAMP DEFAULT now());
+INSERT INTO strava_activity (id, owner, activity_type, distance, elapsed_time, name, moving_time, start_date,
+    start_date_local, upload_id)
+VALUES (1, 134815, 'Run', 5000, 1800.4, 'Seed run', 1700, '2020-01-01 08:00:00', '2020-01-01 09:00:00', 12);
+"""
+
+
+def test_seed_article_tables_are_upgraded_in_place(db_conn: Any) -> None:
+    with transaction(db_conn) as cur:
+        cur.execute(SEED_DDL)
+    changes = ensure_schema(db_conn)
+    assert "strava_activity.name: varchar -> text" in changes.altered_columns
+    assert "strava_activity.start_date: timestamp -> timestamptz" in changes.altered_columns
+    assert "strava_activity.raw" in changes.added_columns
+    (name, start, elapsed, upload_id), = query(
+        db_conn, "SELECT name, start_date, elapsed_time, upload_id FROM strava_activity")
+    assert (name, elapsed, upload_id) == ("Seed run", 1800, 12)
+    assert start == dt.datetime(2020, 1, 1, 8, tzinfo=dt.UTC)  # the seed's naive values were UTC
+    assert not ensure_schema(db_conn)

@@ -1,0 +1,152 @@
+"""The pure transforms, without a database: every trap in api-notes."""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import json
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from fitness_pipeline.transform import RecordError, strava_activity_row, transform_batch
+
+# Shaped like Strava's documented SummaryActivity example.
+ACTIVITY: dict[str, Any] = {
+    "resource_state": 2,
+    "athlete": {"id": 134815, "resource_state": 1},
+    "name": "Happy Friday",
+    "distance": 24931.4,
+    "moving_time": 4500,
+    "elapsed_time": 4500,
+    "total_elevation_gain": 0,
+    "type": "Ride",
+    "sport_type": "MountainBikeRide",
+    "workout_type": None,
+    "id": 154504250376823,
+    "external_id": "garmin_push_12345678987654321",
+    "upload_id": 987654321234567891234,
+    "start_date": "2018-05-02T12:15:09Z",
+    "start_date_local": "2018-05-02T05:15:09Z",
+    "timezone": "(GMT-08:00) America/Los_Angeles",
+    "utc_offset": -25200,
+    "trainer": True,
+    "commute": False,
+    "manual": False,
+    "private": True,
+    "visibility": "only_me",
+    "gear_id": "b12345678987654321",
+    "average_speed": 5.54,
+    "max_speed": 11,
+    "average_cadence": 67.1,
+    "average_watts": 175.3,
+    "kilojoules": 788.7,
+    "has_heartrate": True,
+    "average_heartrate": 140.3,
+    "max_heartrate": 178,
+    "device_name": "Garmin Edge 1030",
+}
+
+
+def activity(**changes: Any) -> dict[str, Any]:
+    record = copy.deepcopy(ACTIVITY)
+    for key, value in changes.items():
+        if value is ...:
+            record.pop(key, None)
+        else:
+            record[key] = value
+    return record
+
+
+def test_maps_seed_columns_and_types() -> None:
+    row = strava_activity_row(activity())
+    assert row["id"] == 154504250376823
+    assert row["owner"] == 134815
+    assert row["activity_type"] == "Ride"
+    assert row["sport_type"] == "MountainBikeRide"
+    assert row["distance"] == 24931.4
+    assert row["moving_time"] == 4500 and isinstance(row["moving_time"], int)
+    assert row["max_speed"] == 11.0
+    assert row["utc_offset"] == -25200.0
+    assert json.loads(row["raw"]) == ACTIVITY
+
+
+def test_start_date_is_utc_and_local_time_is_not_shifted() -> None:
+    row = strava_activity_row(activity())
+    assert row["start_date"] == dt.datetime(2018, 5, 2, 12, 15, 9, tzinfo=dt.UTC)
+    # Strava writes local wall-clock time with a misleading "Z": keep 05:15, naive
+    assert row["start_date_local"] == dt.datetime(2018, 5, 2, 5, 15, 9)
+    assert row["start_date_local"].tzinfo is None
+    assert row["start_date"] - dt.timedelta(seconds=-row["utc_offset"]) == row["start_date_local"].replace(
+        tzinfo=dt.UTC)
+
+
+def test_upload_id_beyond_bigint_is_kept_exactly() -> None:
+    row = strava_activity_row(activity())
+    assert row["upload_id"] == 987654321234567891234
+    assert row["upload_id"] > 2**63
+    # upload_id_str wins: a JSON parser elsewhere may have rounded the number
+    row = strava_activity_row(activity(upload_id=9.876543212345679e20, upload_id_str="987654321234567891234"))
+    assert Decimal(row["upload_id"]) == Decimal("987654321234567891234")
+
+
+def test_missing_heart_rate_and_manual_activity() -> None:
+    record = activity(has_heartrate=False, average_heartrate=..., max_heartrate=..., manual=True,
+                      upload_id=..., external_id=..., device_name=...)
+    row = strava_activity_row(record)
+    assert row["average_heartrate"] is None and row["max_heartrate"] is None
+    assert row["manual"] is True and row["upload_id"] is None and row["device_name"] is None
+
+
+def test_long_unicode_name_passes_whole() -> None:
+    name = "Sonntagslauf am Zürichsee 🏃‍♀️ mit Ärger, Öl und 東京マラソンの練習 — ein sehr langer Titel"
+    assert len(name) > 50
+    assert strava_activity_row(activity(name=name))["name"] == name
+
+
+def test_unknown_sport_type_passes_through() -> None:
+    row = strava_activity_row(activity(type="Workout", sport_type="Padel"))
+    assert (row["activity_type"], row["sport_type"]) == ("Workout", "Padel")
+    row = strava_activity_row(activity(type=..., sport_type="Pickleball"))
+    assert row["activity_type"] == "Pickleball"
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"id": ...}, "id is missing"),
+        ({"id": "abc"}, "id must be an integer"),
+        ({"id": True}, "id must be an integer, got a boolean"),
+        ({"start_date": ...}, "start_date is missing"),
+        ({"start_date": "yesterday"}, "start_date is not an ISO 8601"),
+        ({"start_date": "2018-05-02T12:15:09"}, "start_date has no time zone"),
+        ({"distance": "24 km"}, "distance must be a number, got str"),
+        ({"moving_time": -5}, "moving_time is out of range"),
+        ({"average_heartrate": float("nan")}, "average_heartrate must be a finite number"),
+        ({"name": 42}, "name must be a string"),
+        ({"athlete": "me"}, "athlete must be an object"),
+        ({"name": "nul\u0000byte"}, "NUL character"),
+        ({"name": "lone \ud83c surrogate"}, "invalid Unicode"),
+        ({"upload_id": 10**31}, "upload_id is out of range"),
+    ],
+)
+def test_bad_records_raise_a_clear_reason(changes: dict[str, Any], reason: str) -> None:
+    with pytest.raises(RecordError, match=reason):
+        strava_activity_row(activity(**changes))
+
+
+def test_reasons_never_quote_values() -> None:
+    with pytest.raises(RecordError) as error:
+        strava_activity_row(activity(distance="secret-value"))
+    assert "secret-value" not in str(error.value)
+
+
+def test_batch_quarantines_bad_records_and_keeps_the_rest() -> None:
+    records = [activity(id=1), activity(id=2, start_date="nope"), "not an object", activity(id=3)]
+    result = transform_batch(records, strava_activity_row)
+    assert [row["id"] for row in result.rows] == [1, 3]
+    assert [(r.record_key, r.reason) for r in result.rejected][0] == ("2", "start_date is not an ISO 8601 date-time")
+    assert result.rejected[1].reason == "record must be a JSON object, got str"
+    assert result.rejected[1].record_key.startswith("sha256:")
+    assert json.loads(result.rejected[0].payload)["id"] == 2
