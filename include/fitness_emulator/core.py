@@ -1,0 +1,168 @@
+"""Primitives shared by every emulated API: errors, JSON, stats and fault switches.
+
+Kept apart from ``app.py`` so service modules (``strava.py``, later ``google.py``)
+can import them without an import cycle through the app factory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections import Counter
+from dataclasses import dataclass, fields
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import Response
+
+JSON_MEDIA_TYPE = "application/json; charset=utf-8"
+
+
+class ApiError(Exception):
+    """Raised by route code; the app turns it into a JSON response as-is."""
+
+    def __init__(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
+        super().__init__(f"{status}: {body}")
+        self.status = status
+        self.body = body
+        self.headers = dict(headers or {})
+
+
+def json_bytes(payload: Any) -> bytes:
+    # ensure_ascii=False: real APIs send UTF-8, clients must decode it properly.
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def json_response(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(json_bytes(payload), status_code=status, headers=headers, media_type=JSON_MEDIA_TYPE)
+
+
+def status_phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+class Stats:
+    """Thread-safe request counters (by route template) plus named counters."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._requests: Counter[str] = Counter()
+        self._counters: Counter[str] = Counter()
+        self._declared: set[str] = set()
+
+    def declare(self, *names: str) -> None:
+        """Make counters show up as 0 in snapshots before their first increment."""
+        with self._lock:
+            self._declared.update(names)
+
+    def count_request(self, key: str) -> None:
+        with self._lock:
+            self._requests[key] += 1
+
+    def incr(self, name: str, amount: int = 1) -> None:
+        with self._lock:
+            self._counters[name] += amount
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            names = sorted(self._declared | set(self._counters))
+            return {"requests": dict(self._requests), **{n: self._counters[n] for n in names}}
+
+    def reset(self) -> None:
+        with self._lock:
+            self._requests.clear()
+            self._counters.clear()
+
+
+@dataclass
+class Faults:
+    """One-shot fault switches; each ``*_next`` counts down per affected request."""
+
+    fail_next: int = 0
+    fail_status: int = 503
+    slow_next: int = 0
+    slow_seconds: float = 0.0
+    malformed_next: int = 0
+    token_fail_next: int = 0
+    token_fail_status: int = 500
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def update(self, changes: dict[str, Any]) -> None:
+        """Apply a partial update; raises ValueError on unknown keys or bad values."""
+        known = {f.name: f.type for f in fields(self)}
+        unknown = set(changes) - set(known)
+        if unknown:
+            raise ValueError(f"unknown fault switches: {sorted(unknown)}")
+        checked = {name: _checked_fault_value(name, value) for name, value in changes.items()}
+        with self._lock:
+            for name, value in checked.items():
+                setattr(self, name, value)
+
+    def clear(self) -> None:
+        with self._lock:
+            for f in fields(self):
+                setattr(self, f.name, f.default)
+
+    def as_dict(self) -> dict[str, Any]:
+        with self._lock:
+            return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def _take(self, counter: str) -> bool:
+        with self._lock:
+            left = getattr(self, counter)
+            if left <= 0:
+                return False
+            setattr(self, counter, left - 1)
+            return True
+
+    def take_fail(self) -> int | None:
+        return self.fail_status if self._take("fail_next") else None
+
+    def take_slow(self) -> float:
+        return self.slow_seconds if self._take("slow_next") else 0.0
+
+    def take_malformed(self) -> bool:
+        return self._take("malformed_next")
+
+    def take_token_fail(self) -> int | None:
+        return self.token_fail_status if self._take("token_fail_next") else None
+
+
+def _checked_fault_value(name: str, value: Any) -> int | float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{name} must be a number")
+    if name.endswith("_status"):
+        if not isinstance(value, int) or not 400 <= value <= 599:
+            raise ValueError(f"{name} must be an HTTP error status (400-599)")
+        return value
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0")
+    return float(value) if name == "slow_seconds" else int(value)
+
+
+def fault_error(status: int) -> ApiError:
+    return ApiError(status, {"message": status_phrase(status), "errors": []})
+
+
+async def apply_data_faults(faults: Faults, stats: Stats) -> None:
+    """Injected failure (raises) and/or delay, applied before a data request is served."""
+    status = faults.take_fail()
+    if status is not None:
+        stats.incr("faults_injected")
+        raise fault_error(status)
+    delay = faults.take_slow()
+    if delay > 0:
+        stats.incr("faults_injected")
+        # asyncio.sleep, not time.sleep: other requests keep being served meanwhile.
+        await asyncio.sleep(delay)
+
+
+def truncate_json(body: bytes) -> bytes:
+    """A body that is cut off mid-document, as a dropped connection would leave it."""
+    return body[: max(1, len(body) // 2)]

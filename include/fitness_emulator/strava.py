@@ -1,0 +1,499 @@
+"""Strava API v3 emulation: OAuth token endpoint, activity listing, rate limits.
+
+Routes live on :data:`router` (the API as clients see it) and :data:`control_router`
+(test switches, mounted under ``/_emulator/strava``).  Both find their state at
+``request.app.state.emulator.strava`` (a :class:`StravaState`).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl
+
+from fastapi import APIRouter, Request, Response
+
+from fitness_emulator.core import (
+    ApiError,
+    Faults,
+    Stats,
+    apply_data_faults,
+    json_bytes,
+    json_response,
+    status_phrase,
+    truncate_json,
+)
+from fitness_emulator.strava_data import DEFAULT_ATHLETE_ID, ActivityStore, parse_iso_utc
+
+MAX_PER_PAGE = 200
+DEFAULT_PER_PAGE = 30
+MAX_EPOCH_SECONDS = 10_000_000_000  # above this the value is milliseconds
+
+
+@dataclass
+class StravaSettings:
+    """Everything configurable on the Strava side (the seed lives in EmulatorSettings)."""
+
+    athlete_id: int = DEFAULT_ATHLETE_ID
+    years: int = 5
+    activities: int | None = None  # exactly N activities ending now (benchmark athlete)
+    client_id: str = "demo-client-id"
+    client_secret: str = "demo-client-secret"
+    initial_refresh_token: str = "demo-refresh-token"
+    authorization_code: str = "demo-code"
+    scope: str = "read,activity:read_all"
+    access_token_ttl: int = 21600
+    same_token_min_remaining: int = 3600
+    rotate_refresh_tokens: bool = True
+    overall_limit: tuple[int, int] = (200, 2000)  # (per window, per UTC day)
+    read_limit: tuple[int, int] = (100, 1000)
+    rate_window_seconds: int = 900
+    short_page_every: int = 0  # every Nth page drops up to 2 items after slicing
+
+
+def strava_error(status: int, message: str, resource: str, field: str, code: str) -> ApiError:
+    return ApiError(status, {"message": message, "errors": [{"resource": resource, "field": field, "code": code}]})
+
+
+def bad_request(resource: str, field: str) -> ApiError:
+    return strava_error(400, "Bad Request", resource, field, "invalid")
+
+
+# --------------------------------------------------------------------------- tokens
+
+
+@dataclass(frozen=True)
+class AccessGrant:
+    expires_at: int
+    scope: str
+
+    def scopes(self) -> set[str]:
+        return {s.strip() for s in self.scope.split(",") if s.strip()}
+
+
+class TokenStore:
+    """One athlete's tokens, with Strava's rotation rules.
+
+    Old access tokens stay valid until they expire (as on Strava); an old refresh
+    token dies the moment a new one is issued.
+    """
+
+    def __init__(self, settings: StravaSettings, clock: Callable[[], float], stats: Stats) -> None:
+        self._settings = settings
+        self._clock = clock
+        self._stats = stats
+        self._lock = threading.Lock()
+        self.scope = settings.scope
+        self.refresh_token: str | None = settings.initial_refresh_token
+        self.access_token: str | None = None
+        self._grants: dict[str, AccessGrant] = {}
+
+    def grant(self, form: dict[str, str]) -> dict[str, Any]:
+        """Answer a POST /oauth/token form, or raise ApiError with Strava's body."""
+        expected = (self._settings.client_id, self._settings.client_secret)
+        if (form.get("client_id"), form.get("client_secret")) != expected:
+            raise strava_error(401, "Bad Request", "Application", "client_id", "invalid")
+        grant_type = form.get("grant_type")
+        if grant_type == "refresh_token":
+            return self._refresh(form.get("refresh_token", ""))
+        if grant_type == "authorization_code":
+            return self._exchange_code(form.get("code", ""))
+        raise bad_request("Application", "grant_type")
+
+    def _refresh(self, refresh_token: str) -> dict[str, Any]:
+        with self._lock:
+            if not refresh_token or refresh_token != self.refresh_token:
+                raise bad_request("RefreshToken", "refresh_token")
+            now = int(self._clock())
+            current = self._grants.get(self.access_token or "")
+            if current is not None and current.expires_at - now > self._settings.same_token_min_remaining:
+                return self._token_body(now)
+            self._issue(now, new_refresh=self._settings.rotate_refresh_tokens)
+            return self._token_body(now)
+
+    def _exchange_code(self, code: str) -> dict[str, Any]:
+        with self._lock:
+            if code != self._settings.authorization_code:
+                raise bad_request("AuthorizationCode", "code")
+            now = int(self._clock())
+            self._issue(now, new_refresh=True)
+            body = self._token_body(now)
+        body["athlete"] = {
+            "id": self._settings.athlete_id,
+            "resource_state": 2,
+            "firstname": "Demo",
+            "lastname": "Athlete",
+        }
+        return body
+
+    def _issue(self, now: int, *, new_refresh: bool) -> None:
+        # Tokens are secrets, not data: secrets module, independent of the seed.
+        self.access_token = secrets.token_hex(20)
+        self._grants[self.access_token] = AccessGrant(now + self._settings.access_token_ttl, self.scope)
+        if new_refresh or self.refresh_token is None:
+            self.refresh_token = secrets.token_hex(20)
+        self._stats.incr("token_refreshes")
+
+    def _token_body(self, now: int) -> dict[str, Any]:
+        grant = self._grants[self.access_token or ""]
+        return {
+            "token_type": "Bearer",
+            "access_token": self.access_token,
+            "expires_at": grant.expires_at,
+            "expires_in": max(0, grant.expires_at - now),
+            "refresh_token": self.refresh_token,
+        }
+
+    def check(self, access_token: str | None) -> AccessGrant | None:
+        """The grant behind a live access token, or None (unknown/expired/revoked)."""
+        with self._lock:
+            grant = self._grants.get(access_token or "")
+            if grant is None or grant.expires_at <= self._clock():
+                return None
+            return grant
+
+    def revoke(self) -> None:
+        """Deauthorize: every access token and the refresh token die."""
+        with self._lock:
+            self._grants.clear()
+            self.access_token = None
+            self.refresh_token = None
+
+
+# --------------------------------------------------------------------------- rate limits
+
+
+class RateLimiter:
+    """Strava's two buckets (overall, read), each per window and per UTC day.
+
+    Windows are aligned to multiples of the window length since the epoch, the day to
+    UTC midnight.  Rejected requests still count, like on Strava.
+    """
+
+    def __init__(self, settings: StravaSettings) -> None:
+        self.overall_limit = settings.overall_limit
+        self.read_limit = settings.read_limit
+        self.window_seconds = settings.rate_window_seconds
+        self._lock = threading.Lock()
+        self.reset()
+
+    def reset(self) -> None:
+        self._window = self._day = -1
+        self._usage = {"overall": [0, 0], "read": [0, 0]}  # [window, day]
+
+    def hit(self, now: float, *, read: bool = True) -> tuple[bool, dict[str, str]]:
+        """Count one request; returns (allowed, the X-RateLimit headers)."""
+        with self._lock:
+            self._roll(now)
+            buckets = ("overall", "read") if read else ("overall",)
+            for bucket in buckets:
+                self._usage[bucket][0] += 1
+                self._usage[bucket][1] += 1
+            over = self._over("overall", self.overall_limit) or (read and self._over("read", self.read_limit))
+            return not over, self._headers()
+
+    def _roll(self, now: float) -> None:
+        window, day = int(now // self.window_seconds), int(now // 86400)
+        if window != self._window:
+            self._window = window
+            for usage in self._usage.values():
+                usage[0] = 0
+        if day != self._day:
+            self._day = day
+            for usage in self._usage.values():
+                usage[1] = 0
+
+    def _over(self, bucket: str, limit: tuple[int, int]) -> bool:
+        usage = self._usage[bucket]
+        return usage[0] > limit[0] or usage[1] > limit[1]
+
+    def _headers(self) -> dict[str, str]:
+        def pair(values: tuple[int, int] | list[int]) -> str:
+            return f"{values[0]},{values[1]}"
+
+        return {
+            "X-RateLimit-Limit": pair(self.overall_limit),
+            "X-RateLimit-Usage": pair(self._usage["overall"]),
+            "X-ReadRateLimit-Limit": pair(self.read_limit),
+            "X-ReadRateLimit-Usage": pair(self._usage["read"]),
+        }
+
+
+# --------------------------------------------------------------------------- state
+
+
+class StravaState:
+    """Live Strava-side state: tokens, rate limiter, activities and switches.
+
+    Test helpers: ``activities.get(id)``, ``find_activity(predicate)``,
+    ``find_activities(predicate)``, ``activities.iter_listed()``, ``add_activity``,
+    ``tokens.revoke()``, and the plain attributes ``short_page_every`` and
+    ``tokens.scope`` (scope granted to tokens issued from now on).
+    """
+
+    def __init__(
+        self,
+        settings: StravaSettings,
+        *,
+        seed: int,
+        clock: Callable[[], float],
+        stats: Stats,
+        faults: Faults,
+    ) -> None:
+        self.settings = settings
+        self.seed = seed
+        self.clock = clock
+        self.stats = stats
+        self.faults = faults
+        self.short_page_every = settings.short_page_every
+        self.tokens = TokenStore(settings, clock, stats)
+        self.rate_limiter = RateLimiter(settings)
+        self.activities = ActivityStore(
+            seed=seed,
+            athlete_id=settings.athlete_id,
+            years=settings.years,
+            activities=settings.activities,
+            clock=clock,
+        )
+        stats.declare("token_requests", "token_refreshes", "rate_limited")
+
+    def find_activity(self, predicate: Callable[[dict[str, Any]], bool]) -> dict[str, Any] | None:
+        """First listed activity (oldest first) for which ``predicate`` is true."""
+        return self.activities.find_activity(predicate)
+
+    def find_activities(self, predicate: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:
+        """All listed activities (oldest first) for which ``predicate`` is true."""
+        return self.activities.find_activities(predicate)
+
+    def add_activity(self, start_date: str, **fields: Any) -> dict[str, Any]:
+        """Add a late upload; ``fields`` may hold sport_type, name, id and any overrides."""
+        extra = dict(fields)
+        return self.activities.add(
+            parse_iso_utc(start_date),
+            sport_type=extra.pop("sport_type", None),
+            name=extra.pop("name", None),
+            activity_id=extra.pop("id", None),
+            extra=extra,
+        )
+
+    def connection(self, host: str) -> dict[str, Any]:
+        return {
+            "host": host,
+            "login": self.settings.client_id,
+            "password": self.settings.client_secret,
+            "extra": {"refresh_token": self.tokens.refresh_token},
+        }
+
+    def authorize(self, request: Request) -> AccessGrant:
+        """The caller's grant, or the 401 bodies Strava sends."""
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer":
+            token = request.query_params.get("access_token", "")
+        grant = self.tokens.check(token.strip() or None)
+        if grant is None:
+            raise strava_error(401, "Authorization Error", "Athlete", "access_token", "invalid")
+        if not grant.scopes() & {"activity:read", "activity:read_all"}:
+            raise strava_error(401, "Authorization Error", "AccessToken", "activity:read_permission", "missing")
+        return grant
+
+    def count_rate_limit(self) -> dict[str, str]:
+        allowed, headers = self.rate_limiter.hit(self.clock())
+        if not allowed:
+            self.stats.incr("rate_limited")
+            raise ApiError(
+                429,
+                {
+                    "message": "Rate Limit Exceeded",
+                    "errors": [{"resource": "Application", "field": "rate limit", "code": "exceeded"}],
+                },
+                headers,
+            )
+        return headers
+
+    def visible_page(self, params: ListParams, grant: AccessGrant) -> list[dict[str, Any]]:
+        items = self.activities.page(params.after, params.before, params.page, params.per_page)
+        # Strava slices first and filters afterwards, hence short pages mid-listing.
+        if "activity:read_all" not in grant.scopes():
+            items = [a for a in items if a.get("visibility") != "only_me"]
+        every = self.short_page_every
+        if every > 0 and params.page % every == 0 and len(items) > 1:
+            items = items[: max(1, len(items) - 2)]
+        return items
+
+
+# --------------------------------------------------------------------------- routes
+
+
+@dataclass(frozen=True)
+class ListParams:
+    after: int | None
+    before: int | None
+    page: int
+    per_page: int
+
+
+def parse_list_params(query: dict[str, str]) -> ListParams:
+    """Validate before/after/page/per_page the way Strava does (400 on bad values)."""
+    after = _epoch_param(query, "after")
+    before = _epoch_param(query, "before")
+    page = _int_param(query, "page") or 1
+    per_page = _int_param(query, "per_page") or DEFAULT_PER_PAGE
+    return ListParams(after, before, max(page, 1), min(max(per_page, 1), MAX_PER_PAGE))
+
+
+def _int_param(query: dict[str, str], name: str) -> int | None:
+    raw = query.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise bad_request("Application", name) from None
+
+
+def _epoch_param(query: dict[str, str], name: str) -> int | None:
+    value = _int_param(query, name)
+    if value is not None and value > MAX_EPOCH_SECONDS:
+        raise bad_request("Application", name)  # milliseconds, not seconds
+    return value
+
+
+def _strava(request: Request) -> StravaState:
+    state: StravaState = request.app.state.emulator.strava
+    return state
+
+
+async def read_form(request: Request) -> dict[str, str]:
+    """Token parameters from the query string and a form or JSON body (clients use all three)."""
+    values = dict(request.query_params)
+    body = await request.body()
+    content_type = request.headers.get("content-type", "")
+    if "json" in content_type:
+        try:
+            parsed = json.loads(body or b"{}")
+        except ValueError:
+            raise bad_request("Application", "body") from None
+        if isinstance(parsed, dict):
+            values.update({k: str(v) for k, v in parsed.items()})
+    elif "multipart" in content_type:
+        form = await request.form()
+        values.update({k: str(v) for k, v in form.items()})
+    else:
+        values.update(dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True)))
+    return values
+
+
+router = APIRouter()
+
+
+@router.post("/oauth/token")
+@router.post("/api/v3/oauth/token")
+async def token(request: Request) -> Response:
+    strava = _strava(request)
+    strava.stats.incr("token_requests")
+    status = strava.faults.take_token_fail()
+    if status is not None:
+        strava.stats.incr("faults_injected")
+        raise ApiError(status, {"message": status_phrase(status), "errors": []})
+    return json_response(strava.tokens.grant(await read_form(request)))
+
+
+@router.get("/api/v3/athlete/activities")
+async def list_activities(request: Request) -> Response:
+    strava = _strava(request)
+    await apply_data_faults(strava.faults, strava.stats)
+    grant = strava.authorize(request)
+    headers = strava.count_rate_limit()
+    try:
+        params = parse_list_params(dict(request.query_params))
+    except ApiError as error:
+        error.headers.update(headers)
+        raise
+    body = json_bytes(strava.visible_page(params, grant))
+    if strava.faults.take_malformed():
+        strava.stats.incr("faults_injected")
+        body = truncate_json(body)
+    return Response(body, headers=headers, media_type="application/json; charset=utf-8")
+
+
+# --------------------------------------------------------------------------- control
+
+
+control_router = APIRouter()
+
+
+def _not_found(activity_id: int) -> ApiError:
+    return ApiError(404, {"message": "Record Not Found", "id": activity_id})
+
+
+async def _json_object(request: Request) -> dict[str, Any]:
+    try:
+        body = json.loads(await request.body() or b"{}")
+    except ValueError:
+        raise ApiError(400, {"message": "body must be a JSON object"}) from None
+    if not isinstance(body, dict):
+        raise ApiError(400, {"message": "body must be a JSON object"})
+    return body
+
+
+@control_router.post("/activities")
+async def add_activity(request: Request) -> Response:
+    """Late upload: ``{"start_date": ISO (UTC), "sport_type"?, "name"?, "id"?, ...overrides}``."""
+    body = await _json_object(request)
+    if "start_date" not in body:
+        raise ApiError(400, {"message": "start_date is required"})
+    try:
+        created = _strava(request).add_activity(str(body.pop("start_date")), **body)
+    except (TypeError, ValueError) as error:
+        raise ApiError(400, {"message": str(error)}) from None
+    return json_response(created, status=201)
+
+
+@control_router.get("/activities/{activity_id}")
+async def get_activity(activity_id: int, request: Request) -> Response:
+    activity = _strava(request).activities.get(activity_id)
+    if activity is None:
+        raise _not_found(activity_id)
+    return json_response(activity)
+
+
+@control_router.put("/activities/{activity_id}")
+async def update_activity(activity_id: int, request: Request) -> Response:
+    changes = await _json_object(request)
+    changes.pop("id", None)
+    try:
+        updated = _strava(request).activities.update(activity_id, changes)
+    except ValueError as error:
+        raise ApiError(400, {"message": str(error)}) from None
+    if updated is None:
+        raise _not_found(activity_id)
+    return json_response(updated)
+
+
+@control_router.delete("/activities/{activity_id}")
+async def delete_activity(activity_id: int, request: Request) -> Response:
+    if not _strava(request).activities.delete(activity_id):
+        raise _not_found(activity_id)
+    return Response(status_code=204)
+
+
+@control_router.post("/revoke")
+async def revoke(request: Request) -> Response:
+    _strava(request).tokens.revoke()
+    return json_response({"revoked": True})
+
+
+@control_router.delete("/rate-limits")
+async def reset_rate_limits(request: Request) -> Response:
+    _strava(request).rate_limiter.reset()
+    return Response(status_code=204)
+
+
+@control_router.get("/connection")
+async def connection(request: Request) -> Response:
+    return json_response(_strava(request).connection(str(request.base_url).rstrip("/")))
