@@ -75,6 +75,20 @@ def start_postgres(data_dir: Path, *, keep: bool = True) -> EmbeddedPostgres:
     return EmbeddedPostgres(server=server, socket_dir=str(info.socket_dir), port=int(info.port or 5432))
 
 
+def emulator_connection_env(emulator_url: str, conn_type: str = "strava", **extra: Any) -> str:
+    """An Airflow Connection (JSON) for the emulator's ``conn_type`` side, with its current refresh token.
+
+    ``extra`` adds Connection extras (e.g. ``token_store_conn_id``, ``rate_limit_window_seconds``).
+    """
+    import requests
+
+    response = requests.get(f"{emulator_url}/_emulator/{conn_type}/connection", timeout=10)
+    response.raise_for_status()
+    conn = response.json()
+    conn["extra"] = {**conn.get("extra", {}), **extra}
+    return json.dumps({"conn_type": conn_type, **conn})
+
+
 def airflow_env(home: Path) -> dict[str, str]:
     """Environment variables that make a self-contained Airflow (SQLite metadata, no examples)."""
     home.mkdir(parents=True, exist_ok=True)

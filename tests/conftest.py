@@ -4,20 +4,27 @@ over loopback HTTP, and a self-contained Airflow (SQLite) for DAG runs."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-from embedded_stack import EmbeddedPostgres, airflow_env, start_postgres
+from embedded_stack import EmbeddedPostgres, airflow_env, emulator_connection_env, start_postgres
 
 # Airflow reads its configuration at import: set it before any test module imports airflow.
 _SESSION_DIR = Path(tempfile.mkdtemp(prefix="fitness-tests-"))
 os.environ.update(airflow_env(_SESSION_DIR / "airflow"))
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> None:
+    """Airflow's own metadata database (SQLite), migrated once per test session (~3 s)."""
+    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True)
 
 
 @pytest.fixture(scope="session")
@@ -55,3 +62,40 @@ def schema(db_conn: Any) -> Any:
     ensure_schema(db_conn)
     return db_conn
 
+
+
+@pytest.fixture
+def make_emulator() -> Iterator[Callable[..., Any]]:
+    """Start API emulators (real HTTP on loopback); ``make_emulator(**strava_settings)``."""
+    from fitness_emulator import EmulatorSettings, StravaSettings, start_emulator
+
+    started: list[Any] = []
+
+    def make(**strava: Any) -> Any:
+        emulator = start_emulator(EmulatorSettings(strava=StravaSettings(**{"years": 1, **strava})))
+        started.append(emulator)
+        return emulator
+
+    yield make
+    for emulator in started:
+        emulator.stop()
+
+
+@pytest.fixture
+def connect_strava(make_emulator: Callable[..., Any], fitness_db: str,
+                   monkeypatch: pytest.MonkeyPatch) -> Callable[..., Any]:
+    """Point connection ``strava_default`` at an emulator; ``extra`` goes to the Connection's extra."""
+
+    def connect(emulator: Any = None, **extra: Any) -> Any:
+        emulator = emulator or make_emulator()
+        extra = {"backoff_factor": 0.05, **extra}  # fast retries in tests
+        monkeypatch.setenv("AIRFLOW_CONN_STRAVA_DEFAULT", emulator_connection_env(emulator.url, **extra))
+        return emulator
+
+    return connect
+
+
+@pytest.fixture
+def strava_connection(connect_strava: Callable[..., Any]) -> Any:
+    """A default emulator behind ``strava_default``, tokens stored in ``fitness_db``. Returns the emulator."""
+    return connect_strava()

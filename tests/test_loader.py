@@ -9,8 +9,8 @@ from typing import Any
 import psycopg2
 import pytest
 
-from fitness_pipeline.ddl import ensure_schema
 from fitness_pipeline.db import transaction
+from fitness_pipeline.ddl import ensure_schema
 from fitness_pipeline.loader import UpsertCounts, quarantine_records, upsert_rows
 from fitness_pipeline.schema import metadata, strava_activity
 from fitness_pipeline.transform import Rejected, strava_activity_row

@@ -146,7 +146,8 @@ def test_batch_quarantines_bad_records_and_keeps_the_rest() -> None:
     records = [activity(id=1), activity(id=2, start_date="nope"), "not an object", activity(id=3)]
     result = transform_batch(records, strava_activity_row)
     assert [row["id"] for row in result.rows] == [1, 3]
-    assert [(r.record_key, r.reason) for r in result.rejected][0] == ("2", "start_date is not an ISO 8601 date-time")
+    first = result.rejected[0]
+    assert (first.record_key, first.reason) == ("2", "start_date is not an ISO 8601 date-time")
     assert result.rejected[1].reason == "record must be a JSON object, got str"
     assert result.rejected[1].record_key.startswith("sha256:")
     assert json.loads(result.rejected[0].payload)["id"] == 2

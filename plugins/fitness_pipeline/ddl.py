@@ -50,14 +50,14 @@ class SchemaChanges:
         return bool(self.created_tables or self.added_columns or self.altered_columns or self.created_indexes)
 
 
-def ensure_schema(conn: Any, meta: sa.MetaData = metadata) -> SchemaChanges:
-    """Bring the database reached by DB-API ``conn`` up to ``meta``. Returns what changed."""
+def ensure_schema(conn: Any, meta: sa.MetaData = metadata, tables: list[sa.Table] | None = None) -> SchemaChanges:
+    """Bring the database reached by DB-API ``conn`` up to ``meta`` (or only ``tables``). Returns what changed."""
     changes = SchemaChanges()
     with transaction(conn) as cur:
         cur.execute("SELECT pg_advisory_xact_lock(%(key)s)", {"key": _LOCK_KEY})
         existing = _existing_columns(cur)
         existing_indexes = _existing_indexes(cur)
-        for table in meta.sorted_tables:
+        for table in tables if tables is not None else meta.sorted_tables:
             if table.name not in existing:
                 cur.execute(str(CreateTable(table).compile(dialect=DIALECT)))
                 changes.created_tables.append(table.name)

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import math
 import threading
 from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
@@ -36,6 +37,8 @@ class TokenSet:
     expires_at: dt.datetime | None  # aware UTC
 
     def valid_for(self, seconds: float, now: dt.datetime | None = None) -> bool:
+        if not math.isfinite(seconds):
+            return False
         now = now or dt.datetime.now(dt.UTC)
         return bool(self.access_token and self.expires_at and self.expires_at - now > dt.timedelta(seconds=seconds))
 
@@ -82,13 +85,25 @@ class MemoryTokenStore:
 class PostgresTokenStore:
     """Tokens in the fitness database's ``oauth_token`` table, refreshed under a row lock."""
 
+    _tables_checked: ClassVar[set[str]] = set()
+
     def __init__(self, postgres_conn_id: str) -> None:
         self.postgres_conn_id = postgres_conn_id
 
     def _connect(self) -> Any:
         from airflow.providers.postgres.hooks.postgres import PostgresHook
 
-        return PostgresHook(postgres_conn_id=self.postgres_conn_id).get_conn()
+        hook = PostgresHook(postgres_conn_id=self.postgres_conn_id)
+        conn = hook.get_conn()
+        info = hook.get_connection(self.postgres_conn_id)
+        database = f"{info.host}:{info.port}/{info.schema}"
+        if database not in self._tables_checked:
+            # the hooks may be used outside fitness_sync, before its ensure_schema task ever ran
+            from fitness_pipeline.ddl import ensure_schema
+
+            ensure_schema(conn, tables=[oauth_token])
+            self._tables_checked.add(database)
+        return conn
 
     def get_token(self, key: str, seed_refresh_token: str, refresh: Refresher, min_valid_seconds: float) -> TokenSet:
         seed = fingerprint(seed_refresh_token)

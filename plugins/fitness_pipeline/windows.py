@@ -42,9 +42,12 @@ def extraction_window(
 
 
 def _utc(value: dt.datetime) -> dt.datetime:
+    """A plain ``datetime`` in UTC. Airflow hands out pendulum DateTimes, whose arithmetic
+    can drop the zone (pendulum 3: ``DateTime(tz=timezone.utc) - timedelta`` is naive)."""
     if value.tzinfo is None:
         raise ValueError("run dates must be time-zone aware")
-    return value.astimezone(dt.UTC)
+    v = value.astimezone(dt.UTC)
+    return dt.datetime(v.year, v.month, v.day, v.hour, v.minute, v.second, v.microsecond, tzinfo=dt.UTC)
 
 
 def _missing() -> dt.datetime:

@@ -90,6 +90,7 @@ class OAuthApiHook(BaseHook):
         self._token_store = token_store
         self._sleep = sleep
         self._session: requests.Session | None = None
+        self._tokens: TokenSet | None = None
 
     # --- configuration from the Connection ------------------------------------------------
 
@@ -170,11 +171,13 @@ class OAuthApiHook(BaseHook):
 
     def access_token(self, *, force_refresh: bool = False) -> str:
         """A valid access token, refreshed through the token store only when about to expire."""
-        key = f"{self.conn_type}:{self.conn_id}"
         margin = float("inf") if force_refresh else self.token_refresh_margin
-        tokens = self.token_store.get_token(key, self._refresh_token_from_connection(), self._refresh, margin)
-        mask_secret(tokens.access_token)
-        return str(tokens.access_token)
+        if self._tokens is None or not self._tokens.valid_for(margin):  # the store only when needed
+            key = f"{self.conn_type}:{self.conn_id}"
+            self._tokens = self.token_store.get_token(key, self._refresh_token_from_connection(), self._refresh,
+                                                      margin)
+            mask_secret(self._tokens.access_token)
+        return str(self._tokens.access_token)
 
     def _refresh(self, refresh_token: str) -> TokenSet:
         """Exchange ``refresh_token`` at the token endpoint. Only connection errors are retried:
@@ -211,7 +214,7 @@ class OAuthApiHook(BaseHook):
             headers = {"Authorization": f"Bearer {self.access_token(force_refresh=refreshed)}"}
             response = session.request(method, url, headers=headers, timeout=self.settings.timeout, **kwargs)
             self.after_response(response)
-            if response.status_code == 401 and not refreshed:
+            if response.status_code == 401 and not refreshed and self.refresh_may_help(response):
                 # a token revoked early or a clock skew: one forced refresh, then give up
                 refreshed = True
                 continue
@@ -236,6 +239,10 @@ class OAuthApiHook(BaseHook):
             ) from None
 
     # --- provider specifics --------------------------------------------------------------
+
+    def refresh_may_help(self, response: requests.Response) -> bool:
+        """Whether a 401 might be cured by a new access token (not when a scope is missing)."""
+        return True
 
     def before_request(self) -> None:
         """Called before every request (e.g. to wait out a rate limit already reached)."""

@@ -128,6 +128,9 @@ class StravaHook(OAuthApiHook):
         return ApiError(f"Strava's token endpoint answered {response.status_code} {_summary(response)}",
                         status=response.status_code)
 
+    def refresh_may_help(self, response: requests.Response) -> bool:
+        return "activity:read_permission" not in _error_fields(response)
+
     def api_error(self, response: requests.Response) -> ApiError:
         fields = _error_fields(response)
         if response.status_code == 401 and "activity:read_permission" in fields:
