@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,10 @@ def start_postgres(data_dir: Path, *, keep: bool = True) -> EmbeddedPostgres:
     ``keep=False`` deletes the data when this process exits (tests); otherwise the server
     stops at exit and the data stays for the next run (demo).
     """
+    # pgserver keeps a lock file in the user's runtime dir; without XDG_RUNTIME_DIR it warns and uses /tmp
+    runtime = Path(tempfile.gettempdir()) / f"fitness-runtime-{os.getuid()}"
+    runtime.mkdir(mode=0o700, exist_ok=True)
+    os.environ.setdefault("XDG_RUNTIME_DIR", str(runtime))
     import pgserver
 
     logging.getLogger("pgserver").setLevel(logging.WARNING)

@@ -97,3 +97,28 @@ def emulator_activity_ids(emulator: Any, start: dt.datetime, end: dt.datetime) -
         return start < dt.datetime.fromisoformat(activity["start_date"]) < end
 
     return [a["id"] for a in emulator.state.strava.find_activities(inside)]
+
+
+def test_bad_record_is_quarantined_and_the_rest_of_the_batch_loads(db_conn: Any, strava_connection: Any) -> None:
+    emulator = strava_connection
+    hour = dt.datetime.now(dt.UTC).replace(minute=0, second=0, microsecond=0) - dt.timedelta(hours=1)
+    week_ago = hour - dt.timedelta(days=7)
+    assert "success" in str(run_dag(hour, lookback_hours=24 * 7).state).lower()
+    broken, renamed = emulator_activity_ids(emulator, week_ago, hour)[:2]
+    emulator.state.strava.activities.update(broken, {"distance": "far", "name": "Changed while broken"})
+    emulator.state.strava.activities.update(renamed, {"name": "Renamed upstream"})
+
+    assert "success" in str(run_dag(hour, lookback_hours=24 * 7).state).lower()
+    (sync,) = query(db_conn, "SELECT updated, quarantined FROM sync_run ORDER BY finished_at DESC LIMIT 1")
+    assert sync == (1, 1)
+    assert query(db_conn, "SELECT record_key, reason FROM quarantine") == [
+        (str(broken), "distance must be a number, got str")]
+    # the broken version did not overwrite the good row; the other change loaded
+    names = dict(query(db_conn, "SELECT id, name FROM strava_activity WHERE id IN (%s, %s)", (broken, renamed)))
+    assert names[renamed] == "Renamed upstream" and names[broken] != "Changed while broken"
+
+    emulator.state.strava.activities.update(broken, {"distance": 1234.5})  # fixed upstream
+    assert "success" in str(run_dag(hour, lookback_hours=24 * 7).state).lower()
+    assert query(db_conn, "SELECT count(*) FROM quarantine") == [(0,)]
+    assert query(db_conn, "SELECT distance, name FROM strava_activity WHERE id = %s", (broken,)) == [
+        (1234.5, "Changed while broken")]

@@ -16,6 +16,7 @@ import secrets
 import subprocess
 import sys
 import time
+import warnings
 from contextlib import closing
 from pathlib import Path
 
@@ -42,6 +43,7 @@ GROUP BY 1 ORDER BY 1 DESC LIMIT %(weeks)s
 def main() -> int:
     started = time.monotonic()
     os.environ.update(airflow_env(LOCAL / "airflow"))
+    os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")  # the summary below says what happened
     postgres = start_postgres(LOCAL / "pgdata", keep=True)
     if not postgres.database_exists(DATABASE):
         postgres.create_database(DATABASE)
@@ -67,6 +69,8 @@ def run_dag() -> str:
     from airflow.models import DagBag
 
     logging.getLogger("airflow").setLevel(logging.WARNING)
+    # dag.test() talks to Airflow's execution API through Starlette's test client, which warns about httpx
+    warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
     dag = DagBag(dag_folder=str(REPO / "dags" / "fitness_sync.py")).get_dag("fitness_sync")
     hour = dt.datetime.now(dt.UTC).replace(minute=0, second=0, microsecond=0)
     dag_run = dag.test(logical_date=hour - dt.timedelta(hours=1),
