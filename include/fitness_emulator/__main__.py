@@ -14,6 +14,7 @@ import threading
 from types import FrameType
 
 from fitness_emulator.app import EmulatorSettings
+from fitness_emulator.google import GoogleSettings
 from fitness_emulator.server import start_emulator
 from fitness_emulator.strava import StravaSettings
 
@@ -42,6 +43,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rate-window", type=int, default=StravaSettings.rate_window_seconds, metavar="SECONDS")
     parser.add_argument("--access-token-ttl", type=int, default=StravaSettings.access_token_ttl, metavar="SECONDS")
     parser.add_argument("--short-page-every", type=int, default=0, metavar="N")
+    google = parser.add_argument_group("Google Health (Fitbit successor)")
+    google.add_argument("--google-years", type=int, default=GoogleSettings.years, metavar="N")
+    google.add_argument(
+        "--google-requests-per-minute", type=int, default=GoogleSettings.requests_per_minute, metavar="N"
+    )
+    google.add_argument("--google-testing-app", action="store_true", help="refresh tokens expire after 7 days")
+    google.add_argument("--google-rotate-refresh-tokens", action="store_true")
+    google.add_argument("--google-account-not-linked", action="store_true", help="data requests: ACCOUNT_NOT_LINKED")
     parser.add_argument("--access-log", action="store_true", help="log every request to stderr")
     parser.add_argument("--log-level", default="INFO")
     return parser
@@ -63,6 +72,13 @@ def settings_from_args(args: argparse.Namespace) -> EmulatorSettings:
             rate_window_seconds=args.rate_window,
             access_token_ttl=args.access_token_ttl,
             short_page_every=args.short_page_every,
+        ),
+        google=GoogleSettings(
+            years=args.google_years,
+            requests_per_minute=args.google_requests_per_minute,
+            testing_app=args.google_testing_app,
+            rotate_refresh_tokens=args.google_rotate_refresh_tokens,
+            account_linked=not args.google_account_not_linked,
         ),
     )
 

@@ -15,8 +15,9 @@ from typing import Any
 from fastapi import APIRouter, FastAPI, Request, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from fitness_emulator import strava
+from fitness_emulator import google, strava
 from fitness_emulator.core import ApiError, Faults, Stats, json_response
+from fitness_emulator.google import GoogleSettings, GoogleState
 from fitness_emulator.strava import StravaSettings, StravaState
 
 CONTROL_PREFIX = "/_emulator"
@@ -31,6 +32,7 @@ class EmulatorSettings:
     port: int = 0  # 0: pick a free port
     access_log: bool = False
     strava: StravaSettings = field(default_factory=StravaSettings)
+    google: GoogleSettings = field(default_factory=GoogleSettings)
 
 
 class EmulatorState:
@@ -47,6 +49,9 @@ class EmulatorState:
         self.faults = Faults()
         self.strava = StravaState(
             settings.strava, seed=settings.seed, clock=self.now, stats=self.stats, faults=self.faults
+        )
+        self.google = GoogleState(
+            settings.google, seed=settings.seed, clock=self.now, stats=self.stats, faults=self.faults
         )
         self.stats.declare("faults_injected")
 
@@ -101,6 +106,9 @@ def _service_routers() -> list[tuple[str, APIRouter]]:
     return [
         ("", strava.router),
         (f"{CONTROL_PREFIX}/strava", strava.control_router),
+        ("", google.router),
+        (f"{CONTROL_PREFIX}/google", google.control_router),
+        (f"{CONTROL_PREFIX}/fitbit", google.fitbit_control_router),
     ]
 
 

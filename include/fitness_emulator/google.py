@@ -1,0 +1,845 @@
+"""Google OAuth token endpoint + a Google Health API v4 subset (the Fitbit successor).
+
+Routes live on :data:`router` (the API as clients see it: ``POST /token`` stands in for
+``https://oauth2.googleapis.com/token`` and ``/v4/...`` for
+``https://health.googleapis.com/v4/...``), :data:`control_router` (test switches,
+mounted under ``/_emulator/google``) and :data:`fitbit_control_router` (the Airflow
+connection, under ``/_emulator/fitbit``).  All find their state at
+``request.app.state.emulator.google`` (a :class:`GoogleState`).
+
+Data requests check, in this order: injected faults, the access token (401), the
+per-minute quota (429), the data type (404), its scope (403), the account link
+(400 ``FAILED_PRECONDITION``), then the parameters (400 ``INVALID_ARGUMENT``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import re
+import secrets
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import Any
+from urllib.parse import parse_qsl
+
+from fastapi import APIRouter, Request, Response
+
+from fitness_emulator.core import ApiError, Faults, Stats, json_bytes, json_response, status_phrase, truncate_json
+from fitness_emulator.google_data import (
+    DATA_TYPES,
+    SOURCE_NAMES,
+    SOURCE_SCALE_PASSIVE,
+    Bounds,
+    HealthStore,
+    date_json,
+    make_weight,
+    point_json,
+)
+from fitness_emulator.strava_data import day_number
+
+METRICS_SCOPE = "https://www.googleapis.com/auth/googlehealth.health_metrics_and_measurements.readonly"
+NUTRITION_SCOPE = "https://www.googleapis.com/auth/googlehealth.nutrition.readonly"
+TYPE_SCOPES = {
+    "weight": METRICS_SCOPE,
+    "body-fat": METRICS_SCOPE,
+    "height": METRICS_SCOPE,
+    "nutrition-log": NUTRITION_SCOPE,
+}
+FILTER_FIELDS = {
+    "weight": "weight.sample_time.physical_time",
+    "body-fat": "body_fat.sample_time.physical_time",
+    "height": "height.sample_time.physical_time",
+    "nutrition-log": "nutrition_log.interval.civil_start_time",
+}
+ROLLUP_TYPES = ("nutrition-log",)
+DEFAULT_PAGE_SIZE = 1440
+MAX_PAGE_SIZE = 10_000
+MAX_ROLLUP_DAYS = 90
+RATE_WINDOW_SECONDS = 60
+SERVICE = "health.googleapis.com"
+ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
+BAD_REQUEST = "type.googleapis.com/google.rpc.BadRequest"
+RPC_STATUS = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    409: "ABORTED",
+    429: "RESOURCE_EXHAUSTED",
+    499: "CANCELLED",
+    500: "INTERNAL",
+    501: "NOT_IMPLEMENTED",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+
+
+@dataclass
+class GoogleSettings:
+    """Everything configurable on the Google side (the seed lives in EmulatorSettings)."""
+
+    client_id: str = "demo-google-client-id"
+    client_secret: str = "demo-google-client-secret"
+    initial_refresh_token: str = "demo-google-refresh-token"
+    authorization_code: str = "demo-google-code"
+    redirect_uri: str | None = None  # None: any non-empty redirect_uri is accepted
+    access_token_ttl: int = 3599
+    scopes: tuple[str, ...] = (METRICS_SCOPE, NUTRITION_SCOPE)
+    testing_app: bool = False  # refresh tokens die testing_refresh_token_ttl seconds after issue
+    testing_refresh_token_ttl: int = 604_800
+    rotate_refresh_tokens: bool = False  # normally a refresh returns no new refresh token
+    requests_per_minute: int = 300
+    account_linked: bool = True
+    years: int = 3
+    health_user_id: str = "108527364915620845632"
+    legacy_user_id: str = "B7K2QX"
+
+
+def google_error(
+    code: int,
+    message: str,
+    *,
+    status: str | None = None,
+    details: list[dict[str, Any]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> ApiError:
+    body = {"code": code, "message": message, "status": status or RPC_STATUS.get(code, "UNKNOWN")}
+    return ApiError(code, {"error": body | {"details": details or []}}, headers)
+
+
+def error_info(reason: str, domain: str = SERVICE, **metadata: str) -> dict[str, Any]:
+    info: dict[str, Any] = {"@type": ERROR_INFO, "reason": reason, "domain": domain}
+    if metadata:
+        info["metadata"] = metadata
+    return info
+
+
+def invalid_argument(message: str, field: str, reason: str | None = None) -> ApiError:
+    details: list[dict[str, Any]] = [
+        {"@type": BAD_REQUEST, "fieldViolations": [{"field": field, "description": message}]}
+    ]
+    if reason:
+        details.insert(0, error_info(reason))
+    return google_error(400, message, details=details)
+
+
+def oauth_error(status: int, error: str, description: str) -> ApiError:
+    return ApiError(status, {"error": error, "error_description": description})
+
+
+# --------------------------------------------------------------------------- tokens
+
+
+@dataclass(frozen=True)
+class AccessGrant:
+    expires_at: int
+    scopes: frozenset[str]
+
+
+class GoogleTokens:
+    """One user's Google tokens.
+
+    Every refresh issues a brand-new access token (older ones stay valid until they
+    expire); the refresh token is kept unless ``rotate_refresh_tokens`` is on.  In
+    ``testing_app`` mode a refresh token dies ``testing_refresh_token_ttl`` seconds
+    after it was issued (checked lazily, so flipping the mode at run time applies to
+    tokens issued earlier too).
+    """
+
+    def __init__(self, settings: GoogleSettings, clock: Callable[[], float], stats: Stats) -> None:
+        self._settings = settings
+        self._clock = clock
+        self._stats = stats
+        self._lock = threading.Lock()
+        self.scopes: tuple[str, ...] = tuple(settings.scopes)
+        self.testing_app = settings.testing_app
+        self.rotate_refresh_tokens = settings.rotate_refresh_tokens
+        self._refresh_tokens: dict[str, float] = {settings.initial_refresh_token: clock()}  # token -> issued at
+        self._latest: str | None = settings.initial_refresh_token
+        self._grants: dict[str, AccessGrant] = {}
+
+    def grant(self, form: dict[str, str]) -> dict[str, Any]:
+        """Answer a POST /token form, or raise ApiError with Google's OAuth error body."""
+        if (form.get("client_id"), form.get("client_secret")) != (
+            self._settings.client_id,
+            self._settings.client_secret,
+        ):
+            raise oauth_error(401, "invalid_client", "The OAuth client was not found.")
+        grant_type = form.get("grant_type", "")
+        if grant_type == "refresh_token":
+            return self._refresh(form.get("refresh_token", ""))
+        if grant_type == "authorization_code":
+            return self._exchange_code(form.get("code", ""), form.get("redirect_uri", ""))
+        if not grant_type:
+            raise oauth_error(400, "unsupported_grant_type", "Invalid grant_type: ")
+        raise oauth_error(400, "unsupported_grant_type", f"Invalid grant_type: {grant_type}")
+
+    def _refresh(self, refresh_token: str) -> dict[str, Any]:
+        if not refresh_token:
+            raise oauth_error(400, "invalid_request", "Missing required parameter: refresh_token")
+        with self._lock:
+            now = self._clock()
+            if not self._alive(refresh_token, now):
+                raise oauth_error(400, "invalid_grant", "Token has been expired or revoked.")
+            body = self._issue_access(now)
+            if self.rotate_refresh_tokens:
+                del self._refresh_tokens[refresh_token]
+                refresh_token = self._issue_refresh(now)
+                body["refresh_token"] = refresh_token
+            if self.testing_app:
+                body["refresh_token_expires_in"] = self._refresh_expires_in(refresh_token, now)
+            return body
+
+    def _exchange_code(self, code: str, redirect_uri: str) -> dict[str, Any]:
+        if not code:
+            raise oauth_error(400, "invalid_request", "Missing required parameter: code")
+        if code != self._settings.authorization_code:
+            raise oauth_error(400, "invalid_grant", "Malformed auth code.")
+        expected = self._settings.redirect_uri
+        if not redirect_uri:
+            raise oauth_error(400, "invalid_request", "Missing parameter: redirect_uri")
+        if expected is not None and redirect_uri != expected:
+            raise oauth_error(400, "redirect_uri_mismatch", "Bad Request")
+        with self._lock:
+            now = self._clock()
+            body = self._issue_access(now)
+            # A new consent adds a refresh token; earlier ones stay valid (as on Google).
+            refresh_token = self._issue_refresh(now)
+            body["refresh_token"] = refresh_token
+            if self.testing_app:
+                body["refresh_token_expires_in"] = self._refresh_expires_in(refresh_token, now)
+            return body
+
+    def _alive(self, refresh_token: str, now: float) -> bool:
+        issued = self._refresh_tokens.get(refresh_token)
+        if issued is None:
+            return False
+        return not (self.testing_app and now >= issued + self._settings.testing_refresh_token_ttl)
+
+    def _refresh_expires_in(self, refresh_token: str, now: float) -> int:
+        # Google reports 604799 right after issue.
+        left = self._refresh_tokens[refresh_token] + self._settings.testing_refresh_token_ttl - now
+        return max(0, int(left) - 1)
+
+    def _issue_access(self, now: float) -> dict[str, Any]:
+        # Tokens are secrets, not data: secrets module, independent of the seed.
+        token = "ya29." + secrets.token_urlsafe(48)
+        ttl = self._settings.access_token_ttl
+        self._grants[token] = AccessGrant(int(now) + ttl, frozenset(self.scopes))
+        self._stats.incr("google_token_refreshes")
+        return {"access_token": token, "expires_in": ttl, "scope": " ".join(self.scopes), "token_type": "Bearer"}
+
+    def _issue_refresh(self, now: float) -> str:
+        token = "1//" + secrets.token_urlsafe(40)
+        self._refresh_tokens[token] = now
+        self._latest = token
+        return token
+
+    def check(self, access_token: str | None) -> AccessGrant | None:
+        """The grant behind a live access token, or None (unknown/expired/revoked)."""
+        with self._lock:
+            grant = self._grants.get(access_token or "")
+            if grant is None or grant.expires_at <= self._clock():
+                return None
+            return grant
+
+    @property
+    def refresh_token(self) -> str | None:
+        """The most recently issued refresh token, if it is still alive."""
+        with self._lock:
+            latest = self._latest
+            return latest if latest is not None and self._alive(latest, self._clock()) else None
+
+    def revoke(self) -> None:
+        """The user removed access: every access and refresh token dies."""
+        with self._lock:
+            self._grants.clear()
+            self._refresh_tokens.clear()
+            self._latest = None
+
+
+# --------------------------------------------------------------------------- quota
+
+
+class MinuteQuota:
+    """Requests per user per fixed 60 s window aligned to the epoch; rejected ones count too."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._lock = threading.Lock()
+        self.reset()
+
+    def reset(self) -> None:
+        with self._lock:
+            self._window = -1
+            self._used = 0
+
+    def hit(self, now: float) -> bool:
+        with self._lock:
+            window = int(now // RATE_WINDOW_SECONDS)
+            if window != self._window:
+                self._window, self._used = window, 0
+            self._used += 1
+            return self._used <= self.limit
+
+
+# --------------------------------------------------------------------------- filters and page tokens
+
+_TOKEN_RE = re.compile(
+    r"""\s*(?:(?P<string>"[^"]*")|(?P<op>>=|<=|!=|=|>|<|:)|(?P<word>[A-Za-z_][A-Za-z0-9_.]*)|(?P<other>[^\s"]+|"))"""
+)
+_PHYSICAL_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?Z")
+_CIVIL_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def parse_filter(data_type: str, text: str) -> Bounds:
+    """The only filter forms accepted: ``<field> >= "<v>"`` and/or ``<field> < "<v>"``, joined by AND."""
+    field = FILTER_FIELDS[data_type]
+    civil = data_type == "nutrition-log"
+    if not text.strip():
+        return Bounds(civil=civil)
+    tokens = [(m.lastgroup or "", m.group(m.lastgroup or 0)) for m in _TOKEN_RE.finditer(text) if m.lastgroup]
+    lower: float | None = None
+    upper: float | None = None
+    position = 0
+
+    def fail(problem: str) -> ApiError:
+        return invalid_argument(f"Invalid filter {text!r}: {problem}", "filter")
+
+    while True:
+        restriction = tokens[position : position + 3]
+        position += 3
+        if len(restriction) < 3:
+            raise fail(f'expected a restriction like {field} >= "..."')
+        (kind1, name), (kind2, op), (kind3, value) = restriction
+        if kind1 != "word":
+            raise fail(f"expected a field name, got {name!r}")
+        if name.upper() in ("AND", "OR", "NOT"):
+            raise fail(f"unexpected {name!r}")
+        if name != field:
+            raise fail(_field_problem(data_type, name))
+        if kind2 != "op":
+            raise fail(f"expected an operator after {name}, got {op!r}")
+        if op not in (">=", "<"):
+            raise fail(f"operator {op!r} is not supported on {field}; use '>=' (start, inclusive) and '<' (end)")
+        if kind3 != "string":
+            raise fail(f"the value after {field} {op} must be a double-quoted string, got {value!r}")
+        bound = _parse_civil(value[1:-1], fail) if civil else _parse_physical(value[1:-1], fail)
+        if op == ">=":
+            if lower is not None:
+                raise fail(f"more than one '>=' restriction on {field}")
+            lower = bound
+        else:
+            if upper is not None:
+                raise fail(f"more than one '<' restriction on {field}")
+            upper = bound
+        if position == len(tokens):
+            return Bounds(lower, upper, civil)
+        joiner = tokens[position][1]
+        position += 1
+        if joiner == "OR":
+            raise fail("OR is not supported; only restrictions joined by AND")
+        if joiner != "AND":
+            raise fail(f"expected AND between restrictions, got {joiner!r} (the keyword is upper case)")
+        if position == len(tokens):
+            raise fail("the filter ends after AND")
+
+
+def _field_problem(data_type: str, name: str) -> str:
+    field = FILTER_FIELDS[data_type]
+    snake = re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", name).lower()
+    if snake != name:
+        return f"unknown field {name!r}: filter fields are snake_case, e.g. {field}"
+    for other_type, other_field in FILTER_FIELDS.items():
+        if other_field == name and other_type != data_type:
+            return f"field {name!r} belongs to data type {other_type!r}; for {data_type!r} use {field}"
+    return f"unsupported field {name!r} for data type {data_type!r}; supported: {field}"
+
+
+def _parse_physical(value: str, fail: Callable[[str], ApiError]) -> float:
+    if not _PHYSICAL_RE.fullmatch(value):
+        raise fail(f'{value!r} is not an RFC 3339 timestamp in UTC, e.g. "2026-09-01T00:00:00Z"')
+    try:
+        return datetime.fromisoformat(value[:-1] + "+00:00").timestamp()
+    except ValueError:
+        raise fail(f"{value!r} is not a valid timestamp") from None
+
+
+def _parse_civil(value: str, fail: Callable[[str], ApiError]) -> float:
+    if not _CIVIL_RE.fullmatch(value):
+        raise fail(f'{value!r} is not a civil date; use "YYYY-MM-DD", e.g. "2026-09-01"')
+    try:
+        return day_number(date.fromisoformat(value))
+    except ValueError:
+        raise fail(f"{value!r} is not a valid date") from None
+
+
+def _filter_hash(data_type: str, bounds: Bounds) -> str:
+    return hashlib.sha256(f"{data_type}|{bounds.key()}".encode()).hexdigest()[:16]
+
+
+def encode_page_token(data_type: str, bounds: Bounds, offset: int) -> str:
+    raw = json.dumps([offset, _filter_hash(data_type, bounds)], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_page_token(data_type: str, bounds: Bounds, token: str) -> int:
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        offset, digest = json.loads(raw)
+        if not isinstance(offset, int) or offset < 0 or not isinstance(digest, str):
+            raise ValueError
+    except (ValueError, TypeError):
+        raise invalid_argument("Invalid page token.", "page_token") from None
+    if digest != _filter_hash(data_type, bounds):
+        raise invalid_argument(
+            "Invalid page token: it belongs to a request with a different data type or filter; "
+            "send the same filter with every page.",
+            "page_token",
+        )
+    return offset
+
+
+def parse_page_size(raw: str | None) -> int:
+    if raw is None or not raw.strip():
+        return DEFAULT_PAGE_SIZE
+    try:
+        size = int(raw)
+    except ValueError:
+        raise invalid_argument(f"Invalid value at 'page_size' (TYPE_INT32), {raw!r}", "page_size") from None
+    if size < 0:
+        raise invalid_argument("page_size must not be negative.", "page_size")
+    return min(size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+
+
+# --------------------------------------------------------------------------- roll-up
+
+
+def parse_rollup(body: Any) -> tuple[int, int, int]:
+    """(first civil day, end civil day exclusive, window size in days) of a dailyRollUp body."""
+    if not isinstance(body, dict):
+        raise invalid_argument("Invalid JSON payload received: the body must be an object.", "body")
+    days = []
+    span = body.get("range")
+    for end in ("start", "end"):
+        bound = span.get(end) if isinstance(span, dict) else None
+        value = bound.get("date") if isinstance(bound, dict) else None
+        if not isinstance(value, dict):
+            raise invalid_argument(f"range.{end}.date is required.", f"range.{end}.date")
+        try:
+            parts = [value[k] for k in ("year", "month", "day")]
+            if not all(isinstance(p, int) and not isinstance(p, bool) for p in parts):
+                raise TypeError
+            days.append(day_number(date(*parts)))
+        except (KeyError, TypeError, ValueError):
+            raise invalid_argument(f"range.{end}.date is not a valid date: {value}", f"range.{end}.date") from None
+    window = body.get("windowSizeDays", 1)
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise invalid_argument("windowSizeDays must be a positive integer.", "window_size_days")
+    first, end = days
+    if end <= first:
+        raise invalid_argument("range.end must be after range.start.", "range")
+    if end - first > MAX_ROLLUP_DAYS:
+        raise google_error(
+            400,
+            f"The requested range spans {end - first} days; dailyRollUp allows at most {MAX_ROLLUP_DAYS} days.",
+            details=[error_info("INVALID_ROLLUP_QUERY_DURATION", maxDays=str(MAX_ROLLUP_DAYS))],
+        )
+    return first, end, window
+
+
+# --------------------------------------------------------------------------- state
+
+
+class GoogleState:
+    """Live Google-side state: tokens, quota, data points and run-time switches.
+
+    Run-time switches (also settable via ``POST /_emulator/google/settings``):
+    ``account_linked``, ``quota.limit`` (requests per minute), ``tokens.scopes``
+    (granted to tokens issued from now on), ``tokens.testing_app`` and
+    ``tokens.rotate_refresh_tokens``.
+    """
+
+    def __init__(
+        self,
+        settings: GoogleSettings,
+        *,
+        seed: int,
+        clock: Callable[[], float],
+        stats: Stats,
+        faults: Faults,
+    ) -> None:
+        self.settings = settings
+        self.seed = seed
+        self.clock = clock
+        self.stats = stats
+        self.faults = faults
+        self.account_linked = settings.account_linked
+        self.tokens = GoogleTokens(settings, clock, stats)
+        self.quota = MinuteQuota(settings.requests_per_minute)
+        self.store = HealthStore(seed=seed, years=settings.years, clock=clock)
+        stats.declare("google_token_requests", "google_token_refreshes", "google_rate_limited")
+
+    def connection(self, host: str) -> dict[str, Any]:
+        return {
+            "host": host,
+            "login": self.settings.client_id,
+            "password": self.settings.client_secret,
+            "extra": {"refresh_token": self.tokens.refresh_token, "token_url": f"{host}/token"},
+        }
+
+    def settings_view(self) -> dict[str, Any]:
+        return {
+            "account_linked": self.account_linked,
+            "scopes": list(self.tokens.scopes),
+            "requests_per_minute": self.quota.limit,
+            "testing_app": self.tokens.testing_app,
+            "rotate_refresh_tokens": self.tokens.rotate_refresh_tokens,
+        }
+
+    def update_settings(self, changes: dict[str, Any]) -> None:
+        """Partial update; raises ValueError on unknown keys or bad values (nothing applied then)."""
+        unknown = set(changes) - set(self.settings_view())
+        if unknown:
+            raise ValueError(f"unknown settings: {sorted(unknown)}")
+        checked: dict[str, Any] = {}
+        for name, value in changes.items():
+            if name == "scopes":
+                scopes = value.split() if isinstance(value, str) else value
+                if not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes):
+                    raise ValueError("scopes must be a list of strings or one space-separated string")
+                checked[name] = tuple(scopes)
+            elif name == "requests_per_minute":
+                if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                    raise ValueError("requests_per_minute must be an integer >= 0")
+                checked[name] = value
+            elif not isinstance(value, bool):
+                raise ValueError(f"{name} must be true or false")
+            else:
+                checked[name] = value
+        for name, value in checked.items():
+            if name == "account_linked":
+                self.account_linked = value
+            elif name == "scopes":
+                self.tokens.scopes = value
+            elif name == "requests_per_minute":
+                self.quota.limit = value
+            else:
+                setattr(self.tokens, name, value)
+
+    # ---- request guards
+
+    async def apply_faults(self) -> None:
+        """Injected failure (raises, Google's error shape) and/or delay before a data request."""
+        status = self.faults.take_fail()
+        if status is not None:
+            self.stats.incr("faults_injected")
+            raise google_error(status, _fault_message(status))
+        delay = self.faults.take_slow()
+        if delay > 0:
+            self.stats.incr("faults_injected")
+            await asyncio.sleep(delay)
+
+    def authorize(self, request: Request) -> AccessGrant:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        grant = self.tokens.check(token.strip() or None) if scheme.lower() == "bearer" else None
+        if grant is None:
+            reason = "ACCESS_TOKEN_EXPIRED" if token.strip() else "CREDENTIALS_MISSING"
+            raise google_error(
+                401,
+                "Request had invalid authentication credentials. Expected OAuth 2 access token, login cookie "
+                "or other valid authentication credential.",
+                details=[error_info(reason, "googleapis.com")],
+                headers={"WWW-Authenticate": 'Bearer realm="https://accounts.google.com/", error="invalid_token"'},
+            )
+        return grant
+
+    def count_quota(self) -> None:
+        if not self.quota.hit(self.clock()):
+            self.stats.incr("google_rate_limited")
+            limit = str(self.quota.limit)
+            raise google_error(
+                429,
+                "Quota exceeded for quota metric 'Read requests' and limit 'Read requests per minute per user' "
+                f"of service '{SERVICE}'.",
+                details=[
+                    error_info(
+                        "RATE_LIMIT_EXCEEDED",
+                        "googleapis.com",
+                        service=SERVICE,
+                        quota_metric=f"{SERVICE}/read_requests",
+                        quota_limit="ReadRequestsPerMinutePerUser",
+                        quota_limit_value=limit,
+                    )
+                ],
+            )
+
+    def check_data_type(self, data_type: str, grant: AccessGrant) -> None:
+        if data_type not in DATA_TYPES:
+            raise google_error(
+                404,
+                f"Data type '{data_type}' was not found. Supported here: {', '.join(DATA_TYPES)}.",
+                status="RESOURCE_NOT_FOUND",
+                details=[error_info("RESOURCE_NOT_FOUND")],
+            )
+        scope = TYPE_SCOPES[data_type]
+        if scope not in grant.scopes:
+            raise google_error(
+                403,
+                f"Request had insufficient authentication scopes. Missing scope: {scope}",
+                details=[error_info("ACCESS_TOKEN_SCOPE_INSUFFICIENT", "googleapis.com", service=SERVICE)],
+            )
+
+    def check_linked(self) -> None:
+        if not self.account_linked:
+            raise google_error(
+                400,
+                "The user has no linked health account; the user has to link it in the Fitbit app first.",
+                status="FAILED_PRECONDITION",
+                details=[error_info("ACCOUNT_NOT_LINKED")],
+            )
+
+    async def guard(self, request: Request, data_type: str | None = None) -> AccessGrant:
+        await self.apply_faults()
+        grant = self.authorize(request)
+        self.count_quota()
+        if data_type is not None:
+            self.check_data_type(data_type, grant)
+        self.check_linked()
+        return grant
+
+    def respond(self, payload: Any) -> Response:
+        body = json_bytes(payload)
+        if self.faults.take_malformed():
+            self.stats.incr("faults_injected")
+            body = truncate_json(body)
+        return Response(body, media_type="application/json; charset=utf-8")
+
+    # ---- API bodies
+
+    def list_page(self, data_type: str, query: dict[str, str]) -> dict[str, Any]:
+        bounds = parse_filter(data_type, query.get("filter", ""))
+        size = parse_page_size(query.get("pageSize", query.get("page_size")))
+        token = query.get("pageToken", query.get("page_token", ""))
+        offset = decode_page_token(data_type, bounds, token) if token else 0
+        items = self.store.listed(data_type, bounds)[offset : offset + size]
+        page: dict[str, Any] = {}
+        if items:  # proto3 JSON: an empty list is left out, hence a bare {}
+            page["dataPoints"] = [point_json(p, self.settings.health_user_id) for p in items]
+        if len(items) == size:  # no look-ahead: a full last page is followed by {}
+            page["nextPageToken"] = encode_page_token(data_type, bounds, offset + size)
+        return page
+
+    def rollup(self, data_type: str, body: Any) -> dict[str, Any]:
+        if data_type not in ROLLUP_TYPES:
+            raise invalid_argument(f"dailyRollUp is not supported for data type '{data_type}' here.", "data_type")
+        first, end, window = parse_rollup(body)
+        kcal = self.store.daily_kcal(first, end)
+        points = []
+        for start in range(first, end, window):
+            stop = min(start + window, end)
+            days = [kcal[d] for d in range(start, stop) if d in kcal]
+            if days:  # days (windows) without logs are omitted, not zero
+                points.append(
+                    {
+                        "civilStartTime": {"date": date_json(start)},
+                        "civilEndTime": {"date": date_json(stop)},
+                        "nutritionLog": {"energy": {"kcalSum": round(sum(days), 1)}},
+                    }
+                )
+        points.reverse()  # newest first
+        return {"rollupDataPoints": points} if points else {}
+
+
+def _fault_message(status: int) -> str:
+    if status == 503:
+        return "The service is currently unavailable."
+    if status == 429:
+        return "Resource has been exhausted (e.g. check quota)."
+    return status_phrase(status)
+
+
+# --------------------------------------------------------------------------- routes
+
+
+def _google(request: Request) -> GoogleState:
+    state: GoogleState = request.app.state.emulator.google
+    return state
+
+
+async def read_token_form(request: Request) -> dict[str, str]:
+    """Token parameters from the query string and a form or JSON body."""
+    values = dict(request.query_params)
+    body = await request.body()
+    content_type = request.headers.get("content-type", "")
+    if "json" in content_type:
+        try:
+            parsed = json.loads(body or b"{}")
+        except ValueError:
+            raise oauth_error(400, "invalid_request", "Invalid JSON payload.") from None
+        if isinstance(parsed, dict):
+            values.update({k: str(v) for k, v in parsed.items()})
+    elif "multipart" in content_type:
+        form = await request.form()
+        values.update({k: str(v) for k, v in form.items()})
+    else:
+        values.update(dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True)))
+    return values
+
+
+router = APIRouter()
+
+
+@router.post("/token")
+async def token(request: Request) -> Response:
+    google = _google(request)
+    google.stats.incr("google_token_requests")
+    status = google.faults.take_token_fail()
+    if status is not None:
+        google.stats.incr("faults_injected")
+        error = "temporarily_unavailable" if status == 503 else "server_error"
+        raise oauth_error(status, error, status_phrase(status))
+    body = google.tokens.grant(await read_token_form(request))
+    return json_response(body, headers={"Cache-Control": "no-cache, no-store, max-age=0, must-revalidate"})
+
+
+@router.get("/v4/users/me/identity")
+async def identity(request: Request) -> Response:
+    google = _google(request)
+    await google.guard(request)
+    return google.respond(
+        {
+            "name": "users/me/identity",
+            "healthUserId": google.settings.health_user_id,
+            "legacyUserId": google.settings.legacy_user_id,
+        }
+    )
+
+
+@router.get("/v4/users/me/dataTypes/{data_type}/dataPoints")
+async def list_data_points(data_type: str, request: Request) -> Response:
+    google = _google(request)
+    await google.guard(request, data_type)
+    return google.respond(google.list_page(data_type, dict(request.query_params)))
+
+
+@router.post("/v4/users/me/dataTypes/{data_type}/dataPoints:dailyRollUp")
+async def daily_roll_up(data_type: str, request: Request) -> Response:
+    google = _google(request)
+    await google.guard(request, data_type)
+    try:
+        body = json.loads(await request.body() or b"null")
+    except ValueError:
+        raise invalid_argument("Invalid JSON payload received.", "body") from None
+    return google.respond(google.rollup(data_type, body))
+
+
+# --------------------------------------------------------------------------- control
+
+
+control_router = APIRouter()
+fitbit_control_router = APIRouter()
+
+
+async def _json_object(request: Request) -> dict[str, Any]:
+    try:
+        body = json.loads(await request.body() or b"{}")
+    except ValueError:
+        raise ApiError(400, {"message": "body must be a JSON object"}) from None
+    if not isinstance(body, dict):
+        raise ApiError(400, {"message": "body must be a JSON object"})
+    return body
+
+
+@fitbit_control_router.get("/connection")
+@control_router.get("/connection")
+async def connection(request: Request) -> Response:
+    return json_response(_google(request).connection(str(request.base_url).rstrip("/")))
+
+
+@control_router.post("/revoke")
+async def revoke(request: Request) -> Response:
+    _google(request).tokens.revoke()
+    return json_response({"revoked": True})
+
+
+@control_router.get("/settings")
+async def get_settings(request: Request) -> Response:
+    return json_response(_google(request).settings_view())
+
+
+@control_router.post("/settings")
+async def set_settings(request: Request) -> Response:
+    """E.g. ``{"account_linked": false, "scopes": [...], "requests_per_minute": 5, "testing_app": true}``."""
+    google = _google(request)
+    try:
+        google.update_settings(await _json_object(request))
+    except ValueError as error:
+        raise ApiError(400, {"message": str(error)}) from None
+    return json_response(google.settings_view())
+
+
+@control_router.delete("/rate-limits")
+async def reset_rate_limits(request: Request) -> Response:
+    _google(request).quota.reset()
+    return Response(status_code=204)
+
+
+@control_router.post("/weight")
+async def add_weight(request: Request) -> Response:
+    """``{"physicalTime": "...Z", "utcOffset": -25200, "grams": 90200, "bodyFatPercentage"?: 21.4,
+    "recordingMethod"?: "MANUAL", "platform"?: "FITBIT"}`` → 201 with the new items."""
+    google = _google(request)
+    body = await _json_object(request)
+    try:
+        moment = datetime.fromisoformat(str(body["physicalTime"]).replace("Z", "+00:00"))
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        offset = body.get("utcOffset", 0)
+        if isinstance(offset, str):
+            offset = int(offset.removesuffix("s"))
+        grams = body["grams"]
+        fat = body.get("bodyFatPercentage")
+        if isinstance(grams, bool) or not isinstance(grams, int | float) or grams <= 0:
+            raise ValueError("grams must be a positive number")
+        if fat is not None and (isinstance(fat, bool) or not isinstance(fat, int | float) or not 0 <= fat <= 100):
+            raise ValueError("bodyFatPercentage must be a number in 0-100")
+        if isinstance(offset, bool) or not isinstance(offset, int) or abs(offset) > 18 * 3600:
+            raise ValueError("utcOffset must be seconds (int or '3600s') within ±18 h")
+        key = (body.get("recordingMethod", "PASSIVELY_MEASURED"), body.get("platform", "FITBIT"))
+        if key not in SOURCE_NAMES:
+            raise ValueError(f"unsupported recordingMethod/platform {key}; known: {sorted(SOURCE_NAMES)}")
+    except KeyError as missing:
+        raise ApiError(400, {"message": f"{missing.args[0]} is required"}) from None
+    except (TypeError, ValueError) as error:
+        raise ApiError(400, {"message": str(error)}) from None
+    points = make_weight(
+        google.store,
+        epoch=int(moment.timestamp()),
+        offset=offset,
+        grams=round(grams),
+        body_fat=fat,
+        source=SOURCE_NAMES.get(key, SOURCE_SCALE_PASSIVE),
+    )
+    user = google.settings.health_user_id
+    created = {"weight": point_json(points[0], user)}
+    if len(points) > 1:
+        created["bodyFat"] = point_json(points[1], user)
+    return json_response(created, status=201)
+
+
+@control_router.delete("/dataPoints/{data_type}/{point_id}")
+async def delete_data_point(data_type: str, point_id: str, request: Request) -> Response:
+    """The point simply vanishes from listings (no tombstone, no change feed)."""
+    try:
+        numeric = int(point_id)
+    except ValueError:
+        numeric = -1
+    if not _google(request).store.delete(numeric, data_type):
+        raise ApiError(404, {"message": "Record Not Found", "dataType": data_type, "id": point_id})
+    return Response(status_code=204)
