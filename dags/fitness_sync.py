@@ -1,7 +1,9 @@
 """
 ### fitness_sync
 
-Every hour, keeps a person's **Strava activities** in PostgreSQL (connection `fitness_db`).
+Every hour, keeps a person's **Strava activities** and **Fitbit body weight and calories eaten**
+(Google Health API v4: the Fitbit Web API was switched off on 2026-11-02) in PostgreSQL
+(connection `fitness_db`).
 
 Each source is a task group: `extract` (API → `raw_record`), `transform` (→ staging; bad records
 → `quarantine` with their reason), `load` (one-transaction upsert that writes only rows that really
@@ -10,7 +12,8 @@ changed; what happened goes to `sync_run`). Sources are independent: one failing
 The window is the run's data interval widened backwards by `lookback_hours` (param, default 72) so
 late uploads are caught. A manual run without a logical date takes the last full hour.
 
-Connections: `strava_default` (type `strava`), `fitness_db` (PostgreSQL). See the README.
+Connections: `strava_default` (type `strava`), `fitbit_default` (type `fitbit`: a Google OAuth
+client), `fitness_db` (PostgreSQL). See the README.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ except ImportError:  # Airflow 2.10/2.11
     from airflow.timetables.interval import CronDataIntervalTimetable
 
 DEFAULT_LOOKBACK_HOURS = 72
+#: one task group per source: Strava activities, Fitbit body weight, Fitbit calories eaten
+SOURCES = ("strava", "fitbit_weight", "fitbit_calories")
 
 
 @dag(
@@ -49,7 +54,7 @@ DEFAULT_LOOKBACK_HOURS = 72
             description="How far before the data interval to re-fetch (late uploads).",
         ),
     },
-    tags=["fitness", "strava"],
+    tags=["fitness", "strava", "fitbit"],
     doc_md=__doc__,
 )
 def fitness_sync() -> None:
@@ -59,15 +64,21 @@ def fitness_sync() -> None:
 
         return tasks.ensure_schema()
 
-    @task_group(group_id="strava")
-    def strava() -> None:
+    ensure_schema() >> [source_group(source) for source in SOURCES]
+
+
+def source_group(source: str) -> Any:
+    """extract -> transform -> load for one source; groups are independent of each other."""
+
+    @task_group(group_id=source)
+    def group() -> None:
         @task(task_id="extract")
         def extract(params: dict[str, Any] | None = None, data_interval_start: dt.datetime | None = None,
                     data_interval_end: dt.datetime | None = None, dag_run: Any = None) -> dict[str, Any]:
             from fitness_pipeline import tasks
 
             window = tasks.run_window(params, data_interval_start, data_interval_end, dag_run)
-            return tasks.extract_strava(dag_run.run_id, window)
+            return tasks.EXTRACTORS[source](dag_run.run_id, window)
 
         @task(task_id="transform")
         def transform(extracted: dict[str, Any]) -> dict[str, Any]:
@@ -83,7 +94,7 @@ def fitness_sync() -> None:
 
         load(transform(extract()))
 
-    ensure_schema() >> strava()
+    return group()
 
 
 fitness_sync()

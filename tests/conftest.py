@@ -66,13 +66,14 @@ def schema(db_conn: Any) -> Any:
 
 @pytest.fixture
 def make_emulator() -> Iterator[Callable[..., Any]]:
-    """Start API emulators (real HTTP on loopback); ``make_emulator(**strava_settings)``."""
-    from fitness_emulator import EmulatorSettings, StravaSettings, start_emulator
+    """Start API emulators (real HTTP on loopback); ``make_emulator(google={...}, **strava_settings)``."""
+    from fitness_emulator import EmulatorSettings, GoogleSettings, StravaSettings, start_emulator
 
     started: list[Any] = []
 
-    def make(**strava: Any) -> Any:
-        emulator = start_emulator(EmulatorSettings(strava=StravaSettings(**{"years": 1, **strava})))
+    def make(google: dict[str, Any] | None = None, **strava: Any) -> Any:
+        emulator = start_emulator(EmulatorSettings(strava=StravaSettings(**{"years": 1, **strava}),
+                                                   google=GoogleSettings(**{"years": 1, **(google or {})})))
         started.append(emulator)
         return emulator
 
@@ -93,6 +94,30 @@ def connect_strava(make_emulator: Callable[..., Any], fitness_db: str,
         return emulator
 
     return connect
+
+
+@pytest.fixture
+def connect_fitbit(make_emulator: Callable[..., Any], fitness_db: str,
+                   monkeypatch: pytest.MonkeyPatch) -> Callable[..., Any]:
+    """Point connection ``fitbit_default`` at an emulator's Google side."""
+
+    def connect(emulator: Any = None, **extra: Any) -> Any:
+        emulator = emulator or make_emulator()
+        extra = {"backoff_factor": 0.05, **extra}
+        monkeypatch.setenv("AIRFLOW_CONN_FITBIT_DEFAULT", emulator_connection_env(emulator.url, "fitbit", **extra))
+        return emulator
+
+    return connect
+
+
+@pytest.fixture
+def all_connections(make_emulator: Callable[..., Any], connect_strava: Callable[..., Any],
+                    connect_fitbit: Callable[..., Any]) -> Any:
+    """One emulator behind both ``strava_default`` and ``fitbit_default``. Returns the emulator."""
+    emulator = make_emulator()
+    connect_strava(emulator)
+    connect_fitbit(emulator)
+    return emulator
 
 
 @pytest.fixture

@@ -45,14 +45,17 @@ def test_schedule_tasks_and_defaults_are_as_documented() -> None:
     assert "UTC" in str(getattr(timetable, "timezone", None) or timetable._timezone)
     assert dag.catchup is False
     assert dag.max_active_runs == 1
-    assert set(dag.task_ids) == {"ensure_schema", "strava.extract", "strava.transform", "strava.load"}
+    assert set(dag.task_ids) == {"ensure_schema"} | {
+        f"{group}.{step}" for group in ("strava", "fitbit_weight", "fitbit_calories")
+        for step in ("extract", "transform", "load")}
     assert dag.params["lookback_hours"] == 72
-    assert {"fitness", "strava"} <= set(dag.tags)
+    assert {"fitness", "strava", "fitbit"} <= set(dag.tags)
     assert dag.doc_md and "fitness_sync" in dag.doc_md
     extract = dag.get_task("strava.extract")
     assert extract.retries == 3 and extract.retry_exponential_backoff
     assert dag.get_task("strava.load").upstream_task_ids == {"strava.transform"}
-    assert dag.get_task("strava.extract").upstream_task_ids == {"ensure_schema"}
+    for group in ("strava", "fitbit_weight", "fitbit_calories"):
+        assert dag.get_task(f"{group}.extract").upstream_task_ids == {"ensure_schema"}  # independent branches
 
 
 def run_dag(logical_date: dt.datetime, **conf: Any) -> Any:
@@ -63,12 +66,13 @@ def run_dag(logical_date: dt.datetime, **conf: Any) -> Any:
     return dag.test(logical_date=logical_date, run_conf=conf or None)
 
 
-def table_contents(conn: Any) -> list[tuple[Any, ...]]:
-    return query(conn, "SELECT id, xmin::text, last_time, raw FROM strava_activity ORDER BY id")
+def table_contents(conn: Any) -> list[list[tuple[Any, ...]]]:
+    return [query(conn, f"SELECT *, xmin::text FROM {table} ORDER BY 1")
+            for table in ("strava_activity", "fitbit_weight", "fitbit_height", "fitbit_calories")]
 
 
-def test_hourly_run_loads_strava_and_a_rerun_changes_nothing(db_conn: Any, strava_connection: Any) -> None:
-    emulator = strava_connection
+def test_hourly_run_loads_all_sources_and_a_rerun_changes_nothing(db_conn: Any, all_connections: Any) -> None:
+    emulator = all_connections
     hour = dt.datetime.now(dt.UTC).replace(minute=0, second=0, microsecond=0) - dt.timedelta(hours=1)
     lookback_hours = 24 * 60
     dag_run = run_dag(hour, lookback_hours=lookback_hours)
@@ -79,8 +83,13 @@ def test_hourly_run_loads_strava_and_a_rerun_changes_nothing(db_conn: Any, strav
     assert expected, "the emulator's athlete should have activities in two months"
     loaded = [row[0] for row in query(db_conn, "SELECT id FROM strava_activity ORDER BY id")]
     assert loaded == sorted(expected)
-    (sync,) = query(db_conn, "SELECT extracted, inserted, updated, unchanged, quarantined FROM sync_run")
+    (sync,) = query(db_conn, "SELECT extracted, inserted, updated, unchanged, quarantined FROM sync_run "
+                             "WHERE source = 'strava_activity'")
     assert sync == (len(expected), len(expected), 0, 0, 0)
+    weights = query(db_conn, "SELECT count(*), count(fat), count(bmi) FROM fitbit_weight")[0]
+    assert weights[0] > 10 and 0 < weights[1] < weights[0] and weights[2] == weights[0]
+    assert query(db_conn, "SELECT count(*) FROM fitbit_calories")[0][0] > 40
+    assert query(db_conn, "SELECT count(*) FROM quarantine") == [(0,)]
     # the hand-over tables are empty once a batch is loaded
     assert query(db_conn, "SELECT count(*) FROM raw_record") == [(0,)]
     assert query(db_conn, "SELECT count(*) FROM stage_strava_activity") == [(0,)]
@@ -99,8 +108,8 @@ def emulator_activity_ids(emulator: Any, start: dt.datetime, end: dt.datetime) -
     return [a["id"] for a in emulator.state.strava.find_activities(inside)]
 
 
-def test_bad_record_is_quarantined_and_the_rest_of_the_batch_loads(db_conn: Any, strava_connection: Any) -> None:
-    emulator = strava_connection
+def test_bad_record_is_quarantined_and_the_rest_of_the_batch_loads(db_conn: Any, all_connections: Any) -> None:
+    emulator = all_connections
     hour = dt.datetime.now(dt.UTC).replace(minute=0, second=0, microsecond=0) - dt.timedelta(hours=1)
     week_ago = hour - dt.timedelta(days=7)
     assert "success" in str(run_dag(hour, lookback_hours=24 * 7).state).lower()
@@ -109,7 +118,8 @@ def test_bad_record_is_quarantined_and_the_rest_of_the_batch_loads(db_conn: Any,
     emulator.state.strava.activities.update(renamed, {"name": "Renamed upstream"})
 
     assert "success" in str(run_dag(hour, lookback_hours=24 * 7).state).lower()
-    (sync,) = query(db_conn, "SELECT updated, quarantined FROM sync_run ORDER BY finished_at DESC LIMIT 1")
+    (sync,) = query(db_conn, "SELECT updated, quarantined FROM sync_run WHERE source = 'strava_activity' "
+                             "ORDER BY finished_at DESC LIMIT 1")
     assert sync == (1, 1)
     assert query(db_conn, "SELECT record_key, reason FROM quarantine") == [
         (str(broken), "distance must be a number, got str")]

@@ -30,13 +30,20 @@ DATABASE = "fitness"
 LOOKBACK_DAYS = 120
 
 WEEKLY_SUMMARY = """
-SELECT to_char(date_trunc('week', start_date_local), 'YYYY-MM-DD') AS week,
-       count(*) AS activities,
-       round(sum(distance)::numeric / 1000, 1) AS km,
-       to_char(make_interval(secs => sum(moving_time)), 'HH24:MI') AS moving
-FROM strava_activity
-WHERE start_date >= %(since)s
-GROUP BY 1 ORDER BY 1 DESC LIMIT %(weeks)s
+WITH activity AS (
+    SELECT date_trunc('week', start_date_local)::date AS week, count(*) AS activities,
+           round(sum(distance)::numeric / 1000, 1) AS km,
+           to_char(make_interval(secs => sum(moving_time)), 'HH24:MI') AS moving
+    FROM strava_activity WHERE start_date >= %(since)s GROUP BY 1),
+weight AS (
+    SELECT date_trunc('week', record_date)::date AS week, round(avg(weight)::numeric, 1) AS weight_kg
+    FROM fitbit_weight WHERE measured_at >= %(since)s GROUP BY 1),
+calories AS (
+    SELECT date_trunc('week', record_date)::date AS week, round(avg(calories)) AS kcal_per_day
+    FROM fitbit_calories WHERE record_date >= %(since)s::date GROUP BY 1)
+SELECT to_char(week, 'YYYY-MM-DD'), coalesce(activities, 0), km, moving, weight_kg, kcal_per_day
+FROM activity FULL JOIN weight USING (week) FULL JOIN calories USING (week)
+ORDER BY week DESC LIMIT %(weeks)s
 """
 
 
@@ -49,13 +56,15 @@ def main() -> int:
         postgres.create_database(DATABASE)
     os.environ["AIRFLOW_CONN_FITNESS_DB"] = postgres.connection_env(DATABASE)
 
-    from fitness_emulator import EmulatorSettings, StravaSettings, start_emulator
+    from fitness_emulator import EmulatorSettings, GoogleSettings, StravaSettings, start_emulator
 
     # A new emulator never issued earlier demos' tokens: a fresh refresh token in the
     # Connection makes the token store start over, exactly as after a user re-authorizes.
-    settings = EmulatorSettings(strava=StravaSettings(initial_refresh_token=secrets.token_hex(16)))
+    settings = EmulatorSettings(strava=StravaSettings(initial_refresh_token=secrets.token_hex(16)),
+                                google=GoogleSettings(initial_refresh_token=secrets.token_hex(16)))
     with start_emulator(settings) as emulator:
         os.environ["AIRFLOW_CONN_STRAVA_DEFAULT"] = emulator_connection_env(emulator.url)
+        os.environ["AIRFLOW_CONN_FITBIT_DEFAULT"] = emulator_connection_env(emulator.url, "fitbit")
         print(f"PostgreSQL: {postgres.socket_dir} (database {DATABASE!r}); API emulator: {emulator.url}")
         subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, stdout=subprocess.DEVNULL)
         run_id = run_dag()
@@ -92,9 +101,9 @@ def report(run_id: str) -> None:
             print(f"{source:<18}{extracted:>9}{inserted:>10}{updated:>9}{unchanged:>11}{quarantined:>13}")
         cur.execute(WEEKLY_SUMMARY, {"since": dt.datetime.now(dt.UTC) - dt.timedelta(days=LOOKBACK_DAYS),
                                      "weeks": 12})
-        print(f"\n{'week of':<12}{'activities':>11}{'km':>9}{'moving':>9}")
-        for week, activities, km, moving in cur.fetchall():
-            print(f"{week:<12}{activities:>11}{km:>9}{moving:>9}")
+        print(f"\n{'week of':<12}{'activities':>11}{'km':>9}{'moving':>9}{'weight kg':>11}{'kcal/day':>10}")
+        for week, activities, km, moving, weight, kcal in cur.fetchall():
+            print(f"{week:<12}{activities:>11}{km or 0:>9}{moving or '':>9}{weight or '':>11}{kcal or '':>10}")
 
 
 if __name__ == "__main__":

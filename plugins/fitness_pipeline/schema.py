@@ -69,6 +69,51 @@ strava_activity = sa.Table(
     comment="Strava activities (SummaryActivity), one row per activity id",
 )
 
+fitbit_weight = sa.Table(
+    "fitbit_weight",
+    metadata,
+    sa.Column("id", sa.Numeric(20, 0), primary_key=True, autoincrement=False,
+              comment="the data point's id (last segment of its name; can exceed BIGINT)"),
+    sa.Column("weight", sa.Float, nullable=False, comment="kilograms (the API sends grams)"),
+    sa.Column("bmi", sa.Float, comment="kg/m² with the latest height at that time; null without a height"),
+    sa.Column("fat", sa.Float, comment="body-fat percent of the body-fat point measured with it (within 60 s)"),
+    sa.Column("record_date", sa.Date, nullable=False, comment="local (civil) date of the measurement"),
+    sa.Column("record_time", sa.Time, comment="local (civil) time of the measurement"),
+    sa.Column("measured_at", sa.DateTime(timezone=True), nullable=False, comment="UTC instant"),
+    sa.Column("utc_offset", sa.Integer, comment="seconds east of UTC at the measurement"),
+    sa.Column("platform", sa.Text, comment="FITBIT, HEALTH_CONNECT, ..."),
+    sa.Column("recording_method", sa.Text, comment="MANUAL, PASSIVELY_MEASURED, ..."),
+    sa.Column("data_point_name", sa.Text, nullable=False, comment="users/<id>/dataTypes/weight/dataPoints/<id>"),
+    sa.Column("raw", pg.JSONB, nullable=False),
+    *_managed_columns(),
+    sa.Index("ix_fitbit_weight_measured_at", "measured_at"),
+    comment="body weight from the Google Health API (Fitbit), one row per data point",
+)
+
+fitbit_height = sa.Table(
+    "fitbit_height",
+    metadata,
+    sa.Column("id", sa.Numeric(20, 0), primary_key=True, autoincrement=False),
+    sa.Column("height_mm", sa.Integer, nullable=False),
+    sa.Column("measured_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("data_point_name", sa.Text, nullable=False),
+    sa.Column("raw", pg.JSONB, nullable=False),
+    *_managed_columns(),
+    comment="height data points; the BMI of fitbit_weight uses the latest one at each weighing",
+)
+
+fitbit_calories = sa.Table(
+    "fitbit_calories",
+    metadata,
+    sa.Column("record_date", sa.Date, primary_key=True, comment="local (civil) date; days without logs have no row"),
+    sa.Column("id", sa.BigInteger, nullable=False, unique=True,
+              comment="the seed's id: epoch seconds of record_date at 00:00 UTC"),
+    sa.Column("calories", sa.Float, nullable=False, comment="kcal eaten that day (sum of nutrition logs)"),
+    sa.Column("raw", pg.JSONB, nullable=False),
+    *_managed_columns(),
+    comment="calories eaten per local date (Google Health API nutrition-log daily roll-up)",
+)
+
 quarantine = sa.Table(
     "quarantine",
     metadata,
@@ -142,7 +187,6 @@ def data_columns(table: sa.Table) -> list[sa.Column]:
     return [c for c in table.columns if c.name not in MANAGED_COLUMNS]
 
 
-stage_strava_activity = staging_table_for(strava_activity)
-
 #: Loaded tables and their staging tables; the DAG and the loader look sources up here.
-STAGING = {strava_activity.name: stage_strava_activity}
+STAGING = {t.name: staging_table_for(t) for t in (strava_activity, fitbit_weight, fitbit_height, fitbit_calories)}
+stage_strava_activity = STAGING["strava_activity"]

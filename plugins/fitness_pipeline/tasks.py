@@ -22,14 +22,32 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 
 from fitness_pipeline.db import copy_rows, execute, transaction
-from fitness_pipeline.schema import STAGING, raw_record, strava_activity, sync_run
-from fitness_pipeline.transform import Row, strava_activity_row, transform_batch
+from fitness_pipeline.schema import (
+    STAGING,
+    fitbit_calories,
+    fitbit_height,
+    fitbit_weight,
+    raw_record,
+    strava_activity,
+    sync_run,
+)
+from fitness_pipeline.transform import (
+    TransformResult,
+    fitbit_calories_row,
+    fitbit_height_row,
+    fitbit_weight_batch,
+    strava_activity_row,
+    transform_batch,
+)
 from fitness_pipeline.windows import Window, extraction_window
 
 log = logging.getLogger(__name__)
 
 FITNESS_DB_CONN_ID = "fitness_db"
 STRAVA_CONN_ID = "strava_default"
+FITBIT_CONN_ID = "fitbit_default"
+#: civil dates are at most this far from UTC (UTC+14 … UTC-12)
+MAX_UTC_OFFSET = dt.timedelta(hours=14)
 #: raw and staged rows of batches that never finished are removed after this long
 STALE_AFTER = dt.timedelta(days=7)
 _READ_CHUNK = 5000
@@ -37,19 +55,32 @@ _READ_CHUNK = 5000
 
 @dataclass(frozen=True)
 class Source:
-    """A loaded table and how its rows are made from one API record."""
+    """A loaded table, and how a chunk of landed records becomes its rows.
+
+    ``to_rows(cursor, records)`` may read reference data through ``cursor`` (heights for BMI).
+    ``whole_batch``: the records must be transformed together (weights with their body fat).
+    """
 
     name: str
     target: sa.Table
-    to_row: Callable[[Any], Row]
+    to_rows: Callable[[Any, list[Any]], TransformResult]
+    whole_batch: bool = False
 
     @property
     def staging(self) -> sa.Table:
         return STAGING[self.target.name]
 
 
+def _known_heights(cur: Any) -> list[tuple[dt.datetime, int]]:
+    execute(cur, sa.select(fitbit_height.c.measured_at, fitbit_height.c.height_mm))
+    return [(measured_at, height_mm) for measured_at, height_mm in cur.fetchall()]
+
+
 SOURCES = {source.name: source for source in (
-    Source("strava_activity", strava_activity, strava_activity_row),
+    Source("strava_activity", strava_activity, lambda cur, records: transform_batch(records, strava_activity_row)),
+    Source("fitbit_weight", fitbit_weight, lambda cur, records: fitbit_weight_batch(records, _known_heights(cur)),
+           whole_batch=True),
+    Source("fitbit_calories", fitbit_calories, lambda cur, records: transform_batch(records, fitbit_calories_row)),
 )}
 
 
@@ -119,6 +150,62 @@ def extract_strava(run_id: str, window: Window, strava_conn_id: str = STRAVA_CON
     return {"batch_id": batch, "source": "strava_activity", "extracted": count, "window": window.as_dict()}
 
 
+def extract_fitbit_weight(run_id: str, window: Window, fitbit_conn_id: str = FITBIT_CONN_ID,
+                          db_conn_id: str = FITNESS_DB_CONN_ID) -> dict[str, Any]:
+    """Land the weight and body-fat points measured inside ``window``; refresh heights daily."""
+    from fitness_pipeline.hooks.fitbit import FitbitHook
+    from fitness_pipeline.loader import quarantine_records, upsert_rows
+    from fitness_pipeline.transform import BODY_FAT_MATCH_SECONDS
+
+    batch = batch_id(run_id, "fitbit_weight")
+    hook = FitbitHook(fitbit_conn_id)
+    margin = dt.timedelta(seconds=BODY_FAT_MATCH_SECONDS)
+    try:
+        with closing(connect(db_conn_id)) as conn, transaction(conn) as cur:
+            # heights change rarely and cost a request: fetched by the run ending at midnight, or when none known
+            if window.end.hour == 0 or not _known_heights(cur):
+                heights = transform_batch(hook.list_samples("height", None, window.end), fitbit_height_row)
+                upsert_rows(cur, fitbit_height, heights.rows)
+                quarantine_records(cur, "fitbit_height", heights.rejected)
+            # body fat first: a weighing's fat may sit just outside the window
+            pages = [[{"dataType": "body-fat", "point": p}
+                      for p in hook.list_samples("body-fat", window.start - margin, window.end + margin)],
+                     [{"dataType": "weight", "point": p}
+                      for p in hook.list_samples("weight", window.start, window.end)]]
+            count = land_records(cur, batch, pages)
+    finally:
+        hook.close()
+    log.info("fitbit_weight: landed %d weight and body-fat points measured in [%s, %s)", count, window.start,
+             window.end)
+    return {"batch_id": batch, "source": "fitbit_weight", "extracted": count, "window": window.as_dict()}
+
+
+def extract_fitbit_calories(run_id: str, window: Window, fitbit_conn_id: str = FITBIT_CONN_ID,
+                            db_conn_id: str = FITNESS_DB_CONN_ID) -> dict[str, Any]:
+    """Land the daily calorie roll-ups of every civil date the window touches in any time zone."""
+    from fitness_pipeline.hooks.fitbit import FitbitHook
+
+    batch = batch_id(run_id, "fitbit_calories")
+    first_day = (window.start - MAX_UTC_OFFSET).date()
+    end_day = (window.end + MAX_UTC_OFFSET).date() + dt.timedelta(days=1)
+    hook = FitbitHook(fitbit_conn_id)
+    try:
+        rollups = hook.daily_calories(first_day, end_day)
+        with closing(connect(db_conn_id)) as conn, transaction(conn) as cur:
+            count = land_records(cur, batch, [rollups])
+    finally:
+        hook.close()
+    log.info("fitbit_calories: landed %d days with logs among civil dates [%s, %s)", count, first_day, end_day)
+    return {"batch_id": batch, "source": "fitbit_calories", "extracted": count, "window": window.as_dict()}
+
+
+EXTRACTORS: dict[str, Callable[[str, Window], dict[str, Any]]] = {
+    "strava": extract_strava,
+    "fitbit_weight": extract_fitbit_weight,
+    "fitbit_calories": extract_fitbit_calories,
+}
+
+
 # --- transform -----------------------------------------------------------------------------
 
 
@@ -131,8 +218,9 @@ def transform(extracted: dict[str, Any], db_conn_id: str = FITNESS_DB_CONN_ID) -
     staged = rejected = 0
     with closing(connect(db_conn_id)) as conn, transaction(conn) as cur:
         execute(cur, sa.delete(source.staging).where(source.staging.c.batch_id == batch))
-        for payloads in _landed_chunks(conn, batch):
-            result = transform_batch((json.loads(p) for p in payloads), source.to_row)
+        chunk_size = None if source.whole_batch else _READ_CHUNK
+        for payloads in _landed_chunks(conn, batch, chunk_size):
+            result = source.to_rows(cur, [json.loads(p) for p in payloads])
             staged += stage_rows(cur, source.target, batch, result.rows, start_seq=staged)
             rejected += quarantine_records(cur, source.name, result.rejected)
     if rejected:
@@ -141,12 +229,17 @@ def transform(extracted: dict[str, Any], db_conn_id: str = FITNESS_DB_CONN_ID) -
     return {**extracted, "staged": staged, "quarantined": rejected}
 
 
-def _landed_chunks(conn: Any, batch: str) -> Iterator[list[str]]:
-    """The batch's landed payloads in order, a chunk at a time (server-side cursor: lean memory)."""
+def _landed_chunks(conn: Any, batch: str, size: int | None) -> Iterator[list[str]]:
+    """The batch's landed payloads in order, ``size`` at a time or all at once (``None``).
+    A server-side cursor keeps memory lean for big batches."""
     with closing(conn.cursor("landed_records")) as cur:
         execute(cur, sa.select(raw_record.c.payload).where(raw_record.c.batch_id == batch)
                 .order_by(raw_record.c.seq))
-        while chunk := cur.fetchmany(_READ_CHUNK):
+        if size is None:
+            if rows := cur.fetchall():
+                yield [row[0] for row in rows]
+            return
+        while chunk := cur.fetchmany(size):
             yield [row[0] for row in chunk]
 
 

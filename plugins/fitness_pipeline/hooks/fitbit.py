@@ -1,0 +1,212 @@
+"""Hook for Fitbit data through the Google Health API v4.
+
+The legacy Fitbit Web API (api.fitbit.com) was switched off on 2026-11-02 and answers
+``410 Gone``; Fitbit's data is served by the Google Health API with Google OAuth 2.0.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+from collections.abc import Iterator, Mapping
+from typing import Any, ClassVar
+
+import requests
+
+from fitness_pipeline.hooks.base import ApiError, AuthorizationError, OAuthApiHook, RateLimitError
+from fitness_pipeline.tokens import TokenSet
+
+METRICS_SCOPE = "https://www.googleapis.com/auth/googlehealth.health_metrics_and_measurements.readonly"
+NUTRITION_SCOPE = "https://www.googleapis.com/auth/googlehealth.nutrition.readonly"
+SCOPE_OF = {"weight": METRICS_SCOPE, "body-fat": METRICS_SCOPE, "height": METRICS_SCOPE,
+            "nutrition-log": NUTRITION_SCOPE}
+#: the AIP-160 field path of each type's sample time
+FILTER_FIELD = {"weight": "weight.sample_time.physical_time", "body-fat": "body_fat.sample_time.physical_time",
+                "height": "height.sample_time.physical_time"}
+MAX_PAGE_SIZE = 10_000
+MAX_ROLLUP_DAYS = 90
+
+
+class FitbitHook(OAuthApiHook):
+    """Read a Fitbit user's body measurements and nutrition through the Google Health API v4.
+
+    Connection (type ``fitbit``): ``login`` = Google OAuth client id, ``password`` = client
+    secret, extra ``refresh_token`` (granted with ``access_type=offline`` and the scopes
+    ``googlehealth.health_metrics_and_measurements.readonly`` and ``googlehealth.nutrition.readonly``);
+    ``host`` = API root, default ``https://health.googleapis.com``; extra ``token_url``,
+    default ``https://oauth2.googleapis.com/token``. Other extras as for every hook here:
+    ``connect_timeout``, ``read_timeout``, ``max_retries``, ``backoff_factor``,
+    ``max_rate_limit_wait``, ``token_store_conn_id``.
+    """
+
+    conn_name_attr = "fitbit_conn_id"
+    default_conn_name = "fitbit_default"
+    conn_type = "fitbit"
+    hook_name = "Fitbit (Google Health API)"
+
+    default_host: ClassVar[str] = "https://health.googleapis.com"
+    default_token_path: ClassVar[str] = "/token"
+    default_token_url: ClassVar[str] = "https://oauth2.googleapis.com/token"
+    # Google answers 429 without Retry-After or usage headers: back off with jitter, a few times
+    rate_limit_attempts: ClassVar[int] = 5
+
+    def __init__(self, fitbit_conn_id: str = default_conn_name, **kwargs: Any) -> None:
+        super().__init__(fitbit_conn_id, **kwargs)
+        self.fitbit_conn_id = fitbit_conn_id
+        self._rate_limited = 0
+
+    @property
+    def token_url(self) -> str:  # type: ignore[override]
+        return self.extra.get("token_url") or self.default_token_url
+
+    def idempotent_posts(self) -> frozenset[str]:
+        return frozenset({"POST"})  # the only POSTs this hook sends are dailyRollUp reads
+
+    # --- data ------------------------------------------------------------------------------
+
+    def iter_data_point_pages(self, data_type: str, filter_: str | None = None,
+                              page_size: int = MAX_PAGE_SIZE) -> Iterator[list[dict[str, Any]]]:
+        """Yield pages of data points (newest first), following ``nextPageToken`` to the end."""
+        params: dict[str, Any] = {"pageSize": page_size}
+        if filter_:
+            params["filter"] = filter_
+        while True:
+            body = self.json_body(self.request("GET", f"/v4/users/me/dataTypes/{data_type}/dataPoints",
+                                               params=params))
+            points = body.get("dataPoints") or [] if isinstance(body, Mapping) else None
+            if points is None or not isinstance(points, list):
+                raise ApiError(f"the {data_type} list answered an unexpected JSON shape")
+            if points:
+                yield points
+            token = body.get("nextPageToken")
+            if not token:
+                return
+            params["pageToken"] = token
+
+    def list_samples(self, data_type: str, start: dt.datetime | None, end: dt.datetime | None) -> list[dict[str, Any]]:
+        """All ``data_type`` samples measured in ``[start, end)`` (either bound may be open)."""
+        return [p for page in self.iter_data_point_pages(data_type, physical_time_filter(data_type, start, end))
+                for p in page]
+
+    def daily_calories(self, first_day: dt.date, end_day: dt.date) -> list[dict[str, Any]]:
+        """dailyRollUp points of ``nutrition-log`` for civil dates in ``[first_day, end_day)``,
+        in chunks of at most 90 days. Days without logs are absent (Google omits them)."""
+        points: list[dict[str, Any]] = []
+        chunk_start = first_day
+        while chunk_start < end_day:
+            chunk_end = min(end_day, chunk_start + dt.timedelta(days=MAX_ROLLUP_DAYS))
+            body = self.json_body(self.request(
+                "POST", "/v4/users/me/dataTypes/nutrition-log/dataPoints:dailyRollUp",
+                json={"range": {"start": {"date": _date_json(chunk_start)}, "end": {"date": _date_json(chunk_end)}},
+                      "windowSizeDays": 1}))
+            points += body.get("rollupDataPoints") or [] if isinstance(body, Mapping) else []
+            chunk_start = chunk_end
+        return points
+
+    def identity(self) -> dict[str, Any]:
+        """``{"healthUserId", "legacyUserId", ...}`` of the authorized user."""
+        return dict(self.json_body(self.request("GET", "/v4/users/me/identity")))
+
+    # --- tokens ------------------------------------------------------------------------------
+
+    def parse_token_response(self, body: Mapping[str, Any], refresh_token: str) -> TokenSet:
+        try:
+            expires_at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=int(body["expires_in"]))
+            # Google normally sends no new refresh token: keep the one we have; store one it does send
+            return TokenSet(str(body["access_token"]), str(body.get("refresh_token") or refresh_token), expires_at)
+        except (KeyError, TypeError, ValueError):
+            raise ApiError("Google's token endpoint answered without access_token/expires_in") from None
+
+    def token_error(self, response: requests.Response) -> ApiError:
+        error = _oauth_error(response)
+        if error == "invalid_grant":
+            return AuthorizationError(
+                f"Google refused the refresh token of connection {self.conn_id!r} (invalid_grant): re-authorize "
+                "with access_type=offline&prompt=consent and put the new refresh token in the Connection. Apps in "
+                "'Testing' status lose refresh tokens after 7 days: publish the OAuth app 'In production'.",
+                status=response.status_code)
+        if error in ("invalid_client", "unauthorized_client"):
+            return AuthorizationError(
+                f"Google refused the OAuth client of connection {self.conn_id!r} ({error}): check login (client id) "
+                "and password (client secret).", status=response.status_code)
+        return ApiError(f"Google's token endpoint answered {response.status_code} ({error or response.reason})",
+                        status=response.status_code)
+
+    def api_error(self, response: requests.Response) -> ApiError:
+        status, message, reasons = _google_error(response)
+        path = response.url.split("?")[0]
+        if response.status_code == 403:
+            data_type = next((t for t in SCOPE_OF if f"/dataTypes/{t}/" in path), None)
+            scope = SCOPE_OF.get(data_type or "", "the scope this data needs")
+            return AuthorizationError(
+                f"Google Health API denied {data_type or path} (PERMISSION_DENIED): the token lacks {scope}, or the "
+                f"API is not enabled in the Google Cloud project. Authorize again with that scope. ({message})",
+                status=403)
+        if "ACCOUNT_NOT_LINKED" in reasons:
+            return AuthorizationError(
+                "The Google account has no Fitbit data linked (ACCOUNT_NOT_LINKED): sign in to the Fitbit app with "
+                "this Google account, finish moving the Fitbit account to Google, then authorize again.",
+                status=response.status_code)
+        if response.status_code == 401:
+            return AuthorizationError(
+                f"Google refused the access token of connection {self.conn_id!r} even after a refresh "
+                f"(UNAUTHENTICATED): authorize again. ({message})", status=401)
+        return ApiError(f"Google Health API answered {response.status_code} {status}: {message} "
+                        f"for {response.request.method} {path}", status=response.status_code)
+
+    # --- rate limits ------------------------------------------------------------------------
+
+    def wait_for_rate_limit(self, response: requests.Response) -> None:
+        """429 RESOURCE_EXHAUSTED: exponential backoff with full jitter, then give up for Airflow to retry."""
+        self._rate_limited += 1
+        if self._rate_limited > self.rate_limit_attempts:
+            raise RateLimitError(
+                f"Google Health API kept answering 429 RESOURCE_EXHAUSTED (300 requests per minute per user) after "
+                f"{self.rate_limit_attempts} waits: failing this try so Airflow retries later.",
+                retry_at=dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1))
+        wait = min(self.settings.max_rate_limit_wait, 60.0,
+                   random.uniform(0, self.settings.backoff_factor * 2 ** self._rate_limited))
+        self.log.warning("Google Health API rate limit (429); waiting %.1f s", wait)
+        self._sleep(wait)
+
+    def after_response(self, response: requests.Response) -> None:
+        if response.status_code != 429:
+            self._rate_limited = 0
+
+
+def physical_time_filter(data_type: str, start: dt.datetime | None, end: dt.datetime | None) -> str | None:
+    """The AIP-160 filter for samples measured in ``[start, end)``, in the form the API accepts."""
+    field = FILTER_FIELD[data_type]
+    clauses = []
+    if start is not None:
+        clauses.append(f'{field} >= "{_rfc3339(start)}"')
+    if end is not None:
+        clauses.append(f'{field} < "{_rfc3339(end)}"')
+    return " AND ".join(clauses) or None
+
+
+def _rfc3339(value: dt.datetime) -> str:
+    if value.tzinfo is None:
+        raise ValueError("Google Health windows need aware datetimes (UTC)")
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _date_json(day: dt.date) -> dict[str, int]:
+    return {"year": day.year, "month": day.month, "day": day.day}
+
+
+def _oauth_error(response: requests.Response) -> str | None:
+    try:
+        return str(response.json().get("error"))
+    except (ValueError, AttributeError):
+        return None
+
+
+def _google_error(response: requests.Response) -> tuple[str, str, set[str]]:
+    """(status, message, ErrorInfo reasons) of a Google error body; they carry no personal data."""
+    try:
+        error = response.json()["error"]
+        reasons = {str(d.get("reason")) for d in error.get("details") or [] if isinstance(d, dict)}
+        return str(error.get("status")), str(error.get("message")), reasons
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return "", response.reason or "", set()
