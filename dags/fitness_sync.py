@@ -31,6 +31,8 @@ except ImportError:  # Airflow 2.10/2.11
 DEFAULT_LOOKBACK_HOURS = 72
 #: one task group per source: Strava activities, Fitbit body weight, Fitbit calories eaten
 SOURCES = ("strava", "fitbit_weight", "fitbit_calories")
+#: extract tasks share an Airflow pool per API, so parallel runs and backfills cannot exceed its rate limit
+POOLS = {"strava": "strava_api", "fitbit_weight": "google_health_api", "fitbit_calories": "google_health_api"}
 
 
 @dag(
@@ -48,10 +50,30 @@ SOURCES = ("strava", "fitbit_weight", "fitbit_calories")
         "max_retry_delay": dt.timedelta(minutes=30),
         "execution_timeout": dt.timedelta(hours=2),
     },
-    params={
-        "lookback_hours": Param(  # noqa: AIR311 - resolves to airflow.sdk.Param on Airflow 3
+    params={  # Param resolves to airflow.sdk.Param on Airflow 3 (the noqa is for the Airflow 2 fallback)
+        "lookback_hours": Param(  # noqa: AIR311
             DEFAULT_LOOKBACK_HOURS, type="integer", minimum=0,
-            description="How far before the data interval to re-fetch (late uploads).",
+            description="How far before the data interval to re-fetch (late uploads, edits, deletions).",
+        ),
+        "sources": Param(  # noqa: AIR311
+            list(SOURCES), type="array", items={"type": "string", "enum": list(SOURCES)},
+            description="Which sources this run syncs.",
+        ),
+        "history_start": Param(  # noqa: AIR311
+            None, type=["null", "string"],
+            description="History import: fetch from this date (YYYY-MM-DD, UTC) instead of the hourly window.",
+        ),
+        "history_end": Param(  # noqa: AIR311
+            None, type=["null", "string"],
+            description="History import: up to this date (default: the run's data interval end).",
+        ),
+        "daily_full_reconcile": Param(  # noqa: AIR311
+            True, type="boolean",
+            description="The run ending at 00:00 UTC re-lists all history to catch deletions older than the lookback.",
+        ),
+        "max_deleted_share": Param(  # noqa: AIR311
+            0.5, type="number", minimum=0, maximum=1,
+            description="Refuse (fail) to mark more than this share of a window's rows deleted.",
         ),
     },
     tags=["fitness", "strava", "fitbit"],
@@ -72,12 +94,15 @@ def source_group(source: str) -> Any:
 
     @task_group(group_id=source)
     def group() -> None:
-        @task(task_id="extract")
+        @task(task_id="extract", pool=POOLS[source])
         def extract(params: dict[str, Any] | None = None, data_interval_start: dt.datetime | None = None,
                     data_interval_end: dt.datetime | None = None, dag_run: Any = None) -> dict[str, Any]:
             from fitness_pipeline import tasks
+            from fitness_pipeline.compat import AirflowSkipException
 
-            window = tasks.run_window(params, data_interval_start, data_interval_end, dag_run)
+            if not tasks.wanted(params, source):
+                raise AirflowSkipException(f"{source} is not in this run's sources")
+            window = tasks.run_window(params, data_interval_start, data_interval_end, dag_run, source)
             return tasks.EXTRACTORS[source](dag_run.run_id, window)
 
         @task(task_id="transform")
@@ -87,10 +112,10 @@ def source_group(source: str) -> Any:
             return tasks.transform(extracted)
 
         @task(task_id="load")
-        def load(transformed: dict[str, Any]) -> dict[str, Any]:
+        def load(transformed: dict[str, Any], params: dict[str, Any] | None = None) -> dict[str, Any]:
             from fitness_pipeline import tasks
 
-            return tasks.load(transformed)
+            return tasks.load(transformed, max_deleted_share=float((params or {}).get("max_deleted_share", 0.5)))
 
         load(transform(extract()))
 

@@ -94,6 +94,18 @@ def emulator_connection_env(emulator_url: str, conn_type: str = "strava", **extr
     return json.dumps({"conn_type": conn_type, **conn})
 
 
+POOLS_FILE = REPO / "include" / "pools.json"
+
+
+def prepare_airflow_db() -> None:
+    """Migrate Airflow's metadata database and create the pools the DAG's extract tasks use."""
+    import subprocess
+    import sys
+
+    for command in (["db", "migrate"], ["pools", "import", str(POOLS_FILE)]):
+        subprocess.run([sys.executable, "-m", "airflow", *command], check=True, capture_output=True)
+
+
 def airflow_env(home: Path) -> dict[str, str]:
     """Environment variables that make a self-contained Airflow (SQLite metadata, no examples)."""
     home.mkdir(parents=True, exist_ok=True)

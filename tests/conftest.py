@@ -4,8 +4,6 @@ over loopback HTTP, and a self-contained Airflow (SQLite) for DAG runs."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
@@ -14,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from embedded_stack import EmbeddedPostgres, airflow_env, emulator_connection_env, start_postgres
+from embedded_stack import EmbeddedPostgres, airflow_env, emulator_connection_env, prepare_airflow_db, start_postgres
 
 # Airflow reads its configuration at import: set it before any test module imports airflow.
 _SESSION_DIR = Path(tempfile.mkdtemp(prefix="fitness-tests-"))
@@ -23,8 +21,8 @@ os.environ.update(airflow_env(_SESSION_DIR / "airflow"))
 
 @pytest.fixture(scope="session")
 def airflow_db() -> None:
-    """Airflow's own metadata database (SQLite), migrated once per test session (~3 s)."""
-    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True)
+    """Airflow's own metadata database (SQLite) with the pools, prepared once per test session (~6 s)."""
+    prepare_airflow_db()
 
 
 @pytest.fixture(scope="session")

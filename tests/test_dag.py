@@ -58,12 +58,19 @@ def test_schedule_tasks_and_defaults_are_as_documented() -> None:
         assert dag.get_task(f"{group}.extract").upstream_task_ids == {"ensure_schema"}  # independent branches
 
 
-def run_dag(logical_date: dt.datetime, **conf: Any) -> Any:
-    """One real run through dag.test(); retries off so a failure shows at once instead of after backoff."""
+def this_hour() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(minute=0, second=0, microsecond=0)
+
+
+def run_dag(interval_end: dt.datetime, **conf: Any) -> Any:
+    """One real run through dag.test() for the hour ending at ``interval_end`` (a manual run at that
+    time gets the data interval [interval_end - 1 h, interval_end)). Retries off so a failure shows
+    at once; the daily full reconciliation off unless asked for, so windows do not depend on the hour."""
     dag = load_dag()
     for task in dag.tasks:
         task.retries = 0
-    return dag.test(logical_date=logical_date, run_conf=conf or None)
+    conf.setdefault("daily_full_reconcile", False)
+    return dag.test(logical_date=interval_end, run_conf=conf)
 
 
 def table_contents(conn: Any) -> list[list[tuple[Any, ...]]]:
@@ -73,13 +80,13 @@ def table_contents(conn: Any) -> list[list[tuple[Any, ...]]]:
 
 def test_hourly_run_loads_all_sources_and_a_rerun_changes_nothing(db_conn: Any, all_connections: Any) -> None:
     emulator = all_connections
-    hour = dt.datetime.now(dt.UTC).replace(minute=0, second=0, microsecond=0) - dt.timedelta(hours=1)
+    hour = this_hour()
     lookback_hours = 24 * 60
     dag_run = run_dag(hour, lookback_hours=lookback_hours)
     assert "success" in str(dag_run.state).lower()
 
-    window_start = hour - dt.timedelta(hours=lookback_hours)
-    expected = emulator_activity_ids(emulator, window_start, hour + dt.timedelta(hours=1))
+    window_start = hour - dt.timedelta(hours=1 + lookback_hours)
+    expected = emulator_activity_ids(emulator, window_start, hour)
     assert expected, "the emulator's athlete should have activities in two months"
     loaded = [row[0] for row in query(db_conn, "SELECT id FROM strava_activity ORDER BY id")]
     assert loaded == sorted(expected)
@@ -110,7 +117,7 @@ def emulator_activity_ids(emulator: Any, start: dt.datetime, end: dt.datetime) -
 
 def test_bad_record_is_quarantined_and_the_rest_of_the_batch_loads(db_conn: Any, all_connections: Any) -> None:
     emulator = all_connections
-    hour = dt.datetime.now(dt.UTC).replace(minute=0, second=0, microsecond=0) - dt.timedelta(hours=1)
+    hour = this_hour()
     week_ago = hour - dt.timedelta(days=7)
     assert "success" in str(run_dag(hour, lookback_hours=24 * 7).state).lower()
     broken, renamed = emulator_activity_ids(emulator, week_ago, hour)[:2]

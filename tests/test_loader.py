@@ -141,3 +141,30 @@ def test_seed_article_tables_are_upgraded_in_place(db_conn: Any) -> None:
     assert (name, elapsed, upload_id) == ("Seed run", 1800, 12)
     assert start == dt.datetime(2020, 1, 1, 8, tzinfo=dt.UTC)  # the seed's naive values were UTC
     assert not ensure_schema(db_conn)
+
+
+def test_mark_deleted_then_restored_when_it_comes_back(schema: Any) -> None:
+    from fitness_pipeline.loader import mark_deleted, merge_staged, stage_rows
+    from fitness_pipeline.schema import STAGING
+
+    upsert(schema, rows(1, 2, 3, 4, 5))
+    everything = strava_activity.c.id > 0
+    with transaction(schema) as cur:  # a listing that no longer has activity 3
+        stage_rows(cur, strava_activity, "b1", rows(1, 2, 4, 5))
+        assert merge_staged(cur, strava_activity, "b1") == UpsertCounts(unchanged=4)
+        assert mark_deleted(cur, "strava_activity", strava_activity, "b1", everything, max_share=0.5) == 1
+        cur.execute(f"DELETE FROM {STAGING['strava_activity'].name}")
+    assert query(schema, "SELECT id FROM strava_activity WHERE deleted_at IS NOT NULL") == [(3,)]
+    # back upstream, unchanged: restored and counted as an update
+    assert upsert(schema, rows(3)) == UpsertCounts(updated=1)
+    assert query(schema, "SELECT count(*) FROM strava_activity WHERE deleted_at IS NOT NULL") == [(0,)]
+
+
+def test_mark_deleted_refuses_a_mass_deletion(schema: Any) -> None:
+    from fitness_pipeline.loader import MassDeletionError, mark_deleted, stage_rows
+
+    upsert(schema, rows(1, 2, 3, 4, 5, 6))
+    with pytest.raises(MassDeletionError, match="4 of 6 rows"), transaction(schema) as cur:
+        stage_rows(cur, strava_activity, "b2", rows(1, 2))  # the listing suddenly holds only two
+        mark_deleted(cur, "strava_activity", strava_activity, "b2", strava_activity.c.id > 0, max_share=0.5)
+    assert query(schema, "SELECT count(*) FROM strava_activity WHERE deleted_at IS NOT NULL") == [(0,)]

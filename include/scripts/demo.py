@@ -13,7 +13,6 @@ import datetime as dt
 import logging
 import os
 import secrets
-import subprocess
 import sys
 import time
 import warnings
@@ -23,7 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(REPO / "plugins"), str(REPO / "include")]
 
-from embedded_stack import airflow_env, emulator_connection_env, start_postgres  # noqa: E402
+from embedded_stack import airflow_env, emulator_connection_env, prepare_airflow_db, start_postgres  # noqa: E402
 
 LOCAL = REPO / ".local"
 DATABASE = "fitness"
@@ -66,7 +65,7 @@ def main() -> int:
         os.environ["AIRFLOW_CONN_STRAVA_DEFAULT"] = emulator_connection_env(emulator.url)
         os.environ["AIRFLOW_CONN_FITBIT_DEFAULT"] = emulator_connection_env(emulator.url, "fitbit")
         print(f"PostgreSQL: {postgres.socket_dir} (database {DATABASE!r}); API emulator: {emulator.url}")
-        subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, stdout=subprocess.DEVNULL)
+        prepare_airflow_db()
         run_id = run_dag()
         report(run_id)
         print(f"API requests served: {emulator.stats()['requests']}")
@@ -81,9 +80,9 @@ def run_dag() -> str:
     # dag.test() talks to Airflow's execution API through Starlette's test client, which warns about httpx
     warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
     dag = DagBag(dag_folder=str(REPO / "dags" / "fitness_sync.py")).get_dag("fitness_sync")
+    # a manual run at the top of this hour syncs the hour that just ended (plus the lookback)
     hour = dt.datetime.now(dt.UTC).replace(minute=0, second=0, microsecond=0)
-    dag_run = dag.test(logical_date=hour - dt.timedelta(hours=1),
-                       run_conf={"lookback_hours": LOOKBACK_DAYS * 24})
+    dag_run = dag.test(logical_date=hour, run_conf={"lookback_hours": LOOKBACK_DAYS * 24})
     print(f"\nRun {dag_run.run_id}: {dag_run.state}")
     if str(dag_run.state) not in ("success", "DagRunState.SUCCESS"):
         raise SystemExit(f"fitness_sync did not succeed ({dag_run.state}); see the log above.")

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 
 from fitness_pipeline.db import DIALECT, copy_rows, execute
-from fitness_pipeline.schema import LAST_TIME, STAGING, data_columns, quarantine
+from fitness_pipeline.schema import DELETED_AT, LAST_TIME, STAGING, data_columns, quarantine
 from fitness_pipeline.transform import Rejected
 
 try:  # SQLAlchemy 2.1; 1.4 and 2.0 spell DISTINCT ON as select().distinct(col)
@@ -93,13 +93,16 @@ def _merge_statement(target: sa.Table, staging: sa.Table) -> sa.sql.Select:
     source = sa.select(*(staging.c[n] for n in names)).where(batch).order_by(*key_cols, staging.c.seq.desc())
     source = source.ext(distinct_on(*key_cols)) if distinct_on else source.distinct(*key_cols)
     insert = pg.insert(target).from_select(names, source)
+    changed = sa.tuple_(*(target.c[n] for n in changing)).is_distinct_from(
+        sa.tuple_(*(insert.excluded[n] for n in changing)))
+    set_ = {**{n: insert.excluded[n] for n in changing}, LAST_TIME: sa.func.now()}
+    if DELETED_AT in target.c:  # a record marked deleted that is back upstream is restored
+        changed = sa.or_(changed, target.c[DELETED_AT].is_not(None))
+        set_[DELETED_AT] = None
     insert = insert.on_conflict_do_update(
         index_elements=keys,
-        set_={**{n: insert.excluded[n] for n in changing}, LAST_TIME: sa.func.now()},
-        # the WHERE makes an unchanged row a no-op: no new tuple, last_time kept
-        where=sa.tuple_(*(target.c[n] for n in changing)).is_distinct_from(
-            sa.tuple_(*(insert.excluded[n] for n in changing))
-        ),
+        set_=set_,
+        where=changed,  # an unchanged row is a no-op: no new tuple, last_time kept
     ).returning(sa.literal_column("xmax = 0").label("inserted"))
     upserted = insert.cte("upserted")
     distinct_keys = sa.select(sa.func.count(sa.distinct(sa.tuple_(*key_cols)))).where(batch).scalar_subquery()
@@ -143,3 +146,35 @@ def _chunks(items: Iterable[Any], size: int) -> Iterable[tuple[Any, ...]]:
     iterator = iter(items)
     while chunk := tuple(itertools.islice(iterator, size)):
         yield chunk
+
+
+class MassDeletionError(RuntimeError):
+    """Refused to mark a large share of a window's rows deleted (an API that suddenly returns
+    nothing, e.g. after a scope was lost, looks exactly like a mass deletion)."""
+
+
+def mark_deleted(cursor: Any, source: str, target: sa.Table, batch_id: str, in_window: sa.ColumnElement[bool],
+                 max_share: float, staging: sa.Table | None = None) -> int:
+    """Set ``deleted_at`` on live rows inside the reconciled window that the batch did not bring.
+
+    Rows whose record sits in quarantine are upstream (just unreadable): they are kept live.
+    Raises :class:`MassDeletionError` (the caller's transaction then rolls back) when more than
+    ``max_share`` of the window's live rows, and more than two, would be marked.
+    """
+    staging = staging if staging is not None else STAGING[target.name]
+    key = next(iter(target.primary_key.columns))
+    seen = sa.select(staging.c[key.name]).where(staging.c.batch_id == batch_id)
+    held = sa.select(quarantine.c.record_key).where(quarantine.c.source == source)
+    live = sa.and_(in_window, target.c[DELETED_AT].is_(None))
+    vanished = sa.and_(live, key.not_in(seen), sa.cast(key, sa.Text).not_in(held))
+    execute(cursor, sa.select(sa.func.count().filter(vanished), sa.func.count()).select_from(target).where(live))
+    missing, total = cursor.fetchone()
+    if missing > 2 and missing > max_share * total:
+        raise MassDeletionError(
+            f"{target.name}: {missing} of {total} rows in the reconciled window vanished upstream, more than "
+            f"max_deleted_share={max_share:g}. Refusing to mark them deleted: check the connection's scopes and the "
+            "account. If they really were deleted, trigger the DAG with a higher max_deleted_share.")
+    if not missing:
+        return 0
+    execute(cursor, sa.update(target).where(vanished).values({DELETED_AT: sa.func.now(), LAST_TIME: sa.func.now()}))
+    return int(cursor.rowcount)

@@ -16,11 +16,15 @@ metadata = sa.MetaData()
 #: Columns every loaded table gets; the loader sets them, never the caller.
 FIRST_SEEN = "first_seen"
 LAST_TIME = "last_time"
-MANAGED_COLUMNS = frozenset({FIRST_SEEN, LAST_TIME})
+DELETED_AT = "deleted_at"
+MANAGED_COLUMNS = frozenset({FIRST_SEEN, LAST_TIME, DELETED_AT})
 
 
-def _managed_columns() -> list[sa.Column]:
-    return [
+def _managed_columns(*, deletable: bool = True) -> list[sa.Column]:
+    deleted = [sa.Column(DELETED_AT, sa.DateTime(timezone=True),
+                         comment="set when the record vanished upstream inside a reconciled window; "
+                                 "cleared if it comes back")] if deletable else []
+    return [*deleted,
         sa.Column(FIRST_SEEN, sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now(),
                   comment="when this row was first loaded"),
         sa.Column(LAST_TIME, sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now(),
@@ -98,7 +102,7 @@ fitbit_height = sa.Table(
     sa.Column("measured_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("data_point_name", sa.Text, nullable=False),
     sa.Column("raw", pg.JSONB, nullable=False),
-    *_managed_columns(),
+    *_managed_columns(deletable=False),
     comment="height data points; the BMI of fitbit_weight uses the latest one at each weighing",
 )
 
@@ -153,6 +157,7 @@ sync_run = sa.Table(
     sa.Column("inserted", sa.Integer, nullable=False),
     sa.Column("updated", sa.Integer, nullable=False),
     sa.Column("unchanged", sa.Integer, nullable=False),
+    sa.Column("deleted", sa.Integer, nullable=False, server_default="0", comment="rows marked deleted"),
     sa.Column("finished_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
     comment="one row per loaded batch: what each run did",
 )

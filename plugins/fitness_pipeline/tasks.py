@@ -21,6 +21,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 
+from fitness_pipeline import windows
 from fitness_pipeline.db import copy_rows, execute, transaction
 from fitness_pipeline.schema import (
     STAGING,
@@ -46,6 +47,9 @@ log = logging.getLogger(__name__)
 FITNESS_DB_CONN_ID = "fitness_db"
 STRAVA_CONN_ID = "strava_default"
 FITBIT_CONN_ID = "fitbit_default"
+#: sources whose whole history the daily run re-lists to catch old deletions (calories would cost
+#: a roll-up call per 90 days of history, so they are reconciled inside the normal window only)
+FULL_RECONCILE_SOURCES = frozenset({"strava", "fitbit_weight"})
 #: civil dates are at most this far from UTC (UTC+14 … UTC-12)
 MAX_UTC_OFFSET = dt.timedelta(hours=14)
 #: raw and staged rows of batches that never finished are removed after this long
@@ -92,11 +96,27 @@ def connect(conn_id: str = FITNESS_DB_CONN_ID) -> Any:
 
 
 def run_window(params: dict[str, Any] | None, data_interval_start: dt.datetime | None,
-               data_interval_end: dt.datetime | None, dag_run: Any) -> Window:
-    """The extraction window of the current run (see :func:`extraction_window`)."""
-    lookback = dt.timedelta(hours=float((params or {}).get("lookback_hours", 0)))
+               data_interval_end: dt.datetime | None, dag_run: Any, source: str = "strava") -> Window:
+    """The window ``source`` fetches in the current run; a function of the run and its params only.
+
+    Normally the data interval widened by ``lookback_hours``. The run whose interval ends at
+    00:00 UTC reconciles the whole history of the sources in :data:`FULL_RECONCILE_SOURCES`
+    (param ``daily_full_reconcile``). Params ``history_start``/``history_end`` import a range.
+    """
+    params = params or {}
+    lookback = dt.timedelta(hours=float(params.get("lookback_hours") or 0))
     run_after = getattr(dag_run, "run_after", None) or getattr(dag_run, "execution_date", None)
-    return extraction_window(data_interval_start, data_interval_end, run_after, lookback)
+    base = extraction_window(data_interval_start, data_interval_end, run_after, lookback)
+    full = bool(params.get("daily_full_reconcile", True)) and source in FULL_RECONCILE_SOURCES and (
+        base.end.hour == 0 and data_interval_end is not None)
+    return windows.run_window(base, history_start=params.get("history_start"),
+                              history_end=params.get("history_end"), full_history=full)
+
+
+def wanted(params: dict[str, Any] | None, source: str) -> bool:
+    """Whether param ``sources`` (default: all) includes ``source``."""
+    sources = (params or {}).get("sources")
+    return not sources or source in sources
 
 
 def batch_id(run_id: str, source: str) -> str:
@@ -147,7 +167,11 @@ def extract_strava(run_id: str, window: Window, strava_conn_id: str = STRAVA_CON
     finally:
         hook.close()
     log.info("strava_activity: landed %d activities that started in [%s, %s)", count, window.start, window.end)
-    return {"batch_id": batch, "source": "strava_activity", "extracted": count, "window": window.as_dict()}
+    # Strava's after/before are exclusive whole seconds: reconcile exactly what was asked for
+    reconcile = {"column": "start_date", "lower": _epoch_iso(window.start), "upper": _epoch_iso(window.end),
+                 "lower_inclusive": False}
+    return {"batch_id": batch, "source": "strava_activity", "extracted": count, "window": window.as_dict(),
+            "reconcile": reconcile}
 
 
 def extract_fitbit_weight(run_id: str, window: Window, fitbit_conn_id: str = FITBIT_CONN_ID,
@@ -177,7 +201,10 @@ def extract_fitbit_weight(run_id: str, window: Window, fitbit_conn_id: str = FIT
         hook.close()
     log.info("fitbit_weight: landed %d weight and body-fat points measured in [%s, %s)", count, window.start,
              window.end)
-    return {"batch_id": batch, "source": "fitbit_weight", "extracted": count, "window": window.as_dict()}
+    reconcile = {"column": "measured_at", "lower": window.start.isoformat(), "upper": window.end.isoformat(),
+                 "lower_inclusive": True}
+    return {"batch_id": batch, "source": "fitbit_weight", "extracted": count, "window": window.as_dict(),
+            "reconcile": reconcile}
 
 
 def extract_fitbit_calories(run_id: str, window: Window, fitbit_conn_id: str = FITBIT_CONN_ID,
@@ -196,7 +223,10 @@ def extract_fitbit_calories(run_id: str, window: Window, fitbit_conn_id: str = F
     finally:
         hook.close()
     log.info("fitbit_calories: landed %d days with logs among civil dates [%s, %s)", count, first_day, end_day)
-    return {"batch_id": batch, "source": "fitbit_calories", "extracted": count, "window": window.as_dict()}
+    reconcile = {"column": "record_date", "lower": first_day.isoformat(), "upper": end_day.isoformat(),
+                 "lower_inclusive": True}
+    return {"batch_id": batch, "source": "fitbit_calories", "extracted": count, "window": window.as_dict(),
+            "reconcile": reconcile}
 
 
 EXTRACTORS: dict[str, Callable[[str, Window], dict[str, Any]]] = {
@@ -204,6 +234,18 @@ EXTRACTORS: dict[str, Callable[[str, Window], dict[str, Any]]] = {
     "fitbit_weight": extract_fitbit_weight,
     "fitbit_calories": extract_fitbit_calories,
 }
+
+
+def _epoch_iso(value: dt.datetime) -> str:
+    return dt.datetime.fromtimestamp(int(value.timestamp()), dt.UTC).isoformat()
+
+
+def reconciled_range(target: sa.Table, spec: dict[str, Any]) -> sa.ColumnElement[bool]:
+    """The rows of ``target`` inside the range an extract listed completely."""
+    column = target.c[spec["column"]]
+    parse = dt.date.fromisoformat if isinstance(column.type, sa.Date) else dt.datetime.fromisoformat
+    lower, upper = parse(spec["lower"]), parse(spec["upper"])
+    return sa.and_(column >= lower if spec["lower_inclusive"] else column > lower, column < upper)
 
 
 # --- transform -----------------------------------------------------------------------------
@@ -246,14 +288,20 @@ def _landed_chunks(conn: Any, batch: str, size: int | None) -> Iterator[list[str
 # --- load ----------------------------------------------------------------------------------
 
 
-def load(transformed: dict[str, Any], db_conn_id: str = FITNESS_DB_CONN_ID) -> dict[str, Any]:
-    """Merge the staged batch into its table and record the run, in one transaction."""
-    from fitness_pipeline.loader import delete_staged, merge_staged, release_quarantined
+def load(transformed: dict[str, Any], max_deleted_share: float = 0.5,
+         db_conn_id: str = FITNESS_DB_CONN_ID) -> dict[str, Any]:
+    """Merge the staged batch into its table, mark what vanished upstream inside the listed
+    range as deleted, and record the run, all in one transaction."""
+    from fitness_pipeline.loader import delete_staged, mark_deleted, merge_staged, release_quarantined
 
     source = SOURCES[transformed["source"]]
     batch = transformed["batch_id"]
+    deleted = 0
     with closing(connect(db_conn_id)) as conn, transaction(conn) as cur:
         counts = merge_staged(cur, source.target, batch)
+        if transformed.get("reconcile"):
+            deleted = mark_deleted(cur, source.name, source.target, batch,
+                                   reconciled_range(source.target, transformed["reconcile"]), max_deleted_share)
         release_quarantined(cur, source.name, source.target, source.staging, batch)
         delete_staged(cur, source.staging, batch)
         execute(cur, sa.delete(raw_record).where(raw_record.c.batch_id == batch))
@@ -262,12 +310,13 @@ def load(transformed: dict[str, Any], db_conn_id: str = FITNESS_DB_CONN_ID) -> d
             "batch_id": batch, "source": source.name,
             "window_start": window.get("start"), "window_end": window.get("end"),
             "extracted": transformed["extracted"], "quarantined": transformed["quarantined"],
-            **counts.as_dict(),
+            "deleted": deleted, **counts.as_dict(),
         }
         insert = pg.insert(sync_run).values(**record)
         execute(cur, insert.on_conflict_do_update(
             index_elements=[sync_run.c.batch_id],
             set_={**{k: insert.excluded[k] for k in record if k != "batch_id"}, "finished_at": sa.func.now()}))
-    log.info("%s: %d inserted, %d updated, %d unchanged, %d quarantined", source.name, counts.inserted,
-             counts.updated, counts.unchanged, transformed["quarantined"])
-    return {"source": source.name, "batch_id": batch, "quarantined": transformed["quarantined"], **counts.as_dict()}
+    log.info("%s: %d inserted, %d updated, %d unchanged, %d marked deleted, %d quarantined", source.name,
+             counts.inserted, counts.updated, counts.unchanged, deleted, transformed["quarantined"])
+    return {"source": source.name, "batch_id": batch, "quarantined": transformed["quarantined"], "deleted": deleted,
+            **counts.as_dict()}

@@ -52,3 +52,34 @@ def _utc(value: dt.datetime) -> dt.datetime:
 
 def _missing() -> dt.datetime:
     raise ValueError("the run has neither a data interval nor a run_after date")
+
+
+#: before any activity or measurement these APIs hold (Strava started in 2009)
+HISTORY_START = dt.datetime(2008, 1, 1, tzinfo=dt.UTC)
+
+
+def parse_bound(value: str | dt.date | dt.datetime) -> dt.datetime:
+    """A history bound given as a date (``2021-03-01`` means its 00:00 UTC) or an aware date-time."""
+    if isinstance(value, str):
+        value = dt.datetime.fromisoformat(value) if "T" in value or " " in value else dt.date.fromisoformat(value)
+    if not isinstance(value, dt.datetime):
+        return dt.datetime(value.year, value.month, value.day, tzinfo=dt.UTC)
+    return _utc(value)
+
+
+def run_window(base: Window, *, history_start: str | None = None, history_end: str | None = None,
+               full_history: bool = False) -> Window:
+    """The window a run fetches, from its :func:`extraction_window` ``base``.
+
+    ``history_start``/``history_end``: a history import (manual trigger) of that range instead.
+    ``full_history``: a full reconciliation, from :data:`HISTORY_START` to the base window's end.
+    """
+    if history_start:
+        start = parse_bound(history_start)
+        end = parse_bound(history_end) if history_end else base.end
+        if end <= start:
+            raise ValueError(f"history_end ({end:%Y-%m-%d %H:%M}) must be after history_start ({start:%Y-%m-%d %H:%M})")
+        return Window(start, end)
+    if full_history:
+        return Window(HISTORY_START, base.end)
+    return base

@@ -1,0 +1,157 @@
+"""History and reconciliation through real dag.test() runs: late uploads, deletions and their
+guard, the daily full reconciliation, history imports, source selection, an interrupted import."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import multiprocessing
+import time
+from typing import Any
+
+import pytest
+import requests
+
+from tests.helpers import query
+from tests.test_dag import emulator_activity_ids, run_dag, this_hour
+
+pytestmark = pytest.mark.usefixtures("airflow_db")
+
+DAY = dt.timedelta(days=1)
+
+
+def succeeded(dag_run: Any) -> bool:
+    return "success" in str(dag_run.state).lower()
+
+
+def task_states(dag_run: Any) -> dict[str, str]:
+    from airflow.models import DagRun
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        run = session.query(DagRun).filter_by(dag_id="fitness_sync", run_id=dag_run.run_id).one()
+        return {ti.task_id: str(ti.state).split(".")[-1].lower() for ti in run.get_task_instances(session=session)}
+
+
+def test_late_upload_is_loaded_by_the_next_hourly_run(db_conn: Any, all_connections: Any) -> None:
+    emulator = all_connections
+    hour = this_hour()
+    assert succeeded(run_dag(hour - dt.timedelta(hours=1)))
+    start = (hour - 2 * DAY).replace(minute=17)
+    late = emulator.state.strava.add_activity(start.strftime("%Y-%m-%dT%H:%M:%SZ"), name="Uploaded two days late")
+    assert query(db_conn, "SELECT count(*) FROM strava_activity WHERE id = %s", (late["id"],)) == [(0,)]
+    assert succeeded(run_dag(hour))  # the next hourly run, default 72 h lookback
+    assert query(db_conn, "SELECT name FROM strava_activity WHERE id = %s", (late["id"],)) == [
+        ("Uploaded two days late",)]
+
+
+def test_deleted_upstream_is_marked_not_erased(db_conn: Any, all_connections: Any) -> None:
+    emulator = all_connections
+    hour = this_hour()
+    assert succeeded(run_dag(hour, lookback_hours=24 * 14))
+    gone = emulator_activity_ids(emulator, hour - 7 * DAY, hour)[0]
+    requests.delete(f"{emulator.url}/_emulator/strava/activities/{gone}", timeout=5).raise_for_status()
+    (weight_name,), = query(db_conn, "SELECT data_point_name FROM fitbit_weight ORDER BY measured_at DESC LIMIT 1")
+    weight_id = weight_name.rsplit("/", 1)[1]
+    requests.delete(f"{emulator.url}/_emulator/google/dataPoints/weight/{weight_id}", timeout=5).raise_for_status()
+
+    assert succeeded(run_dag(hour, lookback_hours=24 * 14))
+    assert query(db_conn, "SELECT count(*) FROM strava_activity WHERE deleted_at IS NOT NULL") == [(1,)]
+    assert query(db_conn, "SELECT id FROM strava_activity WHERE deleted_at IS NOT NULL") == [(gone,)]
+    assert query(db_conn, "SELECT id::text FROM fitbit_weight WHERE deleted_at IS NOT NULL") == [(weight_id,)]
+    deleted = dict(query(db_conn, "SELECT source, deleted FROM sync_run WHERE deleted > 0"))
+    assert deleted == {"strava_activity": 1, "fitbit_weight": 1}
+    # a third run changes nothing: the deleted rows stay marked, nothing else moves
+    before = query(db_conn, "SELECT id, xmin::text FROM strava_activity ORDER BY id")
+    assert succeeded(run_dag(hour, lookback_hours=24 * 14))
+    assert query(db_conn, "SELECT id, xmin::text FROM strava_activity ORDER BY id") == before
+
+
+def test_mass_deletion_is_refused_and_the_other_sources_still_load(db_conn: Any, all_connections: Any) -> None:
+    emulator = all_connections
+    hour = this_hour()
+    assert succeeded(run_dag(hour, lookback_hours=24 * 14))
+    ids = emulator_activity_ids(emulator, hour - 14 * DAY - dt.timedelta(hours=1), hour)
+    assert len(ids) > 4
+    for activity_id in ids:  # the API suddenly returns nothing for the window
+        emulator.state.strava.activities.delete(activity_id)
+
+    dag_run = run_dag(hour, lookback_hours=24 * 14)
+    states = task_states(dag_run)
+    assert not succeeded(dag_run)
+    assert states["strava.load"] == "failed"
+    assert states["fitbit_weight.load"] == states["fitbit_calories.load"] == "success"
+    assert query(db_conn, "SELECT count(*) FROM strava_activity WHERE deleted_at IS NOT NULL") == [(0,)]
+
+    # the athlete really deleted them: allow it for one run
+    assert succeeded(run_dag(hour, lookback_hours=24 * 14, max_deleted_share=1.0))
+    assert query(db_conn, "SELECT count(*) FROM strava_activity WHERE deleted_at IS NOT NULL") == [(len(ids),)]
+
+
+def test_daily_run_reconciles_the_whole_history(db_conn: Any, all_connections: Any) -> None:
+    emulator = all_connections
+    midnight = this_hour().replace(hour=0)
+    assert succeeded(run_dag(midnight, lookback_hours=24 * 400))  # everything the 1-year athlete has
+    old = emulator_activity_ids(emulator, midnight - 300 * DAY, midnight - 200 * DAY)[0]
+    emulator.state.strava.activities.delete(old)
+
+    assert succeeded(run_dag(midnight - dt.timedelta(hours=5)))  # an ordinary hour: 72 h lookback
+    assert query(db_conn, "SELECT count(*) FROM strava_activity WHERE deleted_at IS NOT NULL") == [(0,)]
+    assert succeeded(run_dag(midnight, daily_full_reconcile=True))  # the run ending at 00:00 UTC
+    assert query(db_conn, "SELECT id FROM strava_activity WHERE deleted_at IS NOT NULL") == [(old,)]
+    (window_start,), = query(db_conn, "SELECT min(window_start) FROM sync_run WHERE source = 'strava_activity' "
+                                      "AND window_end = %s AND deleted = 1", (midnight,))
+    assert window_start.year == 2008
+
+
+def test_history_import_of_a_range(db_conn: Any, all_connections: Any) -> None:
+    emulator = all_connections
+    hour = this_hour()
+    start, end = hour.replace(hour=0) - 120 * DAY, hour.replace(hour=0) - 30 * DAY
+    dag_run = run_dag(hour, history_start=start.date().isoformat(), history_end=end.date().isoformat())
+    assert succeeded(dag_run)
+    expected = emulator_activity_ids(emulator, start, end)
+    assert sorted(r[0] for r in query(db_conn, "SELECT id FROM strava_activity")) == sorted(expected)
+    (first, last), = query(db_conn, "SELECT min(measured_at), max(measured_at) FROM fitbit_weight")
+    assert start <= first and last < end
+    # Strava: one list call per 200 activities plus the final empty page
+    assert emulator.stats()["requests"]["GET /api/v3/athlete/activities"] == math.ceil(len(expected) / 200) + 1
+
+
+def test_sources_param_selects_branches(db_conn: Any, all_connections: Any) -> None:
+    dag_run = run_dag(this_hour(), sources=["fitbit_calories"])
+    assert succeeded(dag_run)
+    states = task_states(dag_run)
+    assert states["strava.extract"] == "skipped" and states["fitbit_weight.load"] == "skipped"
+    assert states["fitbit_calories.load"] == "success"
+    assert query(db_conn, "SELECT source FROM sync_run") == [("fitbit_calories",)]
+
+
+def _extract_in_child(run_id: str, start: dt.datetime, end: dt.datetime) -> None:
+    from fitness_pipeline import tasks
+    from fitness_pipeline.windows import Window
+
+    tasks.extract_strava(run_id, Window(start, end))
+
+
+def test_killed_import_resumes_without_duplicates_or_losses(schema: Any, all_connections: Any) -> None:
+    db_conn = schema
+    emulator = all_connections
+    hour = this_hour()
+    start = hour - 360 * DAY
+    requests.post(f"{emulator.url}/_emulator/faults", json={"slow_next": 3, "slow_seconds": 1.0},
+                  timeout=5).raise_for_status()
+    child = multiprocessing.get_context("fork").Process(target=_extract_in_child, args=("killed", start, hour))
+    child.start()
+    deadline = time.monotonic() + 20
+    while emulator.stats()["requests"].get("GET /api/v3/athlete/activities", 0) < 2:  # halfway through paging
+        assert time.monotonic() < deadline and child.is_alive()
+        time.sleep(0.05)
+    child.kill()
+    child.join()
+    assert query(db_conn, "SELECT count(*) FROM raw_record") == [(0,)]  # its transaction died with it
+
+    assert succeeded(run_dag(hour, history_start=start.date().isoformat()))
+    loaded = [r[0] for r in query(db_conn, "SELECT id FROM strava_activity")]
+    expected = emulator_activity_ids(emulator, start.replace(hour=0), hour)
+    assert len(loaded) == len(set(loaded)) and sorted(loaded) == sorted(expected)
