@@ -229,6 +229,7 @@ def extract_fitbit_calories(run_id: str, window: Window, fitbit_conn_id: str = F
             "reconcile": reconcile}
 
 
+#: the DAG's task groups, each with its extract function
 EXTRACTORS: dict[str, Callable[[str, Window], dict[str, Any]]] = {
     "strava": extract_strava,
     "fitbit_weight": extract_fitbit_weight,

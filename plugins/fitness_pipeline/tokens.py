@@ -30,6 +30,11 @@ from fitness_pipeline.db import execute, transaction
 from fitness_pipeline.schema import oauth_token
 
 
+def utcnow() -> dt.datetime:
+    """The clock token lifetimes are judged by (one place, so benchmarks can simulate hours)."""
+    return dt.datetime.now(dt.UTC)
+
+
 @dataclass(frozen=True)
 class TokenSet:
     access_token: str | None
@@ -39,7 +44,7 @@ class TokenSet:
     def valid_for(self, seconds: float, now: dt.datetime | None = None) -> bool:
         if not math.isfinite(seconds):
             return False
-        now = now or dt.datetime.now(dt.UTC)
+        now = now or utcnow()
         return bool(self.access_token and self.expires_at and self.expires_at - now > dt.timedelta(seconds=seconds))
 
     def __repr__(self) -> str:  # tokens never reach a log through repr()

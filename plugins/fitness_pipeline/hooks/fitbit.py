@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 
 import requests
 
+from fitness_pipeline import tokens
 from fitness_pipeline.hooks.base import ApiError, AuthorizationError, OAuthApiHook, RateLimitError
 from fitness_pipeline.tokens import TokenSet
 
@@ -111,7 +112,7 @@ class FitbitHook(OAuthApiHook):
 
     def parse_token_response(self, body: Mapping[str, Any], refresh_token: str) -> TokenSet:
         try:
-            expires_at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=int(body["expires_in"]))
+            expires_at = tokens.utcnow() + dt.timedelta(seconds=int(body["expires_in"]))
             # Google normally sends no new refresh token: keep the one we have; store one it does send
             return TokenSet(str(body["access_token"]), str(body.get("refresh_token") or refresh_token), expires_at)
         except (KeyError, TypeError, ValueError):
