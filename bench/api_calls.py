@@ -24,8 +24,8 @@ import statistics
 import sys
 import tempfile
 import time
-from contextlib import closing
 from collections import Counter
+from contextlib import closing
 from pathlib import Path
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1] / d) for d in ("plugins", "include")]
