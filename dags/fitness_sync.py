@@ -103,7 +103,7 @@ def source_group(source: str) -> Any:
             if not tasks.wanted(params, source):
                 raise AirflowSkipException(f"{source} is not in this run's sources")
             window = tasks.run_window(params, data_interval_start, data_interval_end, dag_run, source)
-            return tasks.EXTRACTORS[source](dag_run.run_id, window)
+            return tasks.run_extract(source, dag_run.run_id, window)
 
         @task(task_id="transform")
         def transform(extracted: dict[str, Any]) -> dict[str, Any]:

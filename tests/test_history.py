@@ -155,3 +155,52 @@ def test_killed_import_resumes_without_duplicates_or_losses(schema: Any, all_con
     loaded = [r[0] for r in query(db_conn, "SELECT id FROM strava_activity")]
     expected = emulator_activity_ids(emulator, start.replace(hour=0), hour)
     assert len(loaded) == len(set(loaded)) and sorted(loaded) == sorted(expected)
+
+
+def reschedules(dag_run: Any, task_id: str) -> int:
+    """How often ``task_id`` of ``dag_run`` was rescheduled (Airflow 3's task_reschedule rows)."""
+    from airflow.models import DagRun, TaskInstance
+    from airflow.models.taskreschedule import TaskReschedule
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        return (session.query(TaskReschedule).join(TaskInstance, TaskInstance.id == TaskReschedule.ti_id)
+                .join(DagRun, (DagRun.dag_id == TaskInstance.dag_id) & (DagRun.run_id == TaskInstance.run_id))
+                .filter(DagRun.run_id == dag_run.run_id, TaskInstance.task_id == task_id).count())
+
+
+def test_long_rate_limit_wait_reschedules_and_the_next_try_resumes(db_conn: Any, make_emulator: Any,
+                                                                   connect_strava: Any) -> None:
+    # two reads per 4-second window, and the hook may not wait at all: every full window reschedules
+    emulator = connect_strava(make_emulator(read_limit=(2, 1000), rate_window_seconds=4),
+                              rate_limit_window_seconds=4, max_rate_limit_wait=0)
+    hour = this_hour()
+    start = hour.replace(hour=0) - 360 * DAY
+    dag_run = run_dag(hour, history_start=start.date().isoformat(), sources=["strava"])
+    assert succeeded(dag_run)
+    expected = emulator_activity_ids(emulator, start, hour)
+    loaded = [r[0] for r in query(db_conn, "SELECT id FROM strava_activity")]
+    assert len(loaded) == len(set(loaded)) and sorted(loaded) == sorted(expected)
+    assert len(expected) > 200  # more than one page, so the import really stopped halfway
+    assert reschedules(dag_run, "strava.extract") >= 1
+    listed = emulator.stats()["requests"]["GET /api/v3/athlete/activities"]
+    # every page once, the final empty page, and per resumed try one request at the seam at most
+    pages = math.ceil(len(expected) / 200) + 1
+    assert pages <= listed <= pages + 2 * reschedules(dag_run, "strava.extract")
+    assert query(db_conn, "SELECT count(*) FROM extract_cursor") == [(0,)]
+
+
+def test_backfill_beyond_the_rate_limit_has_no_failed_run(db_conn: Any, make_emulator: Any,
+                                                          connect_strava: Any) -> None:
+    # 3 reads per 3-second window; five hourly runs need 10: the hook waits out each window
+    emulator = connect_strava(make_emulator(read_limit=(3, 1000), rate_window_seconds=3),
+                              rate_limit_window_seconds=3)
+    hour = this_hour()
+    started = time.monotonic()
+    for back in range(5, 0, -1):
+        assert succeeded(run_dag(hour - back * dt.timedelta(hours=1), sources=["strava"]))
+    windows = math.ceil((time.monotonic() - started) / 3) + 1
+    stats = emulator.stats()
+    assert stats["requests"]["GET /api/v3/athlete/activities"] - stats["rate_limited"] == 10
+    # a new task does not know the window is full: at most its first request of a window is refused
+    assert stats["rate_limited"] <= windows

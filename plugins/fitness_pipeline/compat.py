@@ -4,11 +4,11 @@ from __future__ import annotations
 
 try:
     from airflow.sdk import BaseHook
-    from airflow.sdk.exceptions import AirflowSkipException
+    from airflow.sdk.exceptions import AirflowRescheduleException, AirflowSkipException
     from airflow.sdk.log import mask_secret
 except ImportError:  # Airflow 2
-    from airflow.exceptions import AirflowSkipException  # type: ignore[no-redef]
+    from airflow.exceptions import AirflowRescheduleException, AirflowSkipException  # type: ignore[no-redef]
     from airflow.hooks.base import BaseHook  # type: ignore[no-redef]
     from airflow.utils.log.secrets_masker import mask_secret  # type: ignore[no-redef]
 
-__all__ = ["AirflowSkipException", "BaseHook", "mask_secret"]
+__all__ = ["AirflowRescheduleException", "AirflowSkipException", "BaseHook", "mask_secret"]

@@ -173,6 +173,18 @@ raw_record = sa.Table(
 )
 
 
+extract_cursor = sa.Table(
+    "extract_cursor",
+    metadata,
+    sa.Column("batch_id", sa.Text, primary_key=True),
+    sa.Column("after_epoch", sa.BigInteger, nullable=False,
+              comment="a resumed try lists from here (the newest landed start, minus one second)"),
+    sa.Column("landed", sa.Integer, nullable=False, comment="records landed so far"),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    comment="progress of an unfinished extract, so a retried or rescheduled try continues where it stopped",
+)
+
+
 def staging_table_for(target: sa.Table) -> sa.Table:
     """The staging table between transform and load: the target's data columns plus the batch."""
     columns = [sa.Column("batch_id", sa.Text, nullable=False), sa.Column("seq", sa.Integer, nullable=False)]

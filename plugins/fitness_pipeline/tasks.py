@@ -25,6 +25,7 @@ from fitness_pipeline import windows
 from fitness_pipeline.db import copy_rows, execute, transaction
 from fitness_pipeline.schema import (
     STAGING,
+    extract_cursor,
     fitbit_calories,
     fitbit_height,
     fitbit_weight,
@@ -134,7 +135,7 @@ def ensure_schema(conn_id: str = FITNESS_DB_CONN_ID) -> dict[str, Any]:
         changes = apply_schema(conn)
         with transaction(conn) as cur:
             cutoff = sa.func.now() - STALE_AFTER
-            for table in (raw_record, *STAGING.values()):
+            for table in (raw_record, extract_cursor, *STAGING.values()):
                 execute(cur, sa.delete(table).where(table.c.created_at < cutoff))
     return {"created_tables": changes.created_tables, "added_columns": changes.added_columns,
             "altered_columns": changes.altered_columns}
@@ -148,30 +149,70 @@ def land_records(cur: Any, batch: str, pages: Iterable[list[Any]]) -> int:
     execute(cur, sa.delete(raw_record).where(raw_record.c.batch_id == batch))
     count = 0
     for page in pages:
-        # ensure_ascii: any odd string (a lone surrogate) survives landing and is judged by transform
-        rows = ((batch, count + i, json.dumps(record)) for i, record in enumerate(page))
-        count += copy_rows(cur, raw_record.name, ["batch_id", "seq", "payload"], rows)
+        count += land_page(cur, batch, page, count)
     return count
+
+
+def land_page(cur: Any, batch: str, page: list[Any], start_seq: int) -> int:
+    # ensure_ascii: any odd string (a lone surrogate) survives landing and is judged by transform
+    rows = ((batch, start_seq + i, json.dumps(record)) for i, record in enumerate(page))
+    return copy_rows(cur, raw_record.name, ["batch_id", "seq", "payload"], rows)
 
 
 def extract_strava(run_id: str, window: Window, strava_conn_id: str = STRAVA_CONN_ID,
                    db_conn_id: str = FITNESS_DB_CONN_ID) -> dict[str, Any]:
-    """Land every activity that started inside ``window``."""
+    """Land every activity that started inside ``window``, committing page by page.
+
+    A try that stopped (rate limit, crash, kill) leaves its progress in ``extract_cursor``;
+    the next try lists on from the newest landed start instead of from the beginning, so a
+    years-long history import never re-fetches what it already has. Duplicates at the seam
+    (activities sharing that second) are merged away by the load.
+    """
     from fitness_pipeline.hooks.strava import StravaHook
 
     batch = batch_id(run_id, "strava_activity")
     hook = StravaHook(strava_conn_id)
     try:
-        with closing(connect(db_conn_id)) as conn, transaction(conn) as cur:
-            count = land_records(cur, batch, hook.iter_activity_pages(window.start, window.end))
+        with closing(connect(db_conn_id)) as conn:
+            with transaction(conn) as cur:
+                execute(cur, sa.select(extract_cursor.c.after_epoch, extract_cursor.c.landed)
+                        .where(extract_cursor.c.batch_id == batch))
+                progress = cur.fetchone()
+                if progress is None:
+                    execute(cur, sa.delete(raw_record).where(raw_record.c.batch_id == batch))
+            after_epoch, landed = progress or (int(window.start.timestamp()), 0)
+            if progress:
+                log.info("strava_activity: resuming after %d landed activities", landed)
+            after = dt.datetime.fromtimestamp(max(after_epoch, int(window.start.timestamp())), dt.UTC)
+            for page in hook.iter_activity_pages(after, window.end):
+                with transaction(conn) as cur:
+                    landed += land_page(cur, batch, page, landed)
+                    after_epoch = max(after_epoch, _newest_start(page) - 1)
+                    insert = pg.insert(extract_cursor).values(batch_id=batch, after_epoch=after_epoch, landed=landed)
+                    execute(cur, insert.on_conflict_do_update(
+                        index_elements=[extract_cursor.c.batch_id],
+                        set_={"after_epoch": insert.excluded.after_epoch, "landed": insert.excluded.landed}))
+            with transaction(conn) as cur:  # complete: a later re-run of this batch starts afresh
+                execute(cur, sa.delete(extract_cursor).where(extract_cursor.c.batch_id == batch))
     finally:
         hook.close()
-    log.info("strava_activity: landed %d activities that started in [%s, %s)", count, window.start, window.end)
+    log.info("strava_activity: landed %d activities that started in [%s, %s)", landed, window.start, window.end)
     # Strava's after/before are exclusive whole seconds: reconcile exactly what was asked for
     reconcile = {"column": "start_date", "lower": _epoch_iso(window.start), "upper": _epoch_iso(window.end),
                  "lower_inclusive": False}
-    return {"batch_id": batch, "source": "strava_activity", "extracted": count, "window": window.as_dict(),
+    return {"batch_id": batch, "source": "strava_activity", "extracted": landed, "window": window.as_dict(),
             "reconcile": reconcile}
+
+
+def _newest_start(page: list[Any]) -> int:
+    """Epoch seconds of the latest readable ``start_date`` in a page (0 when none is readable)."""
+    newest = 0
+    for activity in page:
+        try:
+            newest = max(newest, int(dt.datetime.fromisoformat(activity["start_date"]).timestamp()))
+        except (TypeError, KeyError, ValueError):
+            continue  # transform will quarantine it; the cursor just does not move for it
+    return newest
 
 
 def extract_fitbit_weight(run_id: str, window: Window, fitbit_conn_id: str = FITBIT_CONN_ID,
@@ -235,6 +276,21 @@ EXTRACTORS: dict[str, Callable[[str, Window], dict[str, Any]]] = {
     "fitbit_weight": extract_fitbit_weight,
     "fitbit_calories": extract_fitbit_calories,
 }
+
+
+def run_extract(source: str, run_id: str, window: Window) -> dict[str, Any]:
+    """The extract task of ``source``. A rate limit that resets later than the hook will wait
+    (``max_rate_limit_wait``) reschedules the task for the reset: it gives its worker slot back
+    instead of sleeping in it, and the next try continues where this one stopped."""
+    from fitness_pipeline.hooks.base import RateLimitError
+
+    try:
+        return EXTRACTORS[source](run_id, window)
+    except RateLimitError as error:
+        from fitness_pipeline.compat import AirflowRescheduleException
+
+        log.warning("%s Rescheduled for %s.", error, error.retry_at)
+        raise AirflowRescheduleException(reschedule_date=error.retry_at) from error
 
 
 def _epoch_iso(value: dt.datetime) -> str:

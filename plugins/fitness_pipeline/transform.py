@@ -12,6 +12,7 @@ import datetime as dt
 import hashlib
 import json
 import math
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +20,8 @@ from typing import Any
 Row = dict[str, Any]
 
 _BIGINT_MAX = 2**63 - 1
+# str.isdigit() also accepts "²" and "١٧٨٠", which int() refuses or reads differently
+_DIGITS = re.compile(r"[0-9]+")
 _UPLOAD_ID_MAX = 10**30 - 1  # numeric(30, 0)
 
 
@@ -92,7 +95,7 @@ def as_int(record: Mapping[str, Any], key: str, *, required: bool = False, maxim
         raise RecordError(f"{key} must be an integer, got a boolean")
     if isinstance(value, float) and math.isfinite(value) and value.is_integer():
         value = int(value)
-    if isinstance(value, str) and value.strip().isdigit():
+    if isinstance(value, str) and _DIGITS.fullmatch(value.strip()):
         value = int(value)
     if not isinstance(value, int):
         raise RecordError(f"{key} must be an integer, got {type(value).__name__}")
@@ -245,7 +248,7 @@ def data_point_id(point: Mapping[str, Any]) -> int:
     if not isinstance(name, str) or "/dataPoints/" not in name:
         raise RecordError("name must be a data point resource name (…/dataPoints/<id>)")
     tail = name.rsplit("/", 1)[1]
-    if not tail.isdigit() or int(tail) > _UINT64_MAX:
+    if not _DIGITS.fullmatch(tail) or int(tail) > _UINT64_MAX:
         raise RecordError("the data point id is not an unsigned 64-bit number")
     return int(tail)
 

@@ -50,7 +50,8 @@ class HttpSettings:
     read_timeout: float = 60.0
     max_retries: int = 5
     backoff_factor: float = 1.0
-    max_rate_limit_wait: float = 900.0
+    #: longer waits fail the call with RateLimitError; the DAG then reschedules the task
+    max_rate_limit_wait: float = 60.0
     token_store_conn_id: str | None = DEFAULT_TOKEN_STORE_CONN_ID
 
     @classmethod

@@ -59,7 +59,7 @@ class StravaHook(OAuthApiHook):
     default ``https://www.strava.com`` (every path after it is the real API's, so any
     faithful server can stand in). Optional extras: ``token_url`` (default
     ``<host>/oauth/token``), ``rate_limit_window_seconds`` (900), ``max_rate_limit_wait``
-    (900 s: a longer wait fails the try so Airflow retries later), ``connect_timeout``,
+    (60 s: a longer wait raises :class:`RateLimitError`, which the DAG turns into a reschedule), ``connect_timeout``,
     ``read_timeout``, ``max_retries``, ``backoff_factor``, ``token_store_conn_id``
     (``fitness_db``; ``memory`` keeps tokens in the process only).
     """
@@ -181,8 +181,7 @@ class StravaHook(OAuthApiHook):
         if wait > self.settings.max_rate_limit_wait:
             raise RateLimitError(
                 f"Strava rate limit: {what}; it resets at {when:%Y-%m-%d %H:%M:%S} UTC, {math.ceil(wait)} s away, "
-                f"more than max_rate_limit_wait={self.settings.max_rate_limit_wait:g} s. Failing this try so "
-                "Airflow retries later.", retry_at=when)
+                f"more than max_rate_limit_wait={self.settings.max_rate_limit_wait:g} s.", retry_at=when)
         self.log.warning("Strava rate limit: %s; waiting %.0f s until %s UTC", what, wait, f"{when:%H:%M:%S}")
         self._sleep(wait + 0.5)  # half a second past the boundary: clocks differ a little
         self._usage.clear()

@@ -1,0 +1,111 @@
+"""Airflow provider metadata: the connection types ``strava`` and ``fitbit`` and their UI forms.
+
+Airflow finds this through the ``apache_airflow_provider`` entry point of the ``fitness-pipeline``
+distribution (``pip install --no-deps -e .``, see pyproject.toml); a plugin cannot add connection
+types. The forms are declarative (``conn-fields`` and ``ui-field-behaviour``, Airflow 3.2+): no
+hook is imported to draw them, and the hooks define no ``get_connection_form_widgets()`` /
+``get_ui_field_behaviour()`` (deprecated since 3.2).
+
+This module is loaded by every Airflow process that lists providers: it imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fitness_pipeline import __version__
+
+#: must equal the distribution name in pyproject.toml, or Airflow refuses the provider
+PACKAGE_NAME = "fitness-pipeline"
+
+
+def _string(label: str, description: str, *, default: str | None = None, secret: bool = False,
+            url: bool = False) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": ["string", "null"]}
+    if default is not None:
+        schema["default"] = default
+    if secret:
+        schema["format"] = "password"  # masked in the form; Airflow marks the field sensitive
+    elif url:
+        schema["format"] = "url"
+    return {"label": label, "description": description, "schema": schema}
+
+
+def _number(label: str, description: str, default: float, *, integer: bool = False,
+            minimum: float = 0) -> dict[str, Any]:
+    kind = "integer" if integer else "number"
+    return {"label": label, "description": description,
+            "schema": {"type": [kind, "null"], "default": default, "minimum": minimum}}
+
+
+def _http_fields() -> dict[str, Any]:
+    """The :class:`~fitness_pipeline.hooks.base.HttpSettings` extras, with the hooks' defaults."""
+    return {
+        "connect_timeout": _number("Connect timeout (s)", "Seconds to wait for a TCP connection.", 10),
+        "read_timeout": _number("Read timeout (s)", "Seconds to wait for a response.", 60),
+        "max_retries": _number("Max retries", "Retries of connection errors, timeouts and 5xx (exponential "
+                               "backoff with jitter).", 5, integer=True),
+        "backoff_factor": _number("Backoff factor (s)", "First retry wait; doubles per retry.", 1),
+        "max_rate_limit_wait": _number(
+            "Max rate-limit wait (s)", "Longest wait for a rate limit to reset inside a task; a longer one "
+            "fails the try so that Airflow retries later.", 900),
+        # No default on purpose: Airflow masks the values of extras whose name contains "token" in task
+        # logs, so a pre-filled "fitness_db" would turn every "fitness_db" in the logs into "***".
+        "token_store_conn_id": _string(
+            "Token store connection", "Default: fitness_db. Postgres connection holding the table oauth_token "
+            "(the newest tokens, refreshed under a row lock). 'memory': tokens in the process only (tests)."),
+    }
+
+
+def _behaviour(api_root: str, client: str) -> dict[str, Any]:
+    return {
+        "hidden-fields": ["schema", "port"],
+        "relabeling": {"login": "Client ID", "password": "Client secret", "host": "API root"},
+        "placeholders": {"login": f"{client} client id", "password": f"{client} client secret", "host": api_root},
+    }
+
+
+def _strava() -> dict[str, Any]:
+    return {
+        "connection-type": "strava",
+        "hook-class-name": "fitness_pipeline.hooks.strava.StravaHook",
+        "hook-name": "Strava",
+        "conn-fields": {
+            "refresh_token": _string(
+                "Refresh token", "From `python -m fitness_pipeline.authorize strava` (scope read,activity:read_all). "
+                "Only seeds the token store: Strava rotates refresh tokens, the newest live in oauth_token.",
+                secret=True),
+            "token_url": _string("Token URL", "Default: <API root>/oauth/token.", url=True),
+            "rate_limit_window_seconds": _number(
+                "Rate-limit window (s)", "Length of Strava's short rate-limit window.", 900, integer=True, minimum=1),
+            **_http_fields(),
+        },
+        "ui-field-behaviour": _behaviour("https://www.strava.com", "Strava API application"),
+    }
+
+
+def _fitbit() -> dict[str, Any]:
+    return {
+        "connection-type": "fitbit",
+        "hook-class-name": "fitness_pipeline.hooks.fitbit.FitbitHook",
+        "hook-name": "Fitbit (Google Health API)",
+        "conn-fields": {
+            "refresh_token": _string(
+                "Refresh token", "From `python -m fitness_pipeline.authorize fitbit` (access_type=offline, both "
+                "googlehealth scopes).", secret=True),
+            "token_url": _string("Token URL", "Default: https://oauth2.googleapis.com/token.", url=True),
+            **_http_fields(),
+        },
+        "ui-field-behaviour": _behaviour("https://health.googleapis.com", "Google OAuth"),
+    }
+
+
+def get_provider_info() -> dict[str, Any]:
+    """The provider dict Airflow reads (``airflow/provider_info.schema.json``, Airflow 3.3)."""
+    return {
+        "package-name": PACKAGE_NAME,
+        "name": "Fitness pipeline",
+        "description": "Strava and Fitbit (Google Health API v4) hooks of the fitness-pipeline DAG package.",
+        "versions": [__version__],
+        "connection-types": [_strava(), _fitbit()],
+    }
