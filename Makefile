@@ -5,14 +5,16 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --disable-pip-version-check -q -c constraints.txt
 export PYTHONPATH := $(CURDIR)/plugins:$(CURDIR)/include
 
-.PHONY: demo test lint bench lock clean
+.PHONY: demo test lint bench lock clean authorize-strava authorize-fitbit
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 # stamps: pip runs again only when a requirements file changes
-$(VENV)/.runtime: $(BIN)/python requirements.txt requirements-embedded.txt constraints.txt
+# the repository is also a small Airflow provider (connection types strava/fitbit with forms)
+$(VENV)/.runtime: $(BIN)/python requirements.txt requirements-embedded.txt constraints.txt pyproject.toml
 	$(PIP) -r requirements.txt -r requirements-embedded.txt
+	$(BIN)/python -m pip install --disable-pip-version-check -q --no-deps -e .
 	touch $@
 
 $(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
@@ -39,7 +41,16 @@ bench: $(VENV)/.dev
 ## lock: rewrite constraints.txt from the current virtualenv
 lock:
 	{ echo "# Every transitive version, locked (Airflow's own constraint files cannot be fetched here)."; \
-	  echo "# Regenerate: make lock"; $(BIN)/python -m pip freeze | grep -v '^-e' | sort -f; } > constraints.txt
+	  echo "# Regenerate: make lock"; $(BIN)/python -m pip freeze --exclude-editable | sort -f; } > constraints.txt
+
+## authorize-strava: authorize a Strava account once and print the strava_default connection
+##   (STRAVA_CLIENT_ID, STRAVA_CLIENT_SECRET; AUTHORIZE_ARGS="--port 8765 --no-browser")
+authorize-strava: $(VENV)/.runtime
+	$(BIN)/python -m fitness_pipeline.authorize strava $(AUTHORIZE_ARGS)
+
+## authorize-fitbit: the same for Fitbit data through Google (GOOGLE_CLIENT_ID, GOOGLE_CLIENT_SECRET)
+authorize-fitbit: $(VENV)/.runtime
+	$(BIN)/python -m fitness_pipeline.authorize fitbit $(AUTHORIZE_ARGS)
 
 clean:
 	rm -rf .local

@@ -25,9 +25,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from fastapi import APIRouter, Request, Response
+from fastapi.responses import RedirectResponse
 
 from fitness_emulator.core import ApiError, Faults, Stats, json_bytes, json_response, status_phrase, truncate_json
 from fitness_emulator.google_data import (
@@ -141,6 +142,15 @@ class AccessGrant:
     scopes: frozenset[str]
 
 
+@dataclass(frozen=True)
+class Consent:
+    """What a consent page granted, remembered by its authorization code."""
+
+    scopes: tuple[str, ...]
+    redirect_uri: str
+    offline: bool  # access_type=offline: only then does the code exchange return a refresh token
+
+
 class GoogleTokens:
     """One user's Google tokens.
 
@@ -162,6 +172,15 @@ class GoogleTokens:
         self._refresh_tokens: dict[str, float] = {settings.initial_refresh_token: clock()}  # token -> issued at
         self._latest: str | None = settings.initial_refresh_token
         self._grants: dict[str, AccessGrant] = {}
+        self._consents: dict[str, Consent] = {}  # authorization code -> its consent
+        self._refresh_scopes: dict[str, tuple[str, ...]] = {}  # refresh token -> scopes, if from a consent
+
+    def consent(self, consent: Consent) -> str:
+        """The user approved the consent page: an authorization code that remembers ``consent``."""
+        with self._lock:
+            code = self._settings.authorization_code
+            self._consents[code] = consent
+            return code
 
     def grant(self, form: dict[str, str]) -> dict[str, Any]:
         """Answer a POST /token form, or raise ApiError with Google's OAuth error body."""
@@ -186,10 +205,12 @@ class GoogleTokens:
             now = self._clock()
             if not self._alive(refresh_token, now):
                 raise oauth_error(400, "invalid_grant", "Token has been expired or revoked.")
-            body = self._issue_access(now)
+            scopes = self._refresh_scopes.get(refresh_token)
+            body = self._issue_access(now, scopes)
             if self.rotate_refresh_tokens:
                 del self._refresh_tokens[refresh_token]
-                refresh_token = self._issue_refresh(now)
+                self._refresh_scopes.pop(refresh_token, None)
+                refresh_token = self._issue_refresh(now, scopes)
                 body["refresh_token"] = refresh_token
             if self.testing_app:
                 body["refresh_token_expires_in"] = self._refresh_expires_in(refresh_token, now)
@@ -206,10 +227,16 @@ class GoogleTokens:
         if expected is not None and redirect_uri != expected:
             raise oauth_error(400, "redirect_uri_mismatch", "Bad Request")
         with self._lock:
+            consent = self._consents.get(code)  # None: no consent page seen (direct exchange in tests)
+            if consent is not None and redirect_uri != consent.redirect_uri:
+                raise oauth_error(400, "redirect_uri_mismatch", "Bad Request")
             now = self._clock()
-            body = self._issue_access(now)
+            scopes = consent.scopes if consent is not None else None
+            body = self._issue_access(now, scopes)
+            if consent is not None and not consent.offline:
+                return body  # access_type=online: no refresh token
             # A new consent adds a refresh token; earlier ones stay valid (as on Google).
-            refresh_token = self._issue_refresh(now)
+            refresh_token = self._issue_refresh(now, scopes)
             body["refresh_token"] = refresh_token
             if self.testing_app:
                 body["refresh_token_expires_in"] = self._refresh_expires_in(refresh_token, now)
@@ -226,17 +253,21 @@ class GoogleTokens:
         left = self._refresh_tokens[refresh_token] + self._settings.testing_refresh_token_ttl - now
         return max(0, int(left) - 1)
 
-    def _issue_access(self, now: float) -> dict[str, Any]:
+    def _issue_access(self, now: float, scopes: tuple[str, ...] | None = None) -> dict[str, Any]:
+        """A new access token with ``scopes`` (those of a consent), by default ``self.scopes``."""
+        scopes = self.scopes if scopes is None else scopes
         # Tokens are secrets, not data: secrets module, independent of the seed.
         token = "ya29." + secrets.token_urlsafe(48)
         ttl = self._settings.access_token_ttl
-        self._grants[token] = AccessGrant(int(now) + ttl, frozenset(self.scopes))
+        self._grants[token] = AccessGrant(int(now) + ttl, frozenset(scopes))
         self._stats.incr("google_token_refreshes")
-        return {"access_token": token, "expires_in": ttl, "scope": " ".join(self.scopes), "token_type": "Bearer"}
+        return {"access_token": token, "expires_in": ttl, "scope": " ".join(scopes), "token_type": "Bearer"}
 
-    def _issue_refresh(self, now: float) -> str:
+    def _issue_refresh(self, now: float, scopes: tuple[str, ...] | None = None) -> str:
         token = "1//" + secrets.token_urlsafe(40)
         self._refresh_tokens[token] = now
+        if scopes is not None:
+            self._refresh_scopes[token] = scopes
         self._latest = token
         return token
 
@@ -260,6 +291,7 @@ class GoogleTokens:
         with self._lock:
             self._grants.clear()
             self._refresh_tokens.clear()
+            self._refresh_scopes.clear()
             self._latest = None
 
 
@@ -480,6 +512,7 @@ class GoogleState:
         self.stats = stats
         self.faults = faults
         self.account_linked = settings.account_linked
+        self.consent_denied = False  # the user presses "Cancel" on the consent page
         self.tokens = GoogleTokens(settings, clock, stats)
         self.quota = MinuteQuota(settings.requests_per_minute)
         self.store = HealthStore(seed=seed, years=settings.years, clock=clock)
@@ -708,6 +741,40 @@ async def token(request: Request) -> Response:
     return json_response(body, headers={"Cache-Control": "no-cache, no-store, max-age=0, must-revalidate"})
 
 
+@router.get("/o/oauth2/v2/auth")
+async def authorize(request: Request) -> Response:
+    """The consent page (stands in for ``https://accounts.google.com/o/oauth2/v2/auth``), answered at
+    once: 302 to ``redirect_uri`` with ``state``, ``code`` and the granted ``scope`` (requested ∩
+    ``tokens.scopes``: what the user leaves ticked), or ``error=access_denied`` when ``consent_denied``.
+    An unknown client or a bad redirect_uri gets an error page and no redirect, as on Google."""
+    google = _google(request)
+    query = dict(request.query_params)
+    if query.get("client_id") != google.settings.client_id:
+        raise oauth_error(401, "invalid_client", "The OAuth client was not found.")
+    redirect_uri = query.get("redirect_uri", "")
+    parts = urlsplit(redirect_uri)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise oauth_error(400, "invalid_request", "Missing or invalid parameter: redirect_uri")
+    expected = google.settings.redirect_uri
+    if expected is not None and redirect_uri != expected:
+        raise oauth_error(400, "redirect_uri_mismatch", "Bad Request")
+    requested = (query.get("scope") or "").split()
+    if not requested:
+        raise oauth_error(400, "invalid_request", "Missing required parameter: scope")
+    params = {"state": query["state"]} if "state" in query else {}
+    if query.get("response_type") != "code":
+        params["error"] = "unsupported_response_type"
+    elif google.consent_denied:
+        params["error"] = "access_denied"
+    else:
+        granted = tuple(s for s in requested if s in google.tokens.scopes)
+        offline = query.get("access_type") == "offline"
+        params["code"] = google.tokens.consent(Consent(granted, redirect_uri, offline))
+        params["scope"] = " ".join(granted)
+    separator = "&" if parts.query else "?"
+    return RedirectResponse(f"{redirect_uri}{separator}{urlencode(params)}", status_code=302)
+
+
 @router.get("/v4/users/me/identity")
 async def identity(request: Request) -> Response:
     google = _google(request)
@@ -782,6 +849,18 @@ async def set_settings(request: Request) -> Response:
     except ValueError as error:
         raise ApiError(400, {"message": str(error)}) from None
     return json_response(google.settings_view())
+
+
+@control_router.post("/consent")
+async def set_consent(request: Request) -> Response:
+    """``{"deny": true}``: the user presses "Cancel" on the consent page. (Unticked scopes: ``/settings``.)"""
+    google = _google(request)
+    body = await _json_object(request)
+    deny = body.get("deny", google.consent_denied)
+    if not isinstance(deny, bool) or set(body) - {"deny"}:
+        raise ApiError(400, {"message": "expected {\"deny\": boolean}"})
+    google.consent_denied = deny
+    return json_response({"deny": deny})
 
 
 @control_router.delete("/rate-limits")

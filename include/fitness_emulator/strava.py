@@ -13,9 +13,10 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from fastapi import APIRouter, Request, Response
+from fastapi.responses import RedirectResponse
 
 from fitness_emulator.core import (
     ApiError,
@@ -32,6 +33,8 @@ from fitness_emulator.strava_data import DEFAULT_ATHLETE_ID, ActivityStore, pars
 MAX_PER_PAGE = 200
 DEFAULT_PER_PAGE = 30
 MAX_EPOCH_SECONDS = 10_000_000_000  # above this the value is milliseconds
+KNOWN_SCOPES = frozenset({"read", "read_all", "profile:read_all", "profile:write", "activity:read",
+                          "activity:read_all", "activity:write"})
 
 
 @dataclass
@@ -91,6 +94,16 @@ class TokenStore:
         self.refresh_token: str | None = settings.initial_refresh_token
         self.access_token: str | None = None
         self._grants: dict[str, AccessGrant] = {}
+        self._code_scopes: dict[str, str] = {}  # authorization code -> scope granted on the consent page
+        self._refresh_scope: str | None = None  # scope of the refresh token, when it came from a consent
+
+    def consent(self, granted_scope: str) -> str:
+        """The athlete approved the consent page with ``granted_scope`` ticked: an authorization code
+        that remembers it (tokens from that code, and their refreshes, carry that scope)."""
+        with self._lock:
+            code = self._settings.authorization_code
+            self._code_scopes[code] = granted_scope
+            return code
 
     def grant(self, form: dict[str, str]) -> dict[str, Any]:
         """Answer a POST /oauth/token form, or raise ApiError with Strava's body."""
@@ -120,6 +133,7 @@ class TokenStore:
             if code != self._settings.authorization_code:
                 raise bad_request("AuthorizationCode", "code")
             now = int(self._clock())
+            self._refresh_scope = self._code_scopes.get(code)  # None: no consent page seen, tokens get .scope
             self._issue(now, new_refresh=True)
             body = self._token_body(now)
         body["athlete"] = {
@@ -133,7 +147,8 @@ class TokenStore:
     def _issue(self, now: int, *, new_refresh: bool) -> None:
         # Tokens are secrets, not data: secrets module, independent of the seed.
         self.access_token = secrets.token_hex(20)
-        self._grants[self.access_token] = AccessGrant(now + self._settings.access_token_ttl, self.scope)
+        scope = self.scope if self._refresh_scope is None else self._refresh_scope
+        self._grants[self.access_token] = AccessGrant(now + self._settings.access_token_ttl, scope)
         if new_refresh or self.refresh_token is None:
             self.refresh_token = secrets.token_hex(20)
         self._stats.incr("token_refreshes")
@@ -162,6 +177,7 @@ class TokenStore:
             self._grants.clear()
             self.access_token = None
             self.refresh_token = None
+            self._refresh_scope = None
 
 
 # --------------------------------------------------------------------------- rate limits
@@ -250,6 +266,7 @@ class StravaState:
         self.stats = stats
         self.faults = faults
         self.short_page_every = settings.short_page_every
+        self.consent_denied = False  # the athlete presses "Cancel" on the consent page
         self.tokens = TokenStore(settings, clock, stats)
         self.rate_limiter = RateLimiter(settings)
         self.activities = ActivityStore(
@@ -403,6 +420,36 @@ async def token(request: Request) -> Response:
     return json_response(strava.tokens.grant(await read_form(request)))
 
 
+@router.get("/oauth/authorize")
+async def authorize(request: Request) -> Response:
+    """The consent page, answered at once: 302 to ``redirect_uri`` with ``state``, ``code`` and the
+    granted ``scope`` (requested ∩ ``tokens.scope``, i.e. what the athlete leaves ticked), or with
+    ``error=access_denied`` when ``consent_denied``. A bad client_id, redirect_uri, response_type or
+    scope gets Strava's 400 body and no redirect (RFC 6749 §4.1.2.1: never redirect for a bad client)."""
+    strava = _strava(request)
+    query = dict(request.query_params)
+    if query.get("client_id") != strava.settings.client_id:
+        raise bad_request("Application", "client_id")
+    redirect_uri = query.get("redirect_uri", "")
+    parts = urlsplit(redirect_uri)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise bad_request("Application", "redirect_uri")
+    if query.get("response_type") != "code":
+        raise bad_request("Application", "response_type")
+    requested = [s.strip() for s in (query.get("scope") or "read").split(",") if s.strip()]
+    if not set(requested) <= KNOWN_SCOPES:
+        raise bad_request("Application", "scope")
+    params = {"state": query.get("state", "")}
+    if strava.consent_denied:
+        params["error"] = "access_denied"
+    else:
+        offered = {s.strip() for s in strava.tokens.scope.split(",")}
+        granted = ",".join(s for s in requested if s in offered)
+        params.update(code=strava.tokens.consent(granted), scope=granted)
+    separator = "&" if parts.query else "?"
+    return RedirectResponse(f"{redirect_uri}{separator}{urlencode(params)}", status_code=302)
+
+
 @router.get("/api/v3/athlete/activities")
 async def list_activities(request: Request) -> Response:
     strava = _strava(request)
@@ -486,6 +533,18 @@ async def delete_activity(activity_id: int, request: Request) -> Response:
 async def revoke(request: Request) -> Response:
     _strava(request).tokens.revoke()
     return json_response({"revoked": True})
+
+
+@control_router.post("/consent")
+async def set_consent(request: Request) -> Response:
+    """What the athlete does on the consent page: ``{"scope"?: "read,activity:read", "deny"?: true}``."""
+    strava = _strava(request)
+    body = await _json_object(request)
+    scope, deny = body.get("scope", strava.tokens.scope), body.get("deny", strava.consent_denied)
+    if not isinstance(scope, str) or not isinstance(deny, bool) or set(body) - {"scope", "deny"}:
+        raise ApiError(400, {"message": "expected {\"scope\"?: string, \"deny\"?: boolean}"})
+    strava.tokens.scope, strava.consent_denied = scope, deny
+    return json_response({"scope": scope, "deny": deny})
 
 
 @control_router.delete("/rate-limits")

@@ -19,11 +19,8 @@ from fitness_pipeline import __version__
 PACKAGE_NAME = "fitness-pipeline"
 
 
-def _string(label: str, description: str, *, default: str | None = None, secret: bool = False,
-            url: bool = False) -> dict[str, Any]:
+def _string(label: str, description: str, *, secret: bool = False, url: bool = False) -> dict[str, Any]:
     schema: dict[str, Any] = {"type": ["string", "null"]}
-    if default is not None:
-        schema["default"] = default
     if secret:
         schema["format"] = "password"  # masked in the form; Airflow marks the field sensitive
     elif url:
@@ -33,13 +30,15 @@ def _string(label: str, description: str, *, default: str | None = None, secret:
 
 def _number(label: str, description: str, default: float, *, integer: bool = False,
             minimum: float = 0) -> dict[str, Any]:
+    """An optional number. The hook's default is only named in the description, not pre-filled: a form
+    default would be written into every connection's extra and outlive a change of the hook's default."""
     kind = "integer" if integer else "number"
-    return {"label": label, "description": description,
-            "schema": {"type": [kind, "null"], "default": default, "minimum": minimum}}
+    return {"label": label, "description": f"{description} Empty: the hook's default, {default:g}.",
+            "schema": {"type": [kind, "null"], "minimum": minimum}}
 
 
 def _http_fields() -> dict[str, Any]:
-    """The :class:`~fitness_pipeline.hooks.base.HttpSettings` extras, with the hooks' defaults."""
+    """The :class:`~fitness_pipeline.hooks.base.HttpSettings` extras (tests check the defaults named here)."""
     return {
         "connect_timeout": _number("Connect timeout (s)", "Seconds to wait for a TCP connection.", 10),
         "read_timeout": _number("Read timeout (s)", "Seconds to wait for a response.", 60),
@@ -48,9 +47,9 @@ def _http_fields() -> dict[str, Any]:
         "backoff_factor": _number("Backoff factor (s)", "First retry wait; doubles per retry.", 1),
         "max_rate_limit_wait": _number(
             "Max rate-limit wait (s)", "Longest wait for a rate limit to reset inside a task; a longer one "
-            "fails the try so that Airflow retries later.", 900),
-        # No default on purpose: Airflow masks the values of extras whose name contains "token" in task
-        # logs, so a pre-filled "fitness_db" would turn every "fitness_db" in the logs into "***".
+            "raises RateLimitError and the DAG reschedules the task.", 60),
+        # Not pre-filled either, for one more reason: Airflow masks the values of extras whose name contains
+        # "token" in task logs, so a stored "fitness_db" turns every "fitness_db" in those logs into "***".
         "token_store_conn_id": _string(
             "Token store connection", "Default: fitness_db. Postgres connection holding the table oauth_token "
             "(the newest tokens, refreshed under a row lock). 'memory': tokens in the process only (tests)."),
