@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-import multiprocessing
+import os
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -127,11 +129,12 @@ def test_sources_param_selects_branches(db_conn: Any, all_connections: Any) -> N
     assert query(db_conn, "SELECT source FROM sync_run") == [("fitbit_calories",)]
 
 
-def _extract_in_child(run_id: str, start: dt.datetime, end: dt.datetime) -> None:
-    from fitness_pipeline import tasks
-    from fitness_pipeline.windows import Window
-
-    tasks.extract_strava(run_id, Window(start, end))
+EXTRACT_IN_A_PROCESS = """
+import datetime as dt, sys
+from fitness_pipeline import tasks
+from fitness_pipeline.windows import Window
+tasks.extract_strava("import", Window(dt.datetime.fromisoformat(sys.argv[1]), dt.datetime.fromisoformat(sys.argv[2])))
+"""
 
 
 def test_killed_import_resumes_without_duplicates_or_losses(schema: Any, all_connections: Any) -> None:
@@ -144,14 +147,14 @@ def test_killed_import_resumes_without_duplicates_or_losses(schema: Any, all_con
     start = hour - 360 * DAY
     requests.post(f"{emulator.url}/_emulator/faults", json={"slow_next": 3, "slow_seconds": 1.0},
                   timeout=5).raise_for_status()
-    child = multiprocessing.get_context("fork").Process(target=_extract_in_child, args=("import", start, hour))
-    child.start()
-    deadline = time.monotonic() + 20
+    child = subprocess.Popen([sys.executable, "-c", EXTRACT_IN_A_PROCESS, start.isoformat(), hour.isoformat()],
+                             env=os.environ.copy())
+    deadline = time.monotonic() + 60
     while emulator.stats()["requests"].get("GET /api/v3/athlete/activities", 0) < 2:  # halfway through paging
-        assert time.monotonic() < deadline and child.is_alive()
+        assert time.monotonic() < deadline and child.poll() is None
         time.sleep(0.05)
-    child.kill()
-    child.join()
+    child.kill()  # SIGKILL: no cleanup, like an OOM kill or a lost worker
+    child.wait()
     (landed,), = query(db_conn, "SELECT count(*) FROM raw_record")
     assert landed > 0 and query(db_conn, "SELECT landed FROM extract_cursor") == [(landed,)]
 

@@ -6,8 +6,9 @@ import datetime as dt
 import json
 import logging
 import math
-import multiprocessing
 import os
+import subprocess
+import sys
 import threading
 import time
 from typing import Any
@@ -123,12 +124,23 @@ def test_concurrent_refreshers_refresh_exactly_once(strava_connection: Any) -> N
     assert emulator.stats()["token_refreshes"] == 1
 
 
+LIST_IN_A_PROCESS = """
+import datetime as dt
+from fitness_pipeline.hooks import StravaHook
+now = dt.datetime.now(dt.UTC)
+print(len(StravaHook().list_activities(now - dt.timedelta(days=3), now)))
+"""
+
+
 def test_concurrent_processes_refresh_exactly_once(connect_strava: Any, make_emulator: Any) -> None:
     # rotation on: a second refresh with the first refresh token would fail with 400
     emulator = connect_strava(make_emulator(access_token_ttl=3600, same_token_min_remaining=0))
-    with multiprocessing.get_context("fork").Pool(4) as pool:
-        results = pool.map(_list_once, range(4))
-    assert len(set(results)) == 1
+    # separate interpreters (not fork: forking a process with threads can deadlock the child)
+    workers = [subprocess.Popen([sys.executable, "-c", LIST_IN_A_PROCESS], env=os.environ.copy(),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    results = [worker.communicate(timeout=120) for worker in workers]
+    assert [worker.returncode for worker in workers] == [0] * 4, [err[-2000:] for _, err in results]
+    assert len({out.strip().splitlines()[-1] for out, _ in results}) == 1
     assert emulator.stats()["token_refreshes"] == 1
 
 
