@@ -10,11 +10,13 @@ import asyncio
 import json
 import threading
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from http import HTTPStatus
 from typing import Any
+from urllib.parse import parse_qsl
 
-from fastapi import Response
+from fastapi import Request, Response
 
 JSON_MEDIA_TYPE = "application/json; charset=utf-8"
 
@@ -166,3 +168,26 @@ async def apply_data_faults(faults: Faults, stats: Stats) -> None:
 def truncate_json(body: bytes) -> bytes:
     """A body that is cut off mid-document, as a dropped connection would leave it."""
     return body[: max(1, len(body) // 2)]
+
+
+async def read_params(request: Request, bad_json: Callable[[], Exception]) -> dict[str, str]:
+    """OAuth token parameters from the query string and a form or JSON body (clients use all three).
+
+    ``bad_json`` makes the provider-shaped error for a body that is not JSON.
+    """
+    values = dict(request.query_params)
+    body = await request.body()
+    content_type = request.headers.get("content-type", "")
+    if "json" in content_type:
+        try:
+            parsed = json.loads(body or b"{}")
+        except ValueError:
+            raise bad_json() from None
+        if isinstance(parsed, dict):
+            values.update({k: str(v) for k, v in parsed.items()})
+    elif "multipart" in content_type:
+        form = await request.form()
+        values.update({k: str(v) for k, v in form.items()})
+    else:
+        values.update(dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True)))
+    return values

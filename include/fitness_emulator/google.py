@@ -25,12 +25,21 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import urlencode, urlsplit
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import RedirectResponse
 
-from fitness_emulator.core import ApiError, Faults, Stats, json_bytes, json_response, status_phrase, truncate_json
+from fitness_emulator.core import (
+    ApiError,
+    Faults,
+    Stats,
+    json_bytes,
+    json_response,
+    read_params,
+    status_phrase,
+    truncate_json,
+)
 from fitness_emulator.google_data import (
     DATA_TYPES,
     SOURCE_NAMES,
@@ -706,23 +715,7 @@ def _google(request: Request) -> GoogleState:
 
 
 async def read_token_form(request: Request) -> dict[str, str]:
-    """Token parameters from the query string and a form or JSON body."""
-    values = dict(request.query_params)
-    body = await request.body()
-    content_type = request.headers.get("content-type", "")
-    if "json" in content_type:
-        try:
-            parsed = json.loads(body or b"{}")
-        except ValueError:
-            raise oauth_error(400, "invalid_request", "Invalid JSON payload.") from None
-        if isinstance(parsed, dict):
-            values.update({k: str(v) for k, v in parsed.items()})
-    elif "multipart" in content_type:
-        form = await request.form()
-        values.update({k: str(v) for k, v in form.items()})
-    else:
-        values.update(dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True)))
-    return values
+    return await read_params(request, lambda: oauth_error(400, "invalid_request", "Invalid JSON payload."))
 
 
 router = APIRouter()

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import urlencode, urlsplit
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import RedirectResponse
@@ -25,6 +25,7 @@ from fitness_emulator.core import (
     apply_data_faults,
     json_bytes,
     json_response,
+    read_params,
     status_phrase,
     truncate_json,
 )
@@ -386,23 +387,7 @@ def _strava(request: Request) -> StravaState:
 
 
 async def read_form(request: Request) -> dict[str, str]:
-    """Token parameters from the query string and a form or JSON body (clients use all three)."""
-    values = dict(request.query_params)
-    body = await request.body()
-    content_type = request.headers.get("content-type", "")
-    if "json" in content_type:
-        try:
-            parsed = json.loads(body or b"{}")
-        except ValueError:
-            raise bad_request("Application", "body") from None
-        if isinstance(parsed, dict):
-            values.update({k: str(v) for k, v in parsed.items()})
-    elif "multipart" in content_type:
-        form = await request.form()
-        values.update({k: str(v) for k, v in form.items()})
-    else:
-        values.update(dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True)))
-    return values
+    return await read_params(request, lambda: bad_request("Application", "body"))
 
 
 router = APIRouter()
