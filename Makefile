@@ -37,6 +37,8 @@ lint: $(VENV)/.dev
 bench: $(VENV)/.dev
 	$(BIN)/python bench/load_throughput.py
 	$(BIN)/python bench/parse_time.py
+	$(BIN)/python bench/api_calls.py
+	$(BIN)/python bench/history_import.py
 
 ## lock: rewrite constraints.txt from the current virtualenv
 lock:

@@ -168,3 +168,21 @@ def test_mark_deleted_refuses_a_mass_deletion(schema: Any) -> None:
         stage_rows(cur, strava_activity, "b2", rows(1, 2))  # the listing suddenly holds only two
         mark_deleted(cur, "strava_activity", strava_activity, "b2", strava_activity.c.id > 0, max_share=0.5)
     assert query(schema, "SELECT count(*) FROM strava_activity WHERE deleted_at IS NOT NULL") == [(0,)]
+
+
+def test_unchanged_reload_dirties_no_page(schema: Any) -> None:
+    """No tuple and no page written: unchanged rows are not even locked. Measured as WAL after a
+    checkpoint (a dirtied page is then logged in full), against the fixed cost of one row."""
+    batch = rows(*range(1, 501))
+    upsert(schema, batch)
+
+    def wal_of_reload(reload: list[dict[str, Any]]) -> int:
+        with transaction(schema) as cur:
+            cur.execute("CHECKPOINT")
+        (before,), = query(schema, "SELECT pg_current_wal_insert_lsn()::text")
+        assert upsert(schema, reload) == UpsertCounts(unchanged=len(reload))
+        (wal,), = query(schema, "SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), %s::pg_lsn)", (before,))
+        return int(wal)
+
+    one, all_rows = wal_of_reload(batch[:1]), wal_of_reload(batch)
+    assert all_rows - one < 32 * 1024, f"{all_rows - one} bytes of WAL for 499 more unchanged rows"

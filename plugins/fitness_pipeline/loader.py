@@ -90,19 +90,30 @@ def _merge_statement(target: sa.Table, staging: sa.Table) -> sa.sql.Select:
     changing = [n for n in names if n not in keys]
     batch = staging.c.batch_id == sa.bindparam("batch_id")
     key_cols = [staging.c[k] for k in keys]
-    source = sa.select(*(staging.c[n] for n in names)).where(batch).order_by(*key_cols, staging.c.seq.desc())
-    source = source.ext(distinct_on(*key_cols)) if distinct_on else source.distinct(*key_cols)
+    latest = sa.select(*(staging.c[n] for n in names)).where(batch).order_by(*key_cols, staging.c.seq.desc())
+    latest = (latest.ext(distinct_on(*key_cols)) if distinct_on else latest.distinct(*key_cols)).subquery("latest")
+
+    def differs(row: Any) -> sa.ColumnElement[bool]:
+        different = sa.tuple_(*(target.c[n] for n in changing)).is_distinct_from(
+            sa.tuple_(*(row[n] for n in changing)))
+        if DELETED_AT in target.c:  # a record marked deleted that is back upstream is restored
+            different = sa.or_(different, target.c[DELETED_AT].is_not(None))
+        return different
+
+    # Unchanged rows are filtered out before the INSERT: ON CONFLICT ... WHERE false would
+    # still lock (and so dirty) every conflicting row. The ON CONFLICT clause stays for rows
+    # that a concurrent transaction inserts or changes meanwhile.
+    present = sa.and_(*(target.c[k] == latest.c[k] for k in keys))
+    source = sa.select(*(latest.c[n] for n in names)).select_from(latest.outerjoin(target, present)).where(
+        sa.or_(target.c[keys[0]].is_(None), differs(latest.c)))
     insert = pg.insert(target).from_select(names, source)
-    changed = sa.tuple_(*(target.c[n] for n in changing)).is_distinct_from(
-        sa.tuple_(*(insert.excluded[n] for n in changing)))
     set_ = {**{n: insert.excluded[n] for n in changing}, LAST_TIME: sa.func.now()}
-    if DELETED_AT in target.c:  # a record marked deleted that is back upstream is restored
-        changed = sa.or_(changed, target.c[DELETED_AT].is_not(None))
+    if DELETED_AT in target.c:
         set_[DELETED_AT] = None
     insert = insert.on_conflict_do_update(
         index_elements=keys,
         set_=set_,
-        where=changed,  # an unchanged row is a no-op: no new tuple, last_time kept
+        where=differs(insert.excluded),  # an unchanged row is a no-op: no new tuple, last_time kept
     ).returning(sa.literal_column("xmax = 0").label("inserted"))
     upserted = insert.cte("upserted")
     distinct_keys = sa.select(sa.func.count(sa.distinct(sa.tuple_(*key_cols)))).where(batch).scalar_subquery()
