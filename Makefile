@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --disable-pip-version-check -q -c constraints.txt
 export PYTHONPATH := $(CURDIR)/plugins:$(CURDIR)/include
 
-.PHONY: demo test lint bench lock clean authorize-strava authorize-fitbit
+.PHONY: demo test lint bench lock clean authorize-strava authorize-fitbit airflow
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,11 @@ $(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
 ## demo: run fitness_sync once on the embedded defaults (pgserver + API emulator) and print what it did
 demo: $(VENV)/.runtime
 	$(BIN)/python include/scripts/demo.py
+
+## airflow: a local Airflow 3 (API server, scheduler, DAG processor) on the embedded defaults, fitness_sync
+##   unpaused, connections pointing at the emulator; prints the URL; Ctrl-C stops everything
+airflow: $(VENV)/.runtime
+	$(BIN)/python include/scripts/airflow_local.py $(AIRFLOW_ARGS)
 
 ## test: lint, then the whole suite on its own embedded PostgreSQL and emulator
 test: $(VENV)/.dev
