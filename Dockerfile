@@ -17,3 +17,8 @@ RUN pip install --no-cache-dir \
         -c /opt/airflow/fitness-requirements/constraints.txt \
         -r /opt/airflow/fitness-requirements/requirements.txt \
     && python -c "import airflow.providers.postgres, fastapi, multipart, psycopg, requests, uvicorn"
+# This repository as a provider, for the strava/fitbit connection types and their forms in the UI.
+# The code that runs is the mounted ./plugins (first on PYTHONPATH); the install adds the metadata.
+COPY --chown=airflow:0 pyproject.toml /opt/airflow/fitness-provider/
+COPY --chown=airflow:0 plugins/fitness_pipeline /opt/airflow/fitness-provider/plugins/fitness_pipeline
+RUN pip install --no-cache-dir --no-deps /opt/airflow/fitness-provider
