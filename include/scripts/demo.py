@@ -38,7 +38,7 @@ weight AS (
     SELECT date_trunc('week', record_date)::date AS week, round(avg(weight)::numeric, 1) AS weight_kg
     FROM fitbit_weight WHERE measured_at >= %(since)s GROUP BY 1),
 calories AS (
-    SELECT date_trunc('week', record_date)::date AS week, round(avg(calories)) AS kcal_per_day
+    SELECT date_trunc('week', record_date)::date AS week, round(avg(calories))::int AS kcal_per_day
     FROM fitbit_calories WHERE record_date >= %(since)s::date GROUP BY 1)
 SELECT to_char(week, 'YYYY-MM-DD'), coalesce(activities, 0), km, moving, weight_kg, kcal_per_day
 FROM activity FULL JOIN weight USING (week) FULL JOIN calories USING (week)
