@@ -51,7 +51,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from embedded_stack import EmbeddedPostgres, airflow_env, start_postgres
+sys.path[:0] = [str(Path(__file__).resolve().parents[1] / d) for d in ("plugins", "include")]
+
+from embedded_stack import EmbeddedPostgres, airflow_env, start_postgres  # noqa: E402
 
 DATABASE = "bench_load"
 

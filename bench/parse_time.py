@@ -49,7 +49,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from embedded_stack import REPO, airflow_env
+sys.path[:0] = [str(Path(__file__).resolve().parents[1] / d) for d in ("plugins", "include")]
+
+from embedded_stack import REPO, airflow_env  # noqa: E402
 
 FITNESS_DAG = REPO / "dags" / "fitness_sync.py"
 RESULT_MARK = "BENCH-RESULT "
@@ -85,6 +87,46 @@ def trivial() -> None:
 
 
 trivial()
+'''
+
+SAME_SHAPE_DAG = '''"""A trivial DAG of fitness_sync's shape (10 tasks: one, then three groups of three), no params."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from airflow.sdk import dag, task, task_group
+
+
+@dag(dag_id="same_shape", schedule=None, start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC), catchup=False)
+def same_shape() -> None:
+    @task
+    def first() -> int:
+        return 1
+
+    def group(name: str) -> None:
+        @task_group(group_id=name)
+        def chain() -> None:
+            @task
+            def extract() -> int:
+                return 1
+
+            @task
+            def transform(value: int) -> int:
+                return value
+
+            @task
+            def load(value: int) -> None:
+                print(value)
+
+            load(transform(extract()))
+
+        return chain()
+
+    first() >> [group(name) for name in ("a", "b", "c")]
+
+
+same_shape()
 '''
 
 
@@ -200,7 +242,9 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
     dags_dir.mkdir()
     trivial = dags_dir / "trivial.py"
     trivial.write_text(TRIVIAL_DAG)
-    files = {"fitness_sync": FITNESS_DAG, "trivial": trivial}
+    same_shape = dags_dir / "same_shape.py"
+    same_shape.write_text(SAME_SHAPE_DAG)
+    files = {"fitness_sync": FITNESS_DAG, "trivial": trivial, "same_shape": same_shape}
 
     version = subprocess.run([sys.executable, "-c", "import airflow; print(airflow.__version__)"], env=env,
                              capture_output=True, text=True, check=True).stdout.strip()
@@ -246,6 +290,10 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
         ratio_cpu = statistics.median(fitness.parse_cpu) / statistics.median(base.parse_cpu)
         print(f"[{MODES[mode]}] fitness_sync / trivial = {ratio:.2f} (target <= 1.20)  "
               f"[wall-clock medians; from minimums {ratio_min:.2f}, from CPU-time medians {ratio_cpu:.2f}]")
+        shape = results[(mode, "same_shape")]
+        print(f"[{MODES[mode]}] fitness_sync / trivial of the same shape (10 tasks, no params) = "
+              f"{statistics.median(fitness.parse) / statistics.median(shape.parse):.2f}  [from CPU-time medians "
+              f"{statistics.median(fitness.parse_cpu) / statistics.median(shape.parse_cpu):.2f}]")
 
     if not args.no_report:
         print("\nairflow dags report (one run over a folder with both files):")
