@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from tests.helpers import query
 
@@ -139,3 +140,18 @@ def test_bad_record_is_quarantined_and_the_rest_of_the_batch_loads(db_conn: Any,
     assert query(db_conn, "SELECT count(*) FROM quarantine") == [(0,)]
     assert query(db_conn, "SELECT distance, name FROM strava_activity WHERE id = %s", (broken,)) == [
         (1234.5, "Changed while broken")]
+
+
+def test_google_side_failing_leaves_strava_loading_and_the_run_shows_it(db_conn: Any, all_connections: Any) -> None:
+    from tests.test_history import task_states
+
+    emulator = all_connections
+    requests.post(f"{emulator.url}/_emulator/google/revoke", timeout=5).raise_for_status()
+    dag_run = run_dag(this_hour(), lookback_hours=24 * 7)
+    assert "failed" in str(dag_run.state).lower()
+    states = task_states(dag_run)
+    assert states["strava.load"] == "success"
+    assert states["fitbit_weight.extract"] == states["fitbit_calories.extract"] == "failed"
+    assert states["fitbit_weight.load"] == states["fitbit_calories.load"] == "upstream_failed"
+    assert query(db_conn, "SELECT count(*) > 0 FROM strava_activity") == [(True,)]
+    assert query(db_conn, "SELECT source FROM sync_run") == [("strava_activity",)]
