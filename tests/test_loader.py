@@ -186,3 +186,31 @@ def test_unchanged_reload_dirties_no_page(schema: Any) -> None:
 
     one, all_rows = wal_of_reload(batch[:1]), wal_of_reload(batch)
     assert all_rows - one < 32 * 1024, f"{all_rows - one} bytes of WAL for 499 more unchanged rows"
+
+
+def test_a_record_with_a_lone_surrogate_is_quarantined_in_the_database(schema: Any) -> None:
+    from fitness_pipeline.transform import transform_batch
+
+    result = transform_batch([activity(id=7, name="a\ud800")], strava_activity_row)
+    with transaction(schema) as cur:
+        quarantine_records(cur, "strava_activity", result.rejected)
+    (key, reason, payload), = query(schema, "SELECT record_key, reason, payload FROM quarantine")
+    assert (key, reason) == ("7", "contains invalid Unicode (an unpaired surrogate)")
+    assert "\\ud800" in payload
+
+
+def test_seed_calories_table_keyed_by_id_gets_a_unique_date_for_the_upsert(db_conn: Any) -> None:
+    from fitness_pipeline.schema import fitbit_calories
+
+    with transaction(db_conn) as cur:
+        cur.execute("CREATE TABLE fitbit_calories (id BIGINT PRIMARY KEY, calories FLOAT, record_date TIMESTAMP, "
+                    "last_time TIMESTAMP DEFAULT now()); INSERT INTO fitbit_calories VALUES (1, 2000, '2020-01-01')")
+    changes = ensure_schema(db_conn)
+    assert "uq_fitbit_calories_record_date" in changes.created_indexes
+    assert "fitbit_calories.record_date: timestamp -> date" in changes.altered_columns
+    row = {"record_date": dt.date(2026, 1, 1), "id": 1767225600, "calories": 1800.0, "raw": "{}"}
+    with transaction(db_conn) as cur:
+        assert upsert_rows(cur, fitbit_calories, [row]) == UpsertCounts(inserted=1)
+    with transaction(db_conn) as cur:
+        assert upsert_rows(cur, fitbit_calories, [row]) == UpsertCounts(unchanged=1)
+    assert not ensure_schema(db_conn)

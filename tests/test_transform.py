@@ -151,3 +151,24 @@ def test_batch_quarantines_bad_records_and_keeps_the_rest() -> None:
     assert result.rejected[1].reason == "record must be a JSON object, got str"
     assert result.rejected[1].record_key.startswith("sha256:")
     assert json.loads(result.rejected[0].payload)["id"] == 2
+
+
+@pytest.mark.parametrize("changes", [
+    {"distance": 10**400},                      # float() overflows
+    {"id": "9" * 5000},                         # beyond int()'s digit limit
+    {"start_date": "0001-01-01T00:30:00+01:00"},  # before year 1 in UTC
+    {"map": {"x": float("nan")}},               # NaN where no reader looks: jsonb refuses it
+    {"name": "half an emoji \ud83c"},           # lone surrogate
+])
+def test_odd_values_quarantine_one_record_not_the_batch(changes: dict[str, Any]) -> None:
+    result = transform_batch([activity(id=1), activity(**{"id": 2, **changes}), activity(id=3)], strava_activity_row)
+    assert [row["id"] for row in result.rows] == [1, 3]
+    (bad,) = result.rejected
+    bad.payload.encode("ascii")  # storable in any text column, whatever the record held
+    assert bad.record_key == "2" or (changes.get("id") and bad.record_key.startswith("sha256:"))
+
+
+def test_quarantine_key_is_the_primary_key_as_text() -> None:
+    """So that a quarantined record counts as present (not deleted) and is released once it loads."""
+    result = transform_batch([activity(id=123.0, start_date="nope")], strava_activity_row)
+    assert result.rejected[0].record_key == "123"

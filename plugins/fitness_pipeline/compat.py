@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from importlib.metadata import version
+
+#: the running Airflow's major version is 3 or later
+AIRFLOW_3 = int(version("apache-airflow").split(".")[0]) >= 3
+
 try:
     from airflow.sdk import BaseHook
     from airflow.sdk.exceptions import AirflowRescheduleException, AirflowSkipException
@@ -11,4 +16,4 @@ except ImportError:  # Airflow 2
     from airflow.hooks.base import BaseHook  # type: ignore[no-redef]
     from airflow.utils.log.secrets_masker import mask_secret  # type: ignore[no-redef]
 
-__all__ = ["AirflowRescheduleException", "AirflowSkipException", "BaseHook", "mask_secret"]
+__all__ = ["AIRFLOW_3", "AirflowRescheduleException", "AirflowSkipException", "BaseHook", "mask_secret"]

@@ -34,6 +34,8 @@ _SAFE_CASTS = {
     ("float4", "int4"): "round({col})::integer",
     # the seed stored UTC instants without a zone
     ("timestamp", "timestamptz"): "{col} AT TIME ZONE 'UTC'",
+    # the seed's record_date was a DateTime holding dates at midnight
+    ("timestamp", "date"): "{col}::date",
 }
 
 
@@ -57,6 +59,7 @@ def ensure_schema(conn: Any, meta: sa.MetaData = metadata, tables: list[sa.Table
         cur.execute("SELECT pg_advisory_xact_lock(%(key)s)", {"key": _LOCK_KEY})
         existing = _existing_columns(cur)
         existing_indexes = _existing_indexes(cur)
+        primary_keys = _existing_primary_keys(cur)
         for table in tables if tables is not None else meta.sorted_tables:
             if table.name not in existing:
                 cur.execute(str(CreateTable(table).compile(dialect=DIALECT)))
@@ -66,6 +69,16 @@ def ensure_schema(conn: Any, meta: sa.MetaData = metadata, tables: list[sa.Table
                     changes.created_indexes.append(str(index.name))
                 continue
             _upgrade_table(cur, table, existing[table.name], changes)
+            key = [c.name for c in table.primary_key.columns]
+            if key and primary_keys.get(table.name) != key:
+                # an older table keyed otherwise (the seed's fitbit_calories had id): the loader's
+                # ON CONFLICT needs a unique index on our key; duplicates make this fail, loudly
+                name = f"uq_{table.name}_{'_'.join(key)}"
+                if name not in existing_indexes:
+                    columns = ", ".join(DIALECT.identifier_preparer.quote(c) for c in key)
+                    cur.execute(f"CREATE UNIQUE INDEX {name} ON {DIALECT.identifier_preparer.quote(table.name)} "
+                                f"({columns})")
+                    changes.created_indexes.append(name)
             for index in table.indexes:
                 if index.name not in existing_indexes:
                     cur.execute(str(CreateIndex(index).compile(dialect=DIALECT)))
@@ -128,6 +141,20 @@ def _existing_columns(cur: Any) -> dict[str, dict[str, str]]:
     for table_name, column_name, udt_name in cur.fetchall():
         tables.setdefault(table_name, {})[column_name] = udt_name
     return tables
+
+
+def _existing_primary_keys(cur: Any) -> dict[str, list[str]]:
+    cur.execute(
+        "SELECT tc.table_name, kcu.column_name FROM information_schema.table_constraints tc "
+        "JOIN information_schema.key_column_usage kcu ON kcu.constraint_name = tc.constraint_name "
+        "AND kcu.table_schema = tc.table_schema "
+        "WHERE tc.constraint_type = 'PRIMARY KEY' AND tc.table_schema = current_schema() "
+        "ORDER BY tc.table_name, kcu.ordinal_position"
+    )
+    keys: dict[str, list[str]] = {}
+    for table_name, column_name in cur.fetchall():
+        keys.setdefault(table_name, []).append(column_name)
+    return keys
 
 
 def _existing_indexes(cur: Any) -> set[str]:

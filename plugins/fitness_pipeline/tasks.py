@@ -38,6 +38,8 @@ from fitness_pipeline.transform import (
     fitbit_calories_row,
     fitbit_height_row,
     fitbit_weight_batch,
+    google_point_key,
+    rollup_key,
     strava_activity_row,
     transform_batch,
 )
@@ -85,7 +87,8 @@ SOURCES = {source.name: source for source in (
     Source("strava_activity", strava_activity, lambda cur, records: transform_batch(records, strava_activity_row)),
     Source("fitbit_weight", fitbit_weight, lambda cur, records: fitbit_weight_batch(records, _known_heights(cur)),
            whole_batch=True),
-    Source("fitbit_calories", fitbit_calories, lambda cur, records: transform_batch(records, fitbit_calories_row)),
+    Source("fitbit_calories", fitbit_calories,
+           lambda cur, records: transform_batch(records, fitbit_calories_row, key=rollup_key)),
 )}
 
 
@@ -205,14 +208,17 @@ def extract_strava(run_id: str, window: Window, strava_conn_id: str = STRAVA_CON
 
 
 def _newest_start(page: list[Any]) -> int:
-    """Epoch seconds of the latest readable ``start_date`` in a page (0 when none is readable)."""
-    newest = 0
+    """Epoch seconds of the latest ``start_date`` in a page, if the page is in ascending order
+    (as Strava lists with ``after``); 0 otherwise, so a resumed try re-lists rather than skips."""
+    starts = []
     for activity in page:
         try:
-            newest = max(newest, int(dt.datetime.fromisoformat(activity["start_date"]).timestamp()))
+            start = dt.datetime.fromisoformat(activity["start_date"])
         except (TypeError, KeyError, ValueError):
             continue  # transform will quarantine it; the cursor just does not move for it
-    return newest
+        if start.tzinfo is not None:
+            starts.append(int(start.timestamp()))
+    return starts[-1] if starts and starts == sorted(starts) else 0
 
 
 def extract_fitbit_weight(run_id: str, window: Window, fitbit_conn_id: str = FITBIT_CONN_ID,
@@ -229,7 +235,8 @@ def extract_fitbit_weight(run_id: str, window: Window, fitbit_conn_id: str = FIT
         with closing(connect(db_conn_id)) as conn, transaction(conn) as cur:
             # heights change rarely and cost a request: fetched by the run ending at midnight, or when none known
             if window.end.hour == 0 or not _known_heights(cur):
-                heights = transform_batch(hook.list_samples("height", None, window.end), fitbit_height_row)
+                heights = transform_batch(hook.list_samples("height", None, window.end), fitbit_height_row,
+                                          key=google_point_key)
                 upsert_rows(cur, fitbit_height, heights.rows)
                 quarantine_records(cur, "fitbit_height", heights.rejected)
             # body fat first: a weighing's fat may sit just outside the window
@@ -287,8 +294,12 @@ def run_extract(source: str, run_id: str, window: Window) -> dict[str, Any]:
     try:
         return EXTRACTORS[source](run_id, window)
     except RateLimitError as error:
-        from fitness_pipeline.compat import AirflowRescheduleException
+        from fitness_pipeline.compat import AIRFLOW_3, AirflowRescheduleException
 
+        # Airflow 2 ignores reschedule_date for tasks that are not sensors (it would run the task
+        # again at once and spend quota); an unknown reset (Google) is better served by backoff
+        if not (AIRFLOW_3 and error.reset_known):
+            raise
         log.warning("%s Rescheduled for %s.", error, error.retry_at)
         raise AirflowRescheduleException(reschedule_date=error.retry_at) from error
 

@@ -44,42 +44,85 @@ class TransformResult:
     rejected: list[Rejected] = field(default_factory=list)
 
 
-def transform_batch(records: Iterable[Any], transform: Callable[[Any], Row]) -> TransformResult:
-    """Apply ``transform`` to each record; bad records go to ``rejected`` with their reason."""
+def transform_batch(records: Iterable[Any], transform: Callable[[Any], Row],
+                    key: Callable[[Any], str] | None = None) -> TransformResult:
+    """Apply ``transform`` to each record; bad records go to ``rejected`` with their reason.
+
+    ``key`` gives a rejected record's quarantine key: it must equal the target's primary key as
+    text, so that a quarantined record counts as present upstream (default :func:`record_key`).
+    """
     result = TransformResult()
     for record in records:
         try:
             result.rows.append(transform(record))
         except RecordError as error:
-            result.rejected.append(Rejected(record_key(record), str(error), dump_json(record)))
+            result.rejected.append(rejected(record, str(error), key))
+        except (ValueError, OverflowError, TypeError, ArithmeticError) as error:
+            # values no reader foresaw (a 5,000-digit number, the year 10**20): still one record, not the batch
+            result.rejected.append(rejected(record, f"unreadable value ({type(error).__name__})", key))
     return result
 
 
+def rejected(record: Any, reason: str, key: Callable[[Any], str] | None = None) -> Rejected:
+    """A quarantine entry for ``record``; its key falls back to a hash when ``key`` cannot read one."""
+    try:
+        record_id = (key or record_key)(record)
+        record_id.encode("utf-8")
+    except (RecordError, ValueError, OverflowError, TypeError, AttributeError, KeyError, UnicodeEncodeError):
+        record_id = _hash_key(record)
+    return Rejected(record_id, reason, quarantine_json(record))
+
+
 def record_key(record: Any) -> str:
-    """The record's id when it has a usable one, else a stable hash of its JSON."""
+    """The record's integer ``id`` as text when it has a readable one, else a stable hash."""
     if isinstance(record, Mapping):
-        for key in ("id", "name"):
-            value = record.get(key)
-            if isinstance(value, (int, str)) and not isinstance(value, bool) and str(value):
-                return str(value)
-    return "sha256:" + hashlib.sha256(dump_json(record).encode("utf-8", "surrogatepass")).hexdigest()
+        try:
+            record_id = as_int(record, "id")
+        except (RecordError, ValueError):
+            record_id = None
+        if record_id is not None:
+            return str(record_id)
+    return _hash_key(record)
+
+
+def _hash_key(record: Any) -> str:
+    return "sha256:" + hashlib.sha256(quarantine_json(record).encode("ascii")).hexdigest()
 
 
 def dump_json(record: Any) -> str:
-    """Compact JSON text of a record, as stored in ``raw`` and the quarantine."""
+    """Compact JSON text of a record, as stored in ``raw``."""
     return json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+
+
+def quarantine_json(record: Any) -> str:
+    """JSON text for the quarantine: ASCII, so even lone surrogates and NUL are stored (escaped)."""
+    return json.dumps(record, ensure_ascii=True, separators=(",", ":"))
 
 
 def checked_json(record: Mapping[str, Any]) -> str:
     """JSON text of ``record`` that PostgreSQL's jsonb and text types will accept."""
-    text = dump_json(record)
-    if "\\u0000" in text:
+    try:
+        text = json.dumps(record, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except ValueError:
+        raise RecordError("contains NaN or Infinity, which JSON (and jsonb) does not allow") from None
+    if _has_nul(record):
         raise RecordError("contains a NUL character (\\u0000), which PostgreSQL cannot store")
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
         raise RecordError("contains invalid Unicode (an unpaired surrogate)") from None
     return text
+
+
+def _has_nul(value: Any) -> bool:
+    """Whether any string (key or value) inside ``value`` holds a NUL character."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, Mapping):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
 
 
 # --- field readers: each raises RecordError naming the field -------------------------------
@@ -95,7 +138,7 @@ def as_int(record: Mapping[str, Any], key: str, *, required: bool = False, maxim
         raise RecordError(f"{key} must be an integer, got a boolean")
     if isinstance(value, float) and math.isfinite(value) and value.is_integer():
         value = int(value)
-    if isinstance(value, str) and _DIGITS.fullmatch(value.strip()):
+    if isinstance(value, str) and len(value) < 40 and _DIGITS.fullmatch(value.strip()):
         value = int(value)
     if not isinstance(value, int):
         raise RecordError(f"{key} must be an integer, got {type(value).__name__}")
@@ -110,7 +153,10 @@ def as_float(record: Mapping[str, Any], key: str) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise RecordError(f"{key} must be a number, got {type(value).__name__}")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:
+        raise RecordError(f"{key} is out of range") from None
     if not math.isfinite(value):
         raise RecordError(f"{key} must be a finite number")
     return value
@@ -181,7 +227,6 @@ def strava_activity_row(activity: Any) -> Row:
     """
     if not isinstance(activity, Mapping):
         raise RecordError(f"record must be a JSON object, got {type(activity).__name__}")
-    raw = checked_json(activity)
     athlete = activity.get("athlete")
     if athlete is not None and not isinstance(athlete, Mapping):
         raise RecordError("athlete must be an object")
@@ -218,7 +263,7 @@ def strava_activity_row(activity: Any) -> Row:
         "trainer": as_bool(activity, "trainer"),
         "commute": as_bool(activity, "commute"),
         "workout_type": as_int(activity, "workout_type", maximum=2**31 - 1),
-        "raw": raw,
+        "raw": checked_json(activity),  # last: a field's own, more precise reason comes first
     }
 
 
@@ -248,7 +293,7 @@ def data_point_id(point: Mapping[str, Any]) -> int:
     if not isinstance(name, str) or "/dataPoints/" not in name:
         raise RecordError("name must be a data point resource name (…/dataPoints/<id>)")
     tail = name.rsplit("/", 1)[1]
-    if not _DIGITS.fullmatch(tail) or int(tail) > _UINT64_MAX:
+    if len(tail) > 20 or not _DIGITS.fullmatch(tail) or int(tail) > _UINT64_MAX:
         raise RecordError("the data point id is not an unsigned 64-bit number")
     return int(tail)
 
@@ -345,18 +390,26 @@ class HeightHistory:
 
 def body_fat_by_instant(points: Iterable[Any]) -> tuple[dict[dt.datetime, float], list[Rejected]]:
     """Body-fat percentages keyed by their instant; unreadable points are rejected."""
-    found: dict[dt.datetime, float] = {}
-    rejected: list[Rejected] = []
-    for point in points:
-        try:
-            s = sample(point, "bodyFat")
-            percentage = as_float(s.body, "percentage")
-            if percentage is None or not 0 < percentage < 100:
-                raise RecordError("bodyFat.percentage must be between 0 and 100")
-            found[s.measured_at] = percentage
-        except RecordError as error:
-            rejected.append(Rejected(record_key(point), str(error), dump_json(point)))
-    return found, rejected
+    result = transform_batch(points, _body_fat, key=lambda point: f"body-fat/{data_point_id(point)}")
+    return {row["measured_at"]: row["percentage"] for row in result.rows}, result.rejected
+
+
+def _body_fat(point: Any) -> Row:
+    s = sample(point, "bodyFat")
+    percentage = as_float(s.body, "percentage")
+    if percentage is None or not 0 < percentage < 100:
+        raise RecordError("bodyFat.percentage must be between 0 and 100")
+    return {"measured_at": s.measured_at, "percentage": percentage}
+
+
+def google_point_key(point: Any) -> str:
+    """The quarantine key of a data point: its numeric id as text, like ``fitbit_weight.id``."""
+    return str(data_point_id(point))
+
+
+def rollup_key(rollup: Any) -> str:
+    """The quarantine key of a daily roll-up: its civil date, like ``fitbit_calories.record_date``."""
+    return civil_date(rollup["civilStartTime"]["date"], "civilStartTime.date").isoformat()
 
 
 def fitbit_weight_row(point: Any, body_fat: Mapping[dt.datetime, float], heights: HeightHistory) -> Row:
@@ -404,13 +457,14 @@ def fitbit_weight_batch(records: Iterable[Any], heights: Iterable[tuple[dt.datet
     for record in records:
         data_type = record.get("dataType") if isinstance(record, Mapping) else None
         if data_type not in by_type:
-            result.rejected.append(Rejected(record_key(record), "not a weight or body-fat envelope", dump_json(record)))
+            result.rejected.append(rejected(record, "not a weight or body-fat envelope"))
             continue
         by_type[data_type].append(record.get("point"))
     fat, rejected_fat = body_fat_by_instant(by_type["body-fat"])
     result.rejected += rejected_fat
     history = HeightHistory.of(heights)
-    weights = transform_batch(by_type["weight"], lambda point: fitbit_weight_row(point, fat, history))
+    weights = transform_batch(by_type["weight"], lambda point: fitbit_weight_row(point, fat, history),
+                              key=google_point_key)
     result.rows += weights.rows
     result.rejected += weights.rejected
     return result

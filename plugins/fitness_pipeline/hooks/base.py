@@ -35,11 +35,16 @@ class AuthorizationError(ApiError):
 
 
 class RateLimitError(ApiError):
-    """The rate limit resets too far ahead to wait inside this task; retry after ``retry_at``."""
+    """The rate limit resets too far ahead to wait inside this task; retry after ``retry_at``.
 
-    def __init__(self, message: str, retry_at: dt.datetime) -> None:
+    ``reset_known``: the API said when (Strava's windows), so rescheduling for ``retry_at`` is
+    safe; otherwise (Google) an ordinary retry with backoff is the better bet.
+    """
+
+    def __init__(self, message: str, retry_at: dt.datetime, *, reset_known: bool = True) -> None:
         super().__init__(message, status=429)
         self.retry_at = retry_at
+        self.reset_known = reset_known
 
 
 @dataclass(frozen=True)

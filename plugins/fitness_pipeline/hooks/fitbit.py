@@ -100,7 +100,9 @@ class FitbitHook(OAuthApiHook):
                 "POST", "/v4/users/me/dataTypes/nutrition-log/dataPoints:dailyRollUp",
                 json={"range": {"start": {"date": _date_json(chunk_start)}, "end": {"date": _date_json(chunk_end)}},
                       "windowSizeDays": 1}))
-            points += body.get("rollupDataPoints") or [] if isinstance(body, Mapping) else []
+            if not isinstance(body, Mapping) or not isinstance(body.get("rollupDataPoints", []), list):
+                raise ApiError("dailyRollUp answered an unexpected JSON shape")  # not "no days": deletions follow
+            points += body.get("rollupDataPoints") or []
             chunk_start = chunk_end
         return points
 
@@ -164,7 +166,7 @@ class FitbitHook(OAuthApiHook):
             raise RateLimitError(
                 f"Google Health API kept answering 429 RESOURCE_EXHAUSTED (300 requests per minute per user) after "
                 f"{self.rate_limit_attempts} waits: failing this try so Airflow retries later.",
-                retry_at=dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1))
+                retry_at=dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1), reset_known=False)
         wait = min(self.settings.max_rate_limit_wait, 60.0,
                    random.uniform(0, self.settings.backoff_factor * 2 ** self._rate_limited))
         self.log.warning("Google Health API rate limit (429); waiting %.1f s", wait)

@@ -16,6 +16,7 @@ from fitness_pipeline.tokens import TokenSet
 
 ACTIVITIES_PATH = "/api/v3/athlete/activities"
 MAX_PER_PAGE = 200
+MAX_429_IN_A_ROW = 5
 DAY = 86_400
 
 
@@ -76,6 +77,7 @@ class StravaHook(OAuthApiHook):
         super().__init__(strava_conn_id, **kwargs)
         self.strava_conn_id = strava_conn_id
         self._usage: dict[str, RateLimitUsage] = {}
+        self._refused = 0
         self._clock = time.time
 
     @property
@@ -147,6 +149,8 @@ class StravaHook(OAuthApiHook):
     # --- rate limits ------------------------------------------------------------------------
 
     def after_response(self, response: requests.Response) -> None:
+        if response.status_code != 429:
+            self._refused = 0
         now = self._clock()
         for prefix, bucket in (("X-ReadRateLimit", "read"), ("X-RateLimit", "overall")):
             usage = RateLimitUsage.from_headers(response.headers, prefix, bucket, now, self.window_seconds)
@@ -158,6 +162,10 @@ class StravaHook(OAuthApiHook):
         self._wait_for_reset(reason="reached")
 
     def wait_for_rate_limit(self, response: requests.Response) -> None:
+        self._refused += 1
+        if self._refused > MAX_429_IN_A_ROW:  # the headers keep promising a reset that does not come
+            raise RateLimitError(f"Strava answered 429 {self._refused} times in a row", dt.datetime.now(dt.UTC)
+                                 + dt.timedelta(seconds=self.window_seconds), reset_known=False)
         if not self._wait_for_reset(reason="exceeded"):
             # a 429 without usable headers: assume the short window and wait for the next one
             now = self._clock()
