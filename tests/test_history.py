@@ -216,3 +216,24 @@ def test_backfill_beyond_the_rate_limit_has_no_failed_run(db_conn: Any, make_emu
     assert stats["requests"]["GET /api/v3/athlete/activities"] - stats["rate_limited"] == 10
     # a new task does not know the window is full: at most its first request of a window is refused
     assert stats["rate_limited"] <= windows
+
+
+def test_errors_a_person_must_fix_fail_without_retries(schema: Any, all_connections: Any) -> None:
+    """A revoked authorization or a refused mass deletion: retrying cannot help, so the task fails
+    at once (AirflowFailException) instead of burning its retries."""
+    from fitness_pipeline import tasks
+    from fitness_pipeline.compat import AirflowFailException
+    from fitness_pipeline.windows import Window
+
+    emulator = all_connections
+    hour = this_hour()
+    window = Window(hour - 14 * DAY, hour)
+    tasks.load(tasks.transform(tasks.run_extract("strava", "first", window)))
+    for activity_id in emulator_activity_ids(emulator, window.start, hour):
+        emulator.state.strava.activities.delete(activity_id)
+    with pytest.raises(AirflowFailException, match="max_deleted_share"):
+        tasks.load(tasks.transform(tasks.run_extract("strava", "second", window)))
+
+    requests.post(f"{emulator.url}/_emulator/strava/revoke", timeout=5).raise_for_status()
+    with pytest.raises(AirflowFailException, match="Authorize the app again"):
+        tasks.run_extract("strava", "third", Window(hour - DAY, hour))

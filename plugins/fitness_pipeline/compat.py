@@ -9,11 +9,22 @@ AIRFLOW_3 = int(version("apache-airflow").split(".")[0]) >= 3
 
 try:
     from airflow.sdk import BaseHook
-    from airflow.sdk.exceptions import AirflowRescheduleException, AirflowSkipException
+    from airflow.sdk.exceptions import AirflowFailException, AirflowRescheduleException, AirflowSkipException
     from airflow.sdk.log import mask_secret
 except ImportError:  # Airflow 2
-    from airflow.exceptions import AirflowRescheduleException, AirflowSkipException  # type: ignore[no-redef]
+    from airflow.exceptions import (  # type: ignore[no-redef]
+        AirflowFailException,
+        AirflowRescheduleException,
+        AirflowSkipException,
+    )
     from airflow.hooks.base import BaseHook  # type: ignore[no-redef]
     from airflow.utils.log.secrets_masker import mask_secret  # type: ignore[no-redef]
 
-__all__ = ["AIRFLOW_3", "AirflowRescheduleException", "AirflowSkipException", "BaseHook", "mask_secret"]
+__all__ = [
+    "AIRFLOW_3",
+    "AirflowFailException",
+    "AirflowRescheduleException",
+    "AirflowSkipException",
+    "BaseHook",
+    "mask_secret",
+]

@@ -289,10 +289,15 @@ def run_extract(source: str, run_id: str, window: Window) -> dict[str, Any]:
     """The extract task of ``source``. A rate limit that resets later than the hook will wait
     (``max_rate_limit_wait``) reschedules the task for the reset: it gives its worker slot back
     instead of sleeping in it, and the next try continues where this one stopped."""
-    from fitness_pipeline.hooks.base import RateLimitError
+    from fitness_pipeline.hooks.base import AuthorizationError, RateLimitError
 
     try:
         return EXTRACTORS[source](run_id, window)
+    except AuthorizationError as error:
+        from fitness_pipeline.compat import AirflowFailException
+
+        # a person has to act (re-authorize, fix the client): retries would only repeat the refusal
+        raise AirflowFailException(str(error)) from error
     except RateLimitError as error:
         from fitness_pipeline.compat import AIRFLOW_3, AirflowRescheduleException
 
@@ -360,7 +365,13 @@ def load(transformed: dict[str, Any], max_deleted_share: float = 0.5,
          db_conn_id: str = FITNESS_DB_CONN_ID) -> dict[str, Any]:
     """Merge the staged batch into its table, mark what vanished upstream inside the listed
     range as deleted, and record the run, all in one transaction."""
-    from fitness_pipeline.loader import delete_staged, mark_deleted, merge_staged, release_quarantined
+    from fitness_pipeline.loader import (
+        MassDeletionError,
+        delete_staged,
+        mark_deleted,
+        merge_staged,
+        release_quarantined,
+    )
 
     source = SOURCES[transformed["source"]]
     batch = transformed["batch_id"]
@@ -368,8 +379,13 @@ def load(transformed: dict[str, Any], max_deleted_share: float = 0.5,
     with closing(connect(db_conn_id)) as conn, transaction(conn) as cur:
         counts = merge_staged(cur, source.target, batch)
         if transformed.get("reconcile"):
-            deleted = mark_deleted(cur, source.name, source.target, batch,
-                                   reconciled_range(source.target, transformed["reconcile"]), max_deleted_share)
+            try:
+                deleted = mark_deleted(cur, source.name, source.target, batch,
+                                       reconciled_range(source.target, transformed["reconcile"]), max_deleted_share)
+            except MassDeletionError as error:
+                from fitness_pipeline.compat import AirflowFailException
+
+                raise AirflowFailException(str(error)) from error  # a retry would see the same listing
         release_quarantined(cur, source.name, source.target, source.staging, batch)
         delete_staged(cur, source.staging, batch)
         execute(cur, sa.delete(raw_record).where(raw_record.c.batch_id == batch))
