@@ -191,3 +191,16 @@ async def read_params(request: Request, bad_json: Callable[[], Exception]) -> di
     else:
         values.update(dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True)))
     return values
+
+
+class ServiceState:
+    """What every emulated service's state holds: its settings and the emulator's shared parts."""
+
+    def __init__(self, settings: Any, *, seed: int, clock: Callable[[], float], stats: Stats,
+                 faults: Faults) -> None:
+        self.settings = settings
+        self.seed = seed
+        self.clock = clock
+        self.stats = stats
+        self.faults = faults
+        self.consent_denied = False  # the user presses "Cancel" on the consent page

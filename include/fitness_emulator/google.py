@@ -33,6 +33,7 @@ from fastapi.responses import RedirectResponse
 from fitness_emulator.core import (
     ApiError,
     Faults,
+    ServiceState,
     Stats,
     json_bytes,
     json_response,
@@ -497,7 +498,7 @@ def parse_rollup(body: Any) -> tuple[int, int, int]:
 # --------------------------------------------------------------------------- state
 
 
-class GoogleState:
+class GoogleState(ServiceState):
     """Live Google-side state: tokens, quota, data points and run-time switches.
 
     Run-time switches (also settable via ``POST /_emulator/google/settings``):
@@ -505,6 +506,8 @@ class GoogleState:
     (granted to tokens issued from now on), ``tokens.testing_app`` and
     ``tokens.rotate_refresh_tokens``.
     """
+
+    settings: GoogleSettings
 
     def __init__(
         self,
@@ -515,13 +518,8 @@ class GoogleState:
         stats: Stats,
         faults: Faults,
     ) -> None:
-        self.settings = settings
-        self.seed = seed
-        self.clock = clock
-        self.stats = stats
-        self.faults = faults
+        super().__init__(settings, seed=seed, clock=clock, stats=stats, faults=faults)
         self.account_linked = settings.account_linked
-        self.consent_denied = False  # the user presses "Cancel" on the consent page
         self.tokens = GoogleTokens(settings, clock, stats)
         self.quota = MinuteQuota(settings.requests_per_minute)
         self.store = HealthStore(seed=seed, years=settings.years, clock=clock)

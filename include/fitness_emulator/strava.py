@@ -21,6 +21,7 @@ from fastapi.responses import RedirectResponse
 from fitness_emulator.core import (
     ApiError,
     Faults,
+    ServiceState,
     Stats,
     apply_data_faults,
     json_bytes,
@@ -243,7 +244,7 @@ class RateLimiter:
 # --------------------------------------------------------------------------- state
 
 
-class StravaState:
+class StravaState(ServiceState):
     """Live Strava-side state: tokens, rate limiter, activities and switches.
 
     Test helpers: ``activities.get(id)``, ``find_activity(predicate)``,
@@ -251,6 +252,8 @@ class StravaState:
     ``tokens.revoke()``, and the plain attributes ``short_page_every`` and
     ``tokens.scope`` (scope granted to tokens issued from now on).
     """
+
+    settings: StravaSettings
 
     def __init__(
         self,
@@ -261,13 +264,8 @@ class StravaState:
         stats: Stats,
         faults: Faults,
     ) -> None:
-        self.settings = settings
-        self.seed = seed
-        self.clock = clock
-        self.stats = stats
-        self.faults = faults
+        super().__init__(settings, seed=seed, clock=clock, stats=stats, faults=faults)
         self.short_page_every = settings.short_page_every
-        self.consent_denied = False  # the athlete presses "Cancel" on the consent page
         self.tokens = TokenStore(settings, clock, stats)
         self.rate_limiter = RateLimiter(settings)
         self.activities = ActivityStore(
