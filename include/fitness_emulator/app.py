@@ -16,7 +16,7 @@ from fastapi import APIRouter, FastAPI, Request, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fitness_emulator import google, strava
-from fitness_emulator.core import ApiError, Faults, Stats, json_response
+from fitness_emulator.core import ApiError, Faults, Stats, json_response, read_json_object
 from fitness_emulator.google import GoogleSettings, GoogleState
 from fitness_emulator.strava import StravaSettings, StravaState
 
@@ -149,12 +149,7 @@ async def get_faults(request: Request) -> Response:
 async def set_faults(request: Request) -> Response:
     """Arm switches, e.g. ``{"fail_next": 2, "fail_status": 503}``; also ``short_page_every``."""
     state = _state(request)
-    try:
-        changes: Any = await request.json()
-    except ValueError:
-        changes = None
-    if not isinstance(changes, dict):
-        raise ApiError(400, {"message": "body must be a JSON object"})
+    changes = await read_json_object(request)
     if "short_page_every" in changes:
         every = changes.pop("short_page_every")
         if isinstance(every, bool) or not isinstance(every, int) or every < 0:

@@ -204,3 +204,14 @@ class ServiceState:
         self.stats = stats
         self.faults = faults
         self.consent_denied = False  # the user presses "Cancel" on the consent page
+
+
+async def read_json_object(request: Request) -> dict[str, Any]:
+    """The request's JSON body, which must be an object (control endpoints); 400 otherwise."""
+    try:
+        body = json.loads(await request.body() or b"{}")
+    except ValueError:
+        raise ApiError(400, {"message": "body must be a JSON object"}) from None
+    if not isinstance(body, dict):
+        raise ApiError(400, {"message": "body must be a JSON object"})
+    return body

@@ -37,6 +37,7 @@ from fitness_emulator.core import (
     Stats,
     json_bytes,
     json_response,
+    read_json_object,
     read_params,
     status_phrase,
     truncate_json,
@@ -804,16 +805,6 @@ control_router = APIRouter()
 fitbit_control_router = APIRouter()
 
 
-async def _json_object(request: Request) -> dict[str, Any]:
-    try:
-        body = json.loads(await request.body() or b"{}")
-    except ValueError:
-        raise ApiError(400, {"message": "body must be a JSON object"}) from None
-    if not isinstance(body, dict):
-        raise ApiError(400, {"message": "body must be a JSON object"})
-    return body
-
-
 @fitbit_control_router.get("/connection")
 @control_router.get("/connection")
 async def connection(request: Request) -> Response:
@@ -836,7 +827,7 @@ async def set_settings(request: Request) -> Response:
     """E.g. ``{"account_linked": false, "scopes": [...], "requests_per_minute": 5, "testing_app": true}``."""
     google = _google(request)
     try:
-        google.update_settings(await _json_object(request))
+        google.update_settings(await read_json_object(request))
     except ValueError as error:
         raise ApiError(400, {"message": str(error)}) from None
     return json_response(google.settings_view())
@@ -846,7 +837,7 @@ async def set_settings(request: Request) -> Response:
 async def set_consent(request: Request) -> Response:
     """``{"deny": true}``: the user presses "Cancel" on the consent page. (Unticked scopes: ``/settings``.)"""
     google = _google(request)
-    body = await _json_object(request)
+    body = await read_json_object(request)
     deny = body.get("deny", google.consent_denied)
     if not isinstance(deny, bool) or set(body) - {"deny"}:
         raise ApiError(400, {"message": "expected {\"deny\": boolean}"})
@@ -865,7 +856,7 @@ async def add_weight(request: Request) -> Response:
     """``{"physicalTime": "...Z", "utcOffset": -25200, "grams": 90200, "bodyFatPercentage"?: 21.4,
     "recordingMethod"?: "MANUAL", "platform"?: "FITBIT"}`` → 201 with the new items."""
     google = _google(request)
-    body = await _json_object(request)
+    body = await read_json_object(request)
     try:
         moment = datetime.fromisoformat(str(body["physicalTime"]).replace("Z", "+00:00"))
         if moment.tzinfo is None:

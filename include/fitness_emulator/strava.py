@@ -7,7 +7,6 @@ Routes live on :data:`router` (the API as clients see it) and :data:`control_rou
 
 from __future__ import annotations
 
-import json
 import secrets
 import threading
 from collections.abc import Callable
@@ -26,6 +25,7 @@ from fitness_emulator.core import (
     apply_data_faults,
     json_bytes,
     json_response,
+    read_json_object,
     read_params,
     status_phrase,
     truncate_json,
@@ -461,20 +461,10 @@ def _not_found(activity_id: int) -> ApiError:
     return ApiError(404, {"message": "Record Not Found", "id": activity_id})
 
 
-async def _json_object(request: Request) -> dict[str, Any]:
-    try:
-        body = json.loads(await request.body() or b"{}")
-    except ValueError:
-        raise ApiError(400, {"message": "body must be a JSON object"}) from None
-    if not isinstance(body, dict):
-        raise ApiError(400, {"message": "body must be a JSON object"})
-    return body
-
-
 @control_router.post("/activities")
 async def add_activity(request: Request) -> Response:
     """Late upload: ``{"start_date": ISO (UTC), "sport_type"?, "name"?, "id"?, ...overrides}``."""
-    body = await _json_object(request)
+    body = await read_json_object(request)
     if "start_date" not in body:
         raise ApiError(400, {"message": "start_date is required"})
     try:
@@ -494,7 +484,7 @@ async def get_activity(activity_id: int, request: Request) -> Response:
 
 @control_router.put("/activities/{activity_id}")
 async def update_activity(activity_id: int, request: Request) -> Response:
-    changes = await _json_object(request)
+    changes = await read_json_object(request)
     changes.pop("id", None)
     try:
         updated = _strava(request).activities.update(activity_id, changes)
@@ -522,7 +512,7 @@ async def revoke(request: Request) -> Response:
 async def set_consent(request: Request) -> Response:
     """What the athlete does on the consent page: ``{"scope"?: "read,activity:read", "deny"?: true}``."""
     strava = _strava(request)
-    body = await _json_object(request)
+    body = await read_json_object(request)
     scope, deny = body.get("scope", strava.tokens.scope), body.get("deny", strava.consent_denied)
     if not isinstance(scope, str) or not isinstance(deny, bool) or set(body) - {"scope", "deny"}:
         raise ApiError(400, {"message": "expected {\"scope\"?: string, \"deny\"?: boolean}"})
