@@ -1,8 +1,8 @@
 # The Airflow image for docker-compose.yaml: the official Airflow 3.3.2 image plus requirements.txt,
 # installed under constraints.txt (our lock: Airflow's own constraint files are not used here).
-# The DAGs, plugins/ and include/ are not baked in: docker-compose.yaml mounts them.
+# The DAGs, plugins/, include/ and devtools/ are not baked in: docker-compose.yaml mounts them.
 #
-# The API emulator (include/fitness_emulator, compose profile `emulator`) needs FastAPI, uvicorn and
+# The API emulator (devtools/fitness_emulator, compose profile `emulator`) needs FastAPI, uvicorn and
 # python-multipart, which apache-airflow-core already brings (fastapi[standard-no-fastapi-cloud-cli]),
 # at the versions constraints.txt pins; requirements-embedded.txt's pgserver is for `make demo` only.
 #

@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --disable-pip-version-check -q -c constraints.txt
 VENV2 := .venv-airflow2
 PIP2 := $(VENV2)/bin/python -m pip install --disable-pip-version-check -q -c constraints-airflow2.txt
-export PYTHONPATH := $(CURDIR)/plugins:$(CURDIR)/include
+export PYTHONPATH := $(CURDIR)/plugins:$(CURDIR)/devtools
 
 .PHONY: demo test lint bench lock clean authorize-strava authorize-fitbit airflow test-airflow2 lock-airflow2
 
@@ -25,18 +25,18 @@ $(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
 
 ## demo: run fitness_sync once on the embedded defaults (pgserver + API emulator) and print what it did
 demo: $(VENV)/.runtime
-	$(BIN)/python include/scripts/demo.py
+	$(BIN)/python devtools/scripts/demo.py
 
 ## airflow: a local Airflow 3 (API server, scheduler, DAG processor) on the embedded defaults, fitness_sync
 ##   unpaused, connections pointing at the emulator; prints the URL; Ctrl-C stops everything
 airflow: $(VENV)/.runtime
-	$(BIN)/python include/scripts/airflow_local.py $(AIRFLOW_ARGS)
+	$(BIN)/python devtools/scripts/airflow_local.py $(AIRFLOW_ARGS)
 
 ## test: lint, the whole suite on its own embedded PostgreSQL and emulator, then the Airflow 2.11 check
 test: $(VENV)/.dev $(VENV2)/.runtime
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
-	$(BIN)/python include/scripts/airflow2_check.py --airflow2-python $(VENV2)/bin/python
+	$(BIN)/python devtools/scripts/airflow2_check.py --airflow2-python $(VENV2)/bin/python
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .
@@ -75,7 +75,7 @@ $(VENV2)/.runtime: $(VENV2)/bin/python requirements-airflow2.txt constraints-air
 
 ## test-airflow2: the DAG on Airflow 2.11 in .venv-airflow2: parse check + `airflow dags backfill` of 3 hourly runs
 test-airflow2: $(VENV)/.runtime $(VENV2)/.runtime
-	$(BIN)/python include/scripts/airflow2_check.py --airflow2-python $(VENV2)/bin/python
+	$(BIN)/python devtools/scripts/airflow2_check.py --airflow2-python $(VENV2)/bin/python
 
 ## lock-airflow2: rewrite constraints-airflow2.txt from .venv-airflow2
 lock-airflow2:

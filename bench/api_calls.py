@@ -12,7 +12,7 @@ ending at 00:00 UTC (daily full reconciliation), and in all 24 runs; then token 
 Targets (issue "Fitbit data through the Google Health API v4"): per run at most 1 Strava
 list call and at most 3 Google calls; token refreshes at most once per token lifetime.
 
-    PYTHONPATH=plugins:include .venv/bin/python bench/api_calls.py [--runs 24]
+    PYTHONPATH=plugins:devtools .venv/bin/python bench/api_calls.py [--runs 24]
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ from collections import Counter
 from contextlib import closing
 from pathlib import Path
 
-sys.path[:0] = [str(Path(__file__).resolve().parents[1] / d) for d in ("plugins", "include")]
+sys.path[:0] = [str(Path(__file__).resolve().parents[1] / d) for d in ("plugins", "devtools")]
 
-from embedded_stack import airflow_env, emulator_connection_env, start_postgres  # noqa: E402
+from fitness_devtools.embedded_stack import airflow_env, emulator_connection_env, start_postgres  # noqa: E402
 
 HOUR = dt.timedelta(hours=1)
 

@@ -12,7 +12,7 @@ otherwise take 75 minutes of Strava's 15-minute windows); the calls counted are 
 Targets (issue "History"): Strava list calls = ceil(activities / 200) + 1; peak RSS at most
 300 MB for 100,000 activities.
 
-    PYTHONPATH=plugins:include .venv/bin/python bench/history_import.py [--activities 100000]
+    PYTHONPATH=plugins:devtools .venv/bin/python bench/history_import.py [--activities 100000]
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "plugins"), str(REPO / "include")]
+sys.path[:0] = [str(REPO / "plugins"), str(REPO / "devtools")]
 
-from embedded_stack import airflow_env, emulator_connection_env, start_postgres  # noqa: E402
+from fitness_devtools.embedded_stack import airflow_env, emulator_connection_env, start_postgres  # noqa: E402
 
 HISTORY_START = "2008-01-01"
 

@@ -27,7 +27,7 @@ the best run generated. The closing lines compare against the targets: ``our ins
 ``pg_stat_user_tables``) during the unchanged re-loads (target 0).
 Nothing is asserted: the exit code is non-zero only if the script crashes.
 
-Run: ``cd /work/main && PYTHONPATH=plugins:include .venv/bin/python bench/load_throughput.py
+Run: ``cd /work/main && PYTHONPATH=plugins:devtools .venv/bin/python bench/load_throughput.py
 [--rows N] [--repeat N] [--orm-rows N]`` (or ``make bench``).
 """
 
@@ -51,9 +51,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-sys.path[:0] = [str(Path(__file__).resolve().parents[1] / d) for d in ("plugins", "include")]
+sys.path[:0] = [str(Path(__file__).resolve().parents[1] / d) for d in ("plugins", "devtools")]
 
-from embedded_stack import EmbeddedPostgres, airflow_env, start_postgres  # noqa: E402
+from fitness_devtools.embedded_stack import EmbeddedPostgres, airflow_env, start_postgres  # noqa: E402
 
 DATABASE = "bench_load"
 

@@ -25,7 +25,7 @@ Nothing is asserted; the exit code is non-zero only if the script crashes.
 ``airflow dags report`` is run once over a folder holding copies of both files and its durations are shown:
 it parses them one after the other in ONE process, so the first file also pays the imports both share.
 
-Run: ``cd /work/main && PYTHONPATH=plugins:include .venv/bin/python bench/parse_time.py [--repeat N]``
+Run: ``cd /work/main && PYTHONPATH=plugins:devtools .venv/bin/python bench/parse_time.py [--repeat N]``
 (or ``make bench``).
 """
 
@@ -49,9 +49,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-sys.path[:0] = [str(Path(__file__).resolve().parents[1] / d) for d in ("plugins", "include")]
+sys.path[:0] = [str(Path(__file__).resolve().parents[1] / d) for d in ("plugins", "devtools")]
 
-from embedded_stack import REPO, airflow_env  # noqa: E402
+from fitness_devtools.embedded_stack import REPO, airflow_env  # noqa: E402
 
 FITNESS_DAG = REPO / "dags" / "fitness_sync.py"
 RESULT_MARK = "BENCH-RESULT "
@@ -237,7 +237,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def run(args: argparse.Namespace, workdir: Path) -> None:
-    env = {**os.environ, **airflow_env(workdir / "airflow")}  # PYTHONPATH gets plugins/ and include/
+    env = {**os.environ, **airflow_env(workdir / "airflow")}  # PYTHONPATH gets plugins/ and devtools/
     dags_dir = workdir / "dags"
     dags_dir.mkdir()
     trivial = dags_dir / "trivial.py"

@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from embedded_stack import EmbeddedPostgres, airflow_env, emulator_connection_env, prepare_airflow_db, start_postgres
+
+from fitness_devtools.embedded_stack import (
+    EmbeddedPostgres,
+    airflow_env,
+    emulator_connection_env,
+    prepare_airflow_db,
+    start_postgres,
+)
 
 # Airflow reads its configuration at import: set it before any test module imports airflow.
 _SESSION_DIR = Path(tempfile.mkdtemp(prefix="fitness-tests-"))

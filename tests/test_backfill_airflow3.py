@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from embedded_stack import EmbeddedPostgres, airflow_env
 
+from fitness_devtools.embedded_stack import EmbeddedPostgres, airflow_env
 from fitness_pipeline import schema
 from tests.helpers import query
 from tests.test_dag import emulator_activity_ids, run_dag, this_hour
@@ -105,7 +105,7 @@ def one_shot_import(postgres: EmbeddedPostgres, database: str, monkeypatch: pyte
 def test_backfill_of_six_hours_equals_a_one_shot_import(
         postgres: EmbeddedPostgres, fitness_db: str, all_connections: Any, monkeypatch: pytest.MonkeyPatch,
         tmp_path: Path) -> None:
-    from airflow_components import AirflowComponents
+    from fitness_devtools.airflow_components import AirflowComponents
 
     emulator = all_connections
     first, last = backfill_range()

@@ -102,7 +102,7 @@ def test_mounted_host_paths_exist(compose: dict[str, Any], services: dict[str, d
             else:
                 assert source in (compose.get("volumes") or {}), f"{name}: named volume {source} not declared"
     assert sources >= CREATED_BY_COMPOSE
-    assert {"./dags", "./plugins", "./include"} <= sources
+    assert {"./dags", "./plugins", "./include", "./devtools"} <= sources
     for source in sorted(sources - CREATED_BY_COMPOSE):
         assert source.startswith("./"), f"{source}: mount repo paths relative to docker-compose.yaml"
         assert (REPO / source).exists(), f"{source} is mounted but does not exist in the repo"
@@ -146,7 +146,7 @@ def test_profiles(services: dict[str, dict[str, Any]]) -> None:
     assert command[:3] == ["python", "-m", "fitness_emulator"]
     assert command[command.index("--host") + 1] == "0.0.0.0"
     assert command[command.index("--port") + 1] == "8081"
-    assert "/opt/airflow/include" in services["emulator"]["environment"]["PYTHONPATH"].split(":")
+    assert "/opt/airflow/devtools" in services["emulator"]["environment"]["PYTHONPATH"].split(":")
 
 
 def test_airflow_environment(compose: dict[str, Any], services: dict[str, dict[str, Any]]) -> None:
@@ -155,7 +155,7 @@ def test_airflow_environment(compose: dict[str, Any], services: dict[str, dict[s
     assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://airflow-apiserver:8080/execution/"
     assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].split("@")[1].startswith("postgres/")
     assert (env["AIRFLOW__CORE__LOAD_EXAMPLES"], env["AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION"]) == ("false", "true")
-    assert "/opt/airflow/include" in env["PYTHONPATH"].split(":")
+    assert env["PYTHONPATH"].split(":") == ["/opt/airflow/plugins"]  # no tooling on the path
     for conn in ("AIRFLOW_CONN_FITNESS_DB", "AIRFLOW_CONN_STRAVA_DEFAULT", "AIRFLOW_CONN_FITBIT_DEFAULT"):
         assert env[conn].startswith(f"${{{conn}"), conn
     for name, service in services.items():

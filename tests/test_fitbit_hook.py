@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 import requests
-from embedded_stack import emulator_connection_env
 
+from fitness_devtools.embedded_stack import emulator_connection_env
 from fitness_emulator.google_data import Bounds
 from fitness_emulator.strava_data import day_number
 from fitness_pipeline.hooks import ApiError, AuthorizationError, RateLimitError

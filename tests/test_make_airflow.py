@@ -13,7 +13,8 @@ from pathlib import Path
 import psutil
 import pytest
 import requests
-from airflow_components import free_port
+
+from fitness_devtools.airflow_components import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -25,7 +26,7 @@ def test_make_airflow_runs_fitness_sync_and_stops_cleanly(tmp_path: Path) -> Non
     ready = tmp_path / "ready"
     log = (tmp_path / "airflow_local.log").open("w")
     script = subprocess.Popen(
-        [sys.executable, str(REPO / "include" / "scripts" / "airflow_local.py"), "--port", str(port),
+        [sys.executable, str(REPO / "devtools" / "scripts" / "airflow_local.py"), "--port", str(port),
          "--no-schedule", "--ready-file", str(ready), "--home", str(tmp_path / "local")],
         env=os.environ.copy(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     started: set[int] = set()

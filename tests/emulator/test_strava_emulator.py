@@ -464,8 +464,8 @@ def test_hundred_thousand_activities_page_quickly(make_emulator: Callable[..., R
 
 
 def test_cli_prints_ready_and_stops_on_sigterm() -> None:
-    include_dir = Path(fitness_emulator.__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(include_dir), os.environ.get("PYTHONPATH", "")])}
+    devtools_dir = Path(fitness_emulator.__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(devtools_dir), os.environ.get("PYTHONPATH", "")])}
     process = subprocess.Popen(
         [sys.executable, "-m", "fitness_emulator", "--port", "0", "--seed", "7", "--read-limit", "5,50"],
         stdout=subprocess.PIPE,

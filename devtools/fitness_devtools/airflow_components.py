@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from embedded_stack import POOLS_FILE
+from fitness_devtools.embedded_stack import POOLS_FILE
 
 COMPONENTS = ("api-server", "scheduler", "dag-processor")
 STOP_TIMEOUT = 15.0

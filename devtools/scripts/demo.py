@@ -20,9 +20,9 @@ from contextlib import closing
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(REPO / "plugins"), str(REPO / "include")]
+sys.path[:0] = [str(REPO / "plugins"), str(REPO / "devtools")]
 
-from embedded_stack import airflow_env, emulator_connection_env, prepare_airflow_db, start_postgres  # noqa: E402
+from fitness_devtools.embedded_stack import airflow_env, emulator_connection_env, prepare_airflow_db, start_postgres  # noqa: E402
 
 LOCAL = REPO / ".local"
 DATABASE = "fitness"

@@ -22,10 +22,10 @@ from pathlib import Path
 from types import FrameType
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(REPO / "plugins"), str(REPO / "include")]
+sys.path[:0] = [str(REPO / "plugins"), str(REPO / "devtools")]
 
-from airflow_components import AirflowComponents, airflow_cli  # noqa: E402
-from embedded_stack import airflow_env, emulator_connection_env, start_postgres  # noqa: E402
+from fitness_devtools.airflow_components import AirflowComponents, airflow_cli  # noqa: E402
+from fitness_devtools.embedded_stack import airflow_env, emulator_connection_env, start_postgres  # noqa: E402
 
 LOCAL = REPO / ".local"
 DATABASE = "fitness"

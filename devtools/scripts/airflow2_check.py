@@ -2,7 +2,7 @@
 
 Run from the MAIN virtualenv (it has pgserver, psycopg 3 and the emulator's FastAPI):
 
-    .venv/bin/python include/scripts/airflow2_check.py --airflow2-python .venv-airflow2/bin/python
+    .venv/bin/python devtools/scripts/airflow2_check.py --airflow2-python .venv-airflow2/bin/python
 
 It starts an embedded PostgreSQL and the API emulator (Strava and Google sides) in this
 process, then drives the Airflow 2 virtualenv in subprocesses against a throw-away
@@ -36,9 +36,9 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(REPO / "plugins"), str(REPO / "include")]
+sys.path[:0] = [str(REPO / "plugins"), str(REPO / "devtools")]
 
-from embedded_stack import airflow_env, emulator_connection_env, start_postgres  # noqa: E402
+from fitness_devtools.embedded_stack import airflow_env, emulator_connection_env, start_postgres  # noqa: E402
 
 DAG_ID = "fitness_sync"
 DATABASE = "fitness"

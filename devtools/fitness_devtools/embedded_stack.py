@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -118,6 +118,6 @@ def airflow_env(home: Path) -> dict[str, str]:
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
         "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "plugins"), str(REPO / "include"),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "plugins"), str(REPO / "devtools"),
                                                      os.environ.get("PYTHONPATH", "")])),
     }
