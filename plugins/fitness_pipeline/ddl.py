@@ -60,6 +60,7 @@ def ensure_schema(conn: Any, meta: sa.MetaData = metadata, tables: list[sa.Table
         existing = _existing_columns(cur)
         existing_indexes = _existing_indexes(cur)
         primary_keys = _existing_primary_keys(cur)
+        type_names: dict[str, str] = {}  # compiled type -> udt_name, asked of the server once each
         for table in tables if tables is not None else meta.sorted_tables:
             if table.name not in existing:
                 cur.execute(str(CreateTable(table).compile(dialect=DIALECT)))
@@ -68,7 +69,7 @@ def ensure_schema(conn: Any, meta: sa.MetaData = metadata, tables: list[sa.Table
                     cur.execute(str(CreateIndex(index).compile(dialect=DIALECT)))
                     changes.created_indexes.append(str(index.name))
                 continue
-            _upgrade_table(cur, table, existing[table.name], changes)
+            _upgrade_table(cur, table, existing[table.name], changes, type_names)
             key = [c.name for c in table.primary_key.columns]
             if key and primary_keys.get(table.name) != key:
                 # an older table keyed otherwise (the seed's fitbit_calories had id): the loader's
@@ -88,7 +89,8 @@ def ensure_schema(conn: Any, meta: sa.MetaData = metadata, tables: list[sa.Table
     return changes
 
 
-def _upgrade_table(cur: Any, table: sa.Table, columns: dict[str, str], changes: SchemaChanges) -> None:
+def _upgrade_table(cur: Any, table: sa.Table, columns: dict[str, str], changes: SchemaChanges,
+                   type_names: dict[str, str]) -> None:
     quote = DIALECT.identifier_preparer.quote
     for column in table.columns:
         if column.name not in columns:
@@ -100,7 +102,7 @@ def _upgrade_table(cur: Any, table: sa.Table, columns: dict[str, str], changes: 
             cur.execute(f"ALTER TABLE {quote(table.name)} ADD COLUMN {ddl}")
             changes.added_columns.append(f"{table.name}.{column.name}")
             continue
-        have, want = columns[column.name], _udt_name(column)
+        have, want = columns[column.name], _udt_name(cur, column, type_names)
         if have == want:
             continue
         using = _SAFE_CASTS.get((have, want))
@@ -116,20 +118,20 @@ def _upgrade_table(cur: Any, table: sa.Table, columns: dict[str, str], changes: 
         changes.altered_columns.append(f"{table.name}.{column.name}: {have} -> {want}")
 
 
-def _udt_name(column: sa.Column) -> str:
-    """PostgreSQL's internal name for the column's type, as information_schema reports it."""
-    compiled = column.type.compile(dialect=DIALECT).lower()
-    base = compiled.split("(")[0].strip()
-    return {
-        "bigint": "int8",
-        "integer": "int4",
-        "float": "float8",
-        "double precision": "float8",
-        "boolean": "bool",
-        "timestamp with time zone": "timestamptz",
-        "timestamp without time zone": "timestamp",
-        "varchar": "varchar",
-    }.get(base, base)
+def _udt_name(cur: Any, column: sa.Column, cache: dict[str, str]) -> str:
+    """PostgreSQL's own name for the column's type (``pg_type.typname``, what information_schema's ``udt_name``
+    reports), asked of the server rather than derived from SQLAlchemy's spelling: ``TIME`` compiles to
+    ``TIME WITHOUT TIME ZONE`` (udt ``time``), ``FLOAT`` is ``float8`` but ``FLOAT(24)`` ``float4``, ``DOUBLE
+    PRECISION`` ``float8``, ``VARCHAR(50)`` ``varchar``, ``INTEGER[]`` ``_int4``. The server parses every spelling
+    it accepts in DDL, so no table of names can fall behind. ``cache`` maps compiled types to answers."""
+    compiled = column.type.compile(dialect=DIALECT)
+    if compiled not in cache:
+        # to_regtype parses a type name as DDL does (typmods ignored), NULL for an unknown type
+        cur.execute("SELECT t.typname FROM pg_type t WHERE t.oid = to_regtype(%(type)s)", {"type": compiled})
+        row = cur.fetchone()
+        # unknown to the server (e.g. an enum not created yet): the spelling itself, which will not match
+        cache[compiled] = str(row[0]) if row else compiled.split("(")[0].strip().lower()
+    return cache[compiled]
 
 
 def _existing_columns(cur: Any) -> dict[str, dict[str, str]]:
