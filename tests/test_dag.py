@@ -155,3 +155,30 @@ def test_google_side_failing_leaves_strava_loading_and_the_run_shows_it(db_conn:
     assert states["fitbit_weight.load"] == states["fitbit_calories.load"] == "upstream_failed"
     assert query(db_conn, "SELECT count(*) > 0 FROM strava_activity") == [(True,)]
     assert query(db_conn, "SELECT source FROM sync_run") == [("strava_activity",)]
+
+
+def test_the_demos_run_records_its_real_start_and_end(db_conn: Any, all_connections: Any) -> None:
+    """`make demo` runs the hour that just ended through dag.test(): the run it records in Airflow's metadata
+    (which `make airflow` shows) starts when it really started, not at its logical date (apache/airflow#66127)."""
+    import importlib.util
+
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    spec = importlib.util.spec_from_file_location("fitness_demo", REPO / "devtools" / "scripts" / "demo.py")
+    assert spec and spec.loader
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+
+    started = dt.datetime.now(dt.UTC)
+    run_id = demo.run_dag(lookback_hours=24)
+    finished = dt.datetime.now(dt.UTC)
+    with create_session() as session:
+        run = session.scalar(select(DagRun).where(DagRun.dag_id == "fitness_sync", DagRun.run_id == run_id))
+        assert run is not None
+        start_date, end_date, logical_date = run.start_date, run.end_date, run.logical_date
+    assert logical_date == this_hour() or logical_date == this_hour() - dt.timedelta(hours=1)  # hour turned
+    assert started <= start_date <= started + dt.timedelta(seconds=10), (started, start_date)
+    assert start_date < end_date <= finished
+    assert end_date - start_date <= finished - started

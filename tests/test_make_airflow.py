@@ -3,6 +3,7 @@ triggered run to success through the REST API, and stops everything it started."
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import signal
 import subprocess
@@ -45,16 +46,21 @@ def test_make_airflow_runs_fitness_sync_and_stops_cleanly(tmp_path: Path) -> Non
         assert errors["total_entries"] == 0, errors
 
         conf = {"lookback_hours": 24, "daily_full_reconcile": False}
+        triggered = dt.datetime.now(dt.UTC)
         run = requests.post(f"{api}/api/v2/dags/fitness_sync/dagRuns", timeout=10,
                             json={"logical_date": None, "conf": conf}).json()
-        state = run["state"]
+        state, recorded = run["state"], run
         deadline = time.monotonic() + 240
         while state not in ("success", "failed"):
             assert time.monotonic() < deadline, f"run still {state} after 4 minutes"
             time.sleep(2)
-            state = requests.get(f"{api}/api/v2/dags/fitness_sync/dagRuns/{run['dag_run_id']}",
-                                 timeout=10).json()["state"]
+            recorded = requests.get(f"{api}/api/v2/dags/fitness_sync/dagRuns/{run['dag_run_id']}",
+                                    timeout=10).json()
+            state = recorded["state"]
         assert state == "success"
+        # the UI's duration: the scheduler records the real start and end
+        start, end = (dt.datetime.fromisoformat(recorded[key]) for key in ("start_date", "end_date"))
+        assert triggered - dt.timedelta(seconds=1) <= start <= end <= dt.datetime.now(dt.UTC)
         assert run["data_interval_start"] is None  # an Airflow 3 manual run without a logical date
     finally:
         if script.poll() is None:

@@ -66,6 +66,9 @@ def main() -> int:
         os.environ["AIRFLOW_CONN_FITBIT_DEFAULT"] = emulator_connection_env(emulator.url, "fitbit")
         print(f"PostgreSQL: {postgres.socket_dir} (database {DATABASE!r}); API emulator: {emulator.url}")
         prepare_airflow_db()
+        logging.getLogger("airflow").setLevel(logging.WARNING)
+        # dag.test() talks to Airflow's execution API through Starlette's test client, which warns about httpx
+        warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
         run_id = run_dag()
         report(run_id)
         print(f"API requests served: {emulator.stats()['requests']}")
@@ -73,16 +76,17 @@ def main() -> int:
     return 0
 
 
-def run_dag() -> str:
+def run_dag(lookback_hours: int = LOOKBACK_DAYS * 24) -> str:
+    """One run of fitness_sync for the hour that just ended; returns its run id."""
     from airflow.models import DagBag
 
-    logging.getLogger("airflow").setLevel(logging.WARNING)
-    # dag.test() talks to Airflow's execution API through Starlette's test client, which warns about httpx
-    warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
+    from fitness_devtools.dag_runs import dag_test
+
     dag = DagBag(dag_folder=str(REPO / "dags" / "fitness_sync.py")).get_dag("fitness_sync")
-    # a manual run at the top of this hour syncs the hour that just ended (plus the lookback)
+    # a manual run at the top of this hour syncs the hour that just ended (plus the lookback); dag_test,
+    # not dag.test(): the run is recorded as started now, not at its logical date (the top of the hour)
     hour = dt.datetime.now(dt.UTC).replace(minute=0, second=0, microsecond=0)
-    dag_run = dag.test(logical_date=hour, run_conf={"lookback_hours": LOOKBACK_DAYS * 24})
+    dag_run = dag_test(dag, logical_date=hour, run_conf={"lookback_hours": lookback_hours})
     print(f"\nRun {dag_run.run_id}: {dag_run.state}")
     if str(dag_run.state) not in ("success", "DagRunState.SUCCESS"):
         raise SystemExit(f"fitness_sync did not succeed ({dag_run.state}); see the log above.")
