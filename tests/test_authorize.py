@@ -85,7 +85,7 @@ def run_authorize() -> Iterator[Callable[..., Run]]:
         # the secrets come from the environment, as documented (not from argv, which `ps` shows)
         env = dict(os.environ, STRAVA_CLIENT_SECRET=STRAVA_SECRET, GOOGLE_CLIENT_SECRET=GOOGLE_SECRET)
         run = Run([service, *urls, "--api-root", emulator.url, "--no-browser", "--timeout", "20",
-                   "--extra", "token_store_conn_id=memory", "--extra", "backoff_factor=0.05", *args], env)
+                   "--extra", "credential_store_conn_id=memory", "--extra", "backoff_factor=0.05", *args], env)
         runs.append(run)
         return run
 
@@ -145,7 +145,8 @@ def test_strava_authorize_prints_a_working_connection(make_emulator: Any, run_au
     refresh_token = emulator.state.strava.tokens.refresh_token
     assert conn["conn_type"] == "strava" and conn["host"] == emulator.url
     assert (conn["login"], conn["password"]) == ("demo-client-id", STRAVA_SECRET)
-    assert conn["extra"] == {"refresh_token": refresh_token, "token_store_conn_id": "memory", "backoff_factor": 0.05}
+    assert conn["extra"] == {"refresh_token": refresh_token, "credential_store_conn_id": "memory",
+                             "backoff_factor": 0.05}
     assert_secrets_only_in_the_connection(out, err, STRAVA_SECRET, refresh_token)
 
     monkeypatch.setenv("AIRFLOW_CONN_STRAVA_DEFAULT", json.dumps(conn))
@@ -231,7 +232,7 @@ def test_fitbit_authorize_prints_a_working_connection(make_emulator: Any, run_au
     conn = printed_connection(out, "fitbit_default")
     refresh_token = conn["extra"]["refresh_token"]
     assert conn["conn_type"] == "fitbit" and conn["host"] == emulator.url
-    assert conn["extra"]["token_url"] == f"{emulator.url}/token"  # not Google's: written out
+    assert conn["extra"]["refresh_url"] == f"{emulator.url}/token"  # not Google's: written out
     assert refresh_token == emulator.state.google.tokens.refresh_token
     assert_secrets_only_in_the_connection(out, err, GOOGLE_SECRET, refresh_token)
 

@@ -75,10 +75,10 @@ def wait_for_backfill_runs(airflow: Any, count: int, timeout: float) -> list[dic
     raise TimeoutError(f"backfill not finished after {timeout:.0f} s: {states}")
 
 
-def with_token_store(conn_env: str, token_store_conn_id: str) -> str:
-    """A connection (JSON form) with its tokens kept in ``token_store_conn_id``'s database."""
+def with_token_store(conn_env: str, credential_store_conn_id: str) -> str:
+    """A connection (JSON form) with its tokens kept in ``credential_store_conn_id``'s database."""
     conn = json.loads(conn_env)
-    conn["extra"] = {**(conn.get("extra") or {}), "token_store_conn_id": token_store_conn_id}
+    conn["extra"] = {**(conn.get("extra") or {}), "credential_store_conn_id": credential_store_conn_id}
     return json.dumps(conn)
 
 

@@ -181,7 +181,7 @@ def test_env_example_connections_reach_the_compose_stack() -> None:
         settings.client_id, settings.client_secret, settings.initial_refresh_token)
     fitbit = json.loads(env["AIRFLOW_CONN_FITBIT_DEFAULT"])
     assert fitbit["conn_type"] == "fitbit" and fitbit["host"] == "http://emulator:8081"
-    assert fitbit["extra"]["token_url"] == "http://emulator:8081/token"
+    assert fitbit["extra"]["refresh_url"] == "http://emulator:8081/token"
     google = GoogleSettings()
     assert (fitbit["login"], fitbit["password"], fitbit["extra"]["refresh_token"]) == (
         google.client_id, google.client_secret, google.initial_refresh_token)

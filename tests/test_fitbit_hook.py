@@ -80,7 +80,7 @@ def connect_memory(make_emulator: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
 
     def connect(emulator: Any = None, **extra: Any) -> Any:
         emulator = emulator or make_emulator()
-        extra = {"backoff_factor": 0.05, "token_store_conn_id": "memory", **extra}
+        extra = {"backoff_factor": 0.05, "credential_store_conn_id": "memory", **extra}
         monkeypatch.setenv("AIRFLOW_CONN_FITBIT_DEFAULT", emulator_connection_env(emulator.url, "fitbit", **extra))
         return emulator
 

@@ -83,7 +83,7 @@ def start_postgres(data_dir: Path, *, keep: bool = True) -> EmbeddedPostgres:
 def emulator_connection_env(emulator_url: str, conn_type: str = "strava", **extra: Any) -> str:
     """An Airflow Connection (JSON) for the emulator's ``conn_type`` side, with its current refresh token.
 
-    ``extra`` adds Connection extras (e.g. ``token_store_conn_id``, ``rate_limit_window_seconds``).
+    ``extra`` adds Connection extras (e.g. ``credential_store_conn_id``, ``rate_limit_window_seconds``).
     """
     import requests
 

@@ -531,7 +531,7 @@ class GoogleState(ServiceState):
             "host": host,
             "login": self.settings.client_id,
             "password": self.settings.client_secret,
-            "extra": {"refresh_token": self.tokens.refresh_token, "token_url": f"{host}/token"},
+            "extra": {"refresh_token": self.tokens.refresh_token, "refresh_url": f"{host}/token"},
         }
 
     def settings_view(self) -> dict[str, Any]:

@@ -250,7 +250,7 @@ def connection(service: Service, *, api_root: str, token_url: str, client_id: st
     """The Airflow connection, in the JSON form (``AIRFLOW_CONN_*`` / ``--conn-json``)."""
     conn_extra: dict[str, Any] = {"refresh_token": refresh_token}
     if token_url.rstrip("/") != service.hook_token_url(api_root).rstrip("/"):
-        conn_extra["token_url"] = token_url
+        conn_extra["refresh_url"] = token_url  # the hook's name for it (token_url would show as *** in Airflow)
     conn_extra.update(extra)
     today = dt.datetime.now(dt.UTC).date().isoformat()
     return {
@@ -312,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "only accepts a registered redirect URI, e.g. a Google 'Web application' client")
     parser.add_argument("--conn-id", help="default: strava_default / fitbit_default")
     parser.add_argument("--extra", type=_extra_item, action="append", default=[], metavar="KEY=VALUE",
-                        help="more connection extras, e.g. token_store_conn_id=memory (repeatable)")
+                        help="more connection extras, e.g. credential_store_conn_id=memory (repeatable)")
     parser.add_argument("--no-browser", action="store_true", help="only print the URL")
     parser.add_argument("--timeout", type=float, default=300, help="seconds to wait for the redirect (300)")
     return parser

@@ -48,11 +48,13 @@ def _http_fields() -> dict[str, Any]:
         "max_rate_limit_wait": _number(
             "Max rate-limit wait (s)", "Longest wait for a rate limit to reset inside a task; a longer one "
             "raises RateLimitError and the DAG reschedules the task.", 60),
-        # Not pre-filled either, for one more reason: Airflow masks the values of extras whose name contains
-        # "token" in task logs, so a stored "fitness_db" turns every "fitness_db" in those logs into "***".
-        "token_store_conn_id": _string(
+        # No name here but refresh_token contains a word Airflow deems sensitive ("token", "secret", ...): the
+        # value of such an extra shows as *** in the form and in task logs (the former token_store_conn_id and
+        # token_url did). tests/test_provider.py checks the names against Airflow's own masker.
+        "credential_store_conn_id": _string(
             "Token store connection", "Default: fitness_db. Postgres connection holding the table oauth_token "
-            "(the newest tokens, refreshed under a row lock). 'memory': tokens in the process only (tests)."),
+            "(the newest tokens, refreshed under a row lock). 'memory': tokens in the process only (tests). "
+            "Formerly token_store_conn_id (still read)."),
     }
 
 
@@ -74,7 +76,8 @@ def _strava() -> dict[str, Any]:
                 "Refresh token", "From `python -m fitness_pipeline.authorize strava` (scope read,activity:read_all). "
                 "Only seeds the token store: Strava rotates refresh tokens, the newest live in oauth_token.",
                 secret=True),
-            "token_url": _string("Token URL", "Default: <API root>/oauth/token.", url=True),
+            "refresh_url": _string("Token endpoint", "OAuth token URL the refresh token is exchanged at. "
+                                   "Default: <API root>/oauth/token. Formerly token_url (still read).", url=True),
             "rate_limit_window_seconds": _number(
                 "Rate-limit window (s)", "Length of Strava's short rate-limit window.", 900, integer=True, minimum=1),
             **_http_fields(),
@@ -92,7 +95,9 @@ def _fitbit() -> dict[str, Any]:
             "refresh_token": _string(
                 "Refresh token", "From `python -m fitness_pipeline.authorize fitbit` (access_type=offline, both "
                 "googlehealth scopes).", secret=True),
-            "token_url": _string("Token URL", "Default: https://oauth2.googleapis.com/token.", url=True),
+            "refresh_url": _string("Token endpoint", "OAuth token URL the refresh token is exchanged at. "
+                                   "Default: https://oauth2.googleapis.com/token. Formerly token_url (still read).",
+                                   url=True),
             **_http_fields(),
         },
         "ui-field-behaviour": _behaviour("https://health.googleapis.com", "Google OAuth"),

@@ -83,7 +83,7 @@ def access_token(emu: RunningEmulator) -> str:
     """A valid access token, obtained the way a client would: connection + refresh."""
     conn = connection(emu)
     response = requests.post(
-        conn["extra"]["token_url"],
+        conn["extra"]["refresh_url"],
         data={
             "grant_type": "refresh_token",
             "refresh_token": conn["extra"]["refresh_token"],
@@ -191,7 +191,7 @@ def test_refresh_issues_new_access_token_and_no_refresh_token(make_emulator: Cal
         "host": emu.url,
         "login": "demo-google-client-id",
         "password": "demo-google-client-secret",
-        "extra": {"refresh_token": "demo-google-refresh-token", "token_url": f"{emu.url}/token"},
+        "extra": {"refresh_token": "demo-google-refresh-token", "refresh_url": f"{emu.url}/token"},
     }
     first, second = (refresh(emu, "demo-google-refresh-token") for _ in range(2))
     assert first.status_code == second.status_code == 200

@@ -47,6 +47,33 @@ class RateLimitError(ApiError):
         self.reset_known = reset_known
 
 
+#: Connection extras renamed (new name: old name) because Airflow hides the value of every extra whose name
+#: contains "token" (its secrets masker's sensitive words), in the connection form and in task logs, so a
+#: user could not check them. The old names are still read; the new name wins when both have a value.
+RENAMED_EXTRAS = {"refresh_url": "token_url", "credential_store_conn_id": "token_store_conn_id"}
+
+
+def current_extra(extra: Mapping[str, Any], *, log: Any = None, conn_id: str | None = None) -> dict[str, Any]:
+    """``extra`` with the deprecated names of :data:`RENAMED_EXTRAS` moved to their new names.
+
+    With ``log``, each old name found is logged as a warning (the name, never its value).
+    """
+    extra = dict(extra)
+    for new, old in RENAMED_EXTRAS.items():
+        if old not in extra:
+            continue
+        value = extra.pop(old)
+        if extra.get(new) in ("", None):
+            extra[new] = value
+            ignored = ""
+        else:
+            ignored = f"; its value is ignored, as {new!r} is set too"
+        if log is not None:
+            log.warning("Connection %r: the extra %r is deprecated, rename it %r (Airflow hides the values of "
+                        "extras whose name contains 'token')%s", conn_id, old, new, ignored)
+    return extra
+
+
 @dataclass(frozen=True)
 class HttpSettings:
     """Per-connection knobs, read from the Connection's extra (all optional)."""
@@ -57,16 +84,18 @@ class HttpSettings:
     backoff_factor: float = 1.0
     #: longer waits fail the call with RateLimitError; the DAG then reschedules the task
     max_rate_limit_wait: float = 60.0
-    token_store_conn_id: str | None = DEFAULT_TOKEN_STORE_CONN_ID
+    #: the Postgres connection of the token store; None: tokens in the process only ("memory")
+    credential_store_conn_id: str | None = DEFAULT_TOKEN_STORE_CONN_ID
 
     @classmethod
     def from_extra(cls, extra: Mapping[str, Any]) -> HttpSettings:
+        extra = current_extra(extra)
         values: dict[str, Any] = {}
         for name, default in cls.__dataclass_fields__.items():
             if name in extra and extra[name] not in ("", None):
                 values[name] = type(default.default)(extra[name]) if default.default is not None else extra[name]
-        if extra.get("token_store_conn_id") in ("", "memory"):
-            values["token_store_conn_id"] = None
+        if extra.get("credential_store_conn_id") in ("", "memory"):
+            values["credential_store_conn_id"] = None
         return cls(**values)
 
     @property
@@ -78,8 +107,8 @@ class OAuthApiHook(BaseHook):
     """Base for hooks whose Connection holds an OAuth client and a refresh token.
 
     Connection: ``login`` = client id, ``password`` = client secret, ``host`` = the API root
-    (scheme included), extra ``refresh_token`` and optional ``token_url`` plus the
-    :class:`HttpSettings` fields.
+    (scheme included), extra ``refresh_token`` and optional ``refresh_url`` (the token endpoint) plus the
+    :class:`HttpSettings` fields. The old names ``token_url`` and ``token_store_conn_id`` still work.
     """
 
     default_host: ClassVar[str]
@@ -106,7 +135,8 @@ class OAuthApiHook(BaseHook):
 
     @cached_property
     def extra(self) -> dict[str, Any]:
-        return dict(self.connection.extra_dejson or {})
+        """The Connection's extra, deprecated names moved to their new ones (:data:`RENAMED_EXTRAS`)."""
+        return current_extra(self.connection.extra_dejson or {}, log=self.log, conn_id=self.conn_id)
 
     @cached_property
     def settings(self) -> HttpSettings:
@@ -125,14 +155,15 @@ class OAuthApiHook(BaseHook):
 
     @cached_property
     def token_url(self) -> str:
-        return self.extra.get("token_url") or f"{self.base_url}{self.default_token_path}"
+        """The OAuth token endpoint refreshes go to: extra ``refresh_url`` (formerly ``token_url``)."""
+        return self.extra.get("refresh_url") or f"{self.base_url}{self.default_token_path}"
 
     @cached_property
     def token_store(self) -> TokenStore:
         if self._token_store is not None:
             return self._token_store
-        if self.settings.token_store_conn_id:
-            return PostgresTokenStore(self.settings.token_store_conn_id)
+        if self.settings.credential_store_conn_id:
+            return PostgresTokenStore(self.settings.credential_store_conn_id)
         return MemoryTokenStore()
 
     def _refresh_token_from_connection(self) -> str:

@@ -34,10 +34,10 @@ class FitbitHook(OAuthApiHook):
     Connection (type ``fitbit``): ``login`` = Google OAuth client id, ``password`` = client
     secret, extra ``refresh_token`` (granted with ``access_type=offline`` and the scopes
     ``googlehealth.health_metrics_and_measurements.readonly`` and ``googlehealth.nutrition.readonly``);
-    ``host`` = API root, default ``https://health.googleapis.com``; extra ``token_url``,
-    default ``https://oauth2.googleapis.com/token``. Other extras as for every hook here:
-    ``connect_timeout``, ``read_timeout``, ``max_retries``, ``backoff_factor``,
-    ``max_rate_limit_wait``, ``token_store_conn_id``.
+    ``host`` = API root, default ``https://health.googleapis.com``; extra ``refresh_url`` (the token
+    endpoint; formerly ``token_url``), default ``https://oauth2.googleapis.com/token``. Other extras as
+    for every hook here: ``connect_timeout``, ``read_timeout``, ``max_retries``, ``backoff_factor``,
+    ``max_rate_limit_wait``, ``credential_store_conn_id`` (formerly ``token_store_conn_id``).
     """
 
     conn_name_attr = "fitbit_conn_id"
@@ -58,7 +58,7 @@ class FitbitHook(OAuthApiHook):
 
     @property
     def token_url(self) -> str:  # type: ignore[override]
-        return self.extra.get("token_url") or self.default_token_url
+        return self.extra.get("refresh_url") or self.default_token_url
 
     def idempotent_posts(self) -> frozenset[str]:
         return frozenset({"POST"})  # the only POSTs this hook sends are dailyRollUp reads

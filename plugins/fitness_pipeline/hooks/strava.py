@@ -58,11 +58,12 @@ class StravaHook(OAuthApiHook):
     Connection (type ``strava``): ``login`` = client id, ``password`` = client secret,
     extra ``refresh_token`` (with scope ``activity:read_all``); ``host`` = API root,
     default ``https://www.strava.com`` (every path after it is the real API's, so any
-    faithful server can stand in). Optional extras: ``token_url`` (default
+    faithful server can stand in). Optional extras: ``refresh_url`` (the token endpoint, default
     ``<host>/oauth/token``), ``rate_limit_window_seconds`` (900), ``max_rate_limit_wait``
     (60 s: a longer wait raises :class:`RateLimitError`, which the DAG turns into a reschedule), ``connect_timeout``,
-    ``read_timeout``, ``max_retries``, ``backoff_factor``, ``token_store_conn_id``
-    (``fitness_db``; ``memory`` keeps tokens in the process only).
+    ``read_timeout``, ``max_retries``, ``backoff_factor``, ``credential_store_conn_id``
+    (``fitness_db``; ``memory`` keeps tokens in the process only). The former names ``token_url`` and
+    ``token_store_conn_id`` still work (deprecated: Airflow hides the values of extras named "*token*").
     """
 
     conn_name_attr = "strava_conn_id"
