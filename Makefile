@@ -7,7 +7,7 @@ VENV2 := .venv-airflow2
 PIP2 := $(VENV2)/bin/python -m pip install --disable-pip-version-check -q -c constraints-airflow2.txt
 export PYTHONPATH := $(CURDIR)/plugins:$(CURDIR)/devtools
 
-.PHONY: demo test lint bench lock clean authorize-strava authorize-fitbit airflow test-airflow2 lock-airflow2
+.PHONY: demo test test-unit lint bench lock clean authorize-strava authorize-fitbit airflow test-airflow2 lock-airflow2
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ test: $(VENV)/.dev $(VENV2)/.runtime
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 	$(BIN)/python devtools/scripts/airflow2_check.py --airflow2-python $(VENV2)/bin/python
+
+## test-unit: the fast tier, tests/unit: the hooks' and errors' pure logic, no PostgreSQL, emulator or Airflow DB
+test-unit: $(VENV)/.dev
+	$(BIN)/python -m pytest -q tests/unit
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .

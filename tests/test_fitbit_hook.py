@@ -1,11 +1,12 @@
-"""FitbitHook (Google Health API v4) against the emulator over real HTTP, tokens in a real PostgreSQL."""
+"""FitbitHook (Google Health API v4) against the emulator over real HTTP, tokens in a real PostgreSQL.
+
+Its pure logic (filters, error mapping, backoff, paging guards) is tested in tests/unit/test_fitbit_logic.py."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
 import logging
-import math
 import os
 import time
 from typing import Any
@@ -175,18 +176,6 @@ def test_physical_time_filters_are_accepted(connect_memory: Any) -> None:
         expected = emulator_ids(emulator, data_type, start, end)
         assert expected, f"{data_type} [{start}, {end}) holds points"
         assert [point_id(p) for p in points] == expected, f"{data_type} [{start}, {end})"
-
-
-def test_filter_text_is_the_documented_form() -> None:
-    start = dt.datetime(2026, 9, 1, 2, 0, tzinfo=dt.timezone(dt.timedelta(hours=2)))  # converted to UTC
-    assert physical_time_filter("weight", start, dt.datetime(2026, 10, 1, tzinfo=dt.UTC)) == (
-        'weight.sample_time.physical_time >= "2026-09-01T00:00:00Z" AND '
-        'weight.sample_time.physical_time < "2026-10-01T00:00:00Z"')
-    assert physical_time_filter("body-fat", None, dt.datetime(2026, 10, 1, tzinfo=dt.UTC)) == (
-        'body_fat.sample_time.physical_time < "2026-10-01T00:00:00Z"')
-    assert physical_time_filter("height", None, None) is None
-    with pytest.raises(ValueError, match="aware"):
-        physical_time_filter("weight", dt.datetime(2026, 9, 1), None)
 
 
 def test_a_rejected_filter_surfaces_googles_message(connect_memory: Any) -> None:
@@ -441,12 +430,3 @@ def test_no_token_or_client_secret_reaches_a_log(connect_fitbit: Any, make_emula
     for secret in (access, refresh, SEED_REFRESH_TOKEN, CLIENT_SECRET):
         assert secret not in logged
         assert secret not in str(error.value)
-
-
-def test_hook_follows_airflow_conventions() -> None:
-    assert FitbitHook.conn_name_attr == "fitbit_conn_id"
-    assert FitbitHook.default_conn_name == "fitbit_default"
-    assert FitbitHook.conn_type == "fitbit"
-    assert FitbitHook().fitbit_conn_id == "fitbit_default"
-    assert FitbitHook("my_fitbit").conn_id == "my_fitbit"
-    assert math.isclose(FitbitHook.token_refresh_margin, 300.0)

@@ -1,4 +1,7 @@
-"""StravaHook against the emulator over real HTTP, tokens in a real PostgreSQL."""
+"""StravaHook against the emulator over real HTTP, tokens in a real PostgreSQL.
+
+Its pure logic (rate-limit headers and waits, error mapping, paging guards) is tested in
+tests/unit/test_strava_logic.py."""
 
 from __future__ import annotations
 
@@ -16,7 +19,8 @@ from typing import Any
 import pytest
 import requests
 
-from fitness_pipeline.hooks import ApiError, AuthorizationError, RateLimitError, StravaHook
+from fitness_pipeline.errors import NeedsPersonError, RetriableError
+from fitness_pipeline.hooks import ApiError, AuthorizationError, PaginationLoopError, RateLimitError, StravaHook
 from fitness_pipeline.tokens import MemoryTokenStore
 from tests.helpers import query
 
@@ -154,8 +158,19 @@ def test_5xx_is_retried_with_backoff(strava_connection: Any) -> None:
 def test_persistent_5xx_gives_up_with_a_clear_error(connect_strava: Any) -> None:
     emulator = connect_strava(max_retries=2)
     set_faults(emulator, fail_next=10, fail_status=502)
-    with pytest.raises(ApiError, match="502"):
+    with pytest.raises(ApiError, match="502") as error:
         StravaHook().list_activities(NOW - dt.timedelta(days=7), NOW)
+    assert isinstance(error.value, RetriableError)  # Airflow's retries may see the server back
+
+
+def test_a_listing_longer_than_max_pages_fails_the_try(connect_strava: Any) -> None:
+    emulator = connect_strava(max_pages=2)  # a year of activities needs more than two pages of 200
+    with pytest.raises(PaginationLoopError, match=r"did not end after 2 pages \(max_pages=2\)") as error:
+        StravaHook().list_activities(YEAR_AGO, NOW)
+    assert isinstance(error.value, NeedsPersonError)
+    assert "Connection 'strava_default'" in str(error.value) and "raise the connection's extra max_pages" in str(
+        error.value)
+    assert requests_to(emulator, LIST) == 2  # the third page was not asked for
 
 
 def test_timeout_is_retried(connect_strava: Any) -> None:
@@ -227,10 +242,3 @@ def test_no_token_reaches_a_log(strava_connection: Any, db_conn: Any, caplog: py
     assert "GET /api/v3/athlete/activities" in logged
     for secret in (access, refresh, "demo-client-secret"):
         assert secret not in logged
-
-
-def test_hook_follows_airflow_conventions() -> None:
-    assert StravaHook.conn_name_attr == "strava_conn_id"
-    assert StravaHook.default_conn_name == "strava_default"
-    assert StravaHook.conn_type == "strava"
-    assert StravaHook().strava_conn_id == "strava_default"

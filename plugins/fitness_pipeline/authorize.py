@@ -36,9 +36,10 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import requests
 
-# the same strings as fitness_pipeline.hooks.fitbit (not imported from there: that would import Airflow)
-METRICS_SCOPE = "https://www.googleapis.com/auth/googlehealth.health_metrics_and_measurements.readonly"
-NUTRITION_SCOPE = "https://www.googleapis.com/auth/googlehealth.nutrition.readonly"
+from fitness_pipeline import apis  # the API facts the hooks use too (apis imports no Airflow)
+
+METRICS_SCOPE = apis.GOOGLE_METRICS_SCOPE
+NUTRITION_SCOPE = apis.GOOGLE_NUTRITION_SCOPE
 CALLBACK_PATH = "/callback"
 LOOPBACK = "127.0.0.1"
 
@@ -49,7 +50,7 @@ class AuthorizeError(RuntimeError):
 
 @dataclass(frozen=True)
 class Service:
-    """One API's OAuth details and the connection its hook reads."""
+    """One API's OAuth details (from :mod:`fitness_pipeline.apis`) and the connection its hook reads."""
 
     conn_type: str
     label: str
@@ -67,25 +68,20 @@ class Service:
 
     def hook_token_url(self, api_root: str) -> str:
         """The token URL the hook uses when the connection's extra names none."""
-        if self.conn_type == "strava":
-            return f"{api_root.rstrip('/')}/oauth/token"
-        return "https://oauth2.googleapis.com/token"
+        return apis.API_OF[self.conn_type].default_token_url(api_root)
+
+    @classmethod
+    def of(cls, conn_type: str, label: str, env_prefix: str) -> Service:
+        """The service of the hook of ``conn_type``, its OAuth details from :data:`fitness_pipeline.apis.API_OF`."""
+        api = apis.API_OF[conn_type]
+        return cls(conn_type=conn_type, label=label, env_prefix=env_prefix, authorize_url=api.authorize_url,
+                   token_url=api.default_token_url(), api_root=api.default_host, scopes=api.scopes,
+                   scope_separator=api.scope_separator, consent_params=dict(api.consent_params))
 
 
 SERVICES = {
-    "strava": Service(
-        conn_type="strava", label="Strava", env_prefix="STRAVA",
-        authorize_url="https://www.strava.com/oauth/authorize", token_url="https://www.strava.com/oauth/token",
-        api_root="https://www.strava.com", scopes=("read", "activity:read_all"), scope_separator=",",
-        consent_params={"approval_prompt": "force"},
-    ),
-    "fitbit": Service(
-        conn_type="fitbit", label="Google (Fitbit data, Google Health API)", env_prefix="GOOGLE",
-        authorize_url="https://accounts.google.com/o/oauth2/v2/auth", token_url="https://oauth2.googleapis.com/token",
-        api_root="https://health.googleapis.com", scopes=(METRICS_SCOPE, NUTRITION_SCOPE), scope_separator=" ",
-        # offline: a refresh token; consent: a new one even when the user consented before
-        consent_params={"access_type": "offline", "prompt": "consent"},
-    ),
+    "strava": Service.of("strava", "Strava", "STRAVA"),
+    "fitbit": Service.of("fitbit", "Google (Fitbit data, Google Health API)", "GOOGLE"),
 }
 
 
@@ -266,7 +262,7 @@ def connection(service: Service, *, api_root: str, token_url: str, client_id: st
 def _scope_text(service: Service, scopes: Sequence[str] | None) -> str:
     if scopes is None:
         return "(not reported)"
-    return service.scope_separator.join(s.removeprefix("https://www.googleapis.com/auth/") for s in scopes)
+    return service.scope_separator.join(s.removeprefix(apis.GOOGLE_SCOPE_PREFIX) for s in scopes)
 
 
 def print_connection(conn_id: str, conn: Mapping[str, Any], out: TextIO) -> None:
@@ -305,8 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "(prefer those: a command-line argument shows in `ps` and the shell history)")
     parser.add_argument("--authorize-url", help="default: the real consent page (an emulator's for tests/demo)")
     parser.add_argument("--token-url", help="default: the real token endpoint")
-    parser.add_argument("--api-root", help="the connection's host; default https://www.strava.com / "
-                                           "https://health.googleapis.com")
+    parser.add_argument("--api-root", help=f"the connection's host; default {apis.STRAVA.default_host} / "
+                                           f"{apis.GOOGLE_HEALTH.default_host}")
     parser.add_argument("--port", type=int, default=0,
                         help="loopback redirect port (default 0: any free port); fix it when the OAuth client "
                              "only accepts a registered redirect URI, e.g. a Google 'Web application' client")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fitness_pipeline import __version__
+from fitness_pipeline import __version__, apis
 
 #: must equal the distribution name in pyproject.toml, or Airflow refuses the provider
 PACKAGE_NAME = "fitness-pipeline"
@@ -48,6 +48,9 @@ def _http_fields() -> dict[str, Any]:
         "max_rate_limit_wait": _number(
             "Max rate-limit wait (s)", "Longest wait for a rate limit to reset inside a task; a longer one "
             "raises RateLimitError and the DAG reschedules the task.", 60),
+        "max_pages": _number(
+            "Max pages", "Most requests one listing sends; more fail the task as a server paging in a loop.",
+            10_000, integer=True, minimum=1),
         # No name here but refresh_token contains a word Airflow deems sensitive ("token", "secret", ...): the
         # value of such an extra shows as *** in the form and in task logs (the former token_store_conn_id and
         # token_url did). tests/test_provider.py checks the names against Airflow's own masker.
@@ -73,16 +76,18 @@ def _strava() -> dict[str, Any]:
         "hook-name": "Strava",
         "conn-fields": {
             "refresh_token": _string(
-                "Refresh token", "From `python -m fitness_pipeline.authorize strava` (scope read,activity:read_all). "
+                "Refresh token", f"From `python -m fitness_pipeline.authorize strava` (scope {apis.STRAVA.scope}). "
                 "Only seeds the token store: Strava rotates refresh tokens, the newest live in oauth_token.",
                 secret=True),
             "refresh_url": _string("Token endpoint", "OAuth token URL the refresh token is exchanged at. "
-                                   "Default: <API root>/oauth/token. Formerly token_url (still read).", url=True),
+                                   f"Default: <API root>{apis.STRAVA.token_path}. Formerly token_url (still read).",
+                                   url=True),
             "rate_limit_window_seconds": _number(
-                "Rate-limit window (s)", "Length of Strava's short rate-limit window.", 900, integer=True, minimum=1),
+                "Rate-limit window (s)", "Length of Strava's short rate-limit window.",
+                apis.STRAVA_RATE_LIMIT_WINDOW_SECONDS, integer=True, minimum=1),
             **_http_fields(),
         },
-        "ui-field-behaviour": _behaviour("https://www.strava.com", "Strava API application"),
+        "ui-field-behaviour": _behaviour(apis.STRAVA.default_host, "Strava API application"),
     }
 
 
@@ -96,11 +101,12 @@ def _fitbit() -> dict[str, Any]:
                 "Refresh token", "From `python -m fitness_pipeline.authorize fitbit` (access_type=offline, both "
                 "googlehealth scopes).", secret=True),
             "refresh_url": _string("Token endpoint", "OAuth token URL the refresh token is exchanged at. "
-                                   "Default: https://oauth2.googleapis.com/token. Formerly token_url (still read).",
+                                   f"Default: {apis.GOOGLE_HEALTH.default_token_url()}. Formerly token_url (still "
+                                   "read).",
                                    url=True),
             **_http_fields(),
         },
-        "ui-field-behaviour": _behaviour("https://health.googleapis.com", "Google OAuth"),
+        "ui-field-behaviour": _behaviour(apis.GOOGLE_HEALTH.default_host, "Google OAuth"),
     }
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, ClassVar
@@ -15,36 +15,39 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
+from fitness_pipeline.apis import OAuthApi
 from fitness_pipeline.compat import BaseHook, mask_secret
+
+# the error classes live in fitness_pipeline.errors; these names are imported from here too
+from fitness_pipeline.errors import (
+    ApiError,
+    AuthorizationError,
+    FatalApiError,
+    PaginationLoopError,
+    RateLimitError,
+    RetriableApiError,
+    error_class_for_status,
+)
 from fitness_pipeline.tokens import MemoryTokenStore, PostgresTokenStore, TokenSet, TokenStore
+
+__all__ = [
+    "DEFAULT_TOKEN_STORE_CONN_ID",
+    "RENAMED_EXTRAS",
+    "ApiError",
+    "AuthorizationError",
+    "FatalApiError",
+    "HttpSettings",
+    "OAuthApiHook",
+    "PageGuard",
+    "PaginationLoopError",
+    "RateLimitError",
+    "RetriableApiError",
+    "current_extra",
+    "error_class_for_status",
+]
 
 #: Where the token store lives unless the Connection's extra says otherwise.
 DEFAULT_TOKEN_STORE_CONN_ID = "fitness_db"
-
-
-class ApiError(RuntimeError):
-    """The API answered with an error that retrying the request will not fix."""
-
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class AuthorizationError(ApiError):
-    """The credentials were refused: a person has to act (see the message)."""
-
-
-class RateLimitError(ApiError):
-    """The rate limit resets too far ahead to wait inside this task; retry after ``retry_at``.
-
-    ``reset_known``: the API said when (Strava's windows), so rescheduling for ``retry_at`` is
-    safe; otherwise (Google) an ordinary retry with backoff is the better bet.
-    """
-
-    def __init__(self, message: str, retry_at: dt.datetime, *, reset_known: bool = True) -> None:
-        super().__init__(message, status=429)
-        self.retry_at = retry_at
-        self.reset_known = reset_known
 
 
 #: Connection extras renamed (new name: old name) because Airflow hides the value of every extra whose name
@@ -86,6 +89,10 @@ class HttpSettings:
     max_rate_limit_wait: float = 60.0
     #: the Postgres connection of the token store; None: tokens in the process only ("memory")
     credential_store_conn_id: str | None = DEFAULT_TOKEN_STORE_CONN_ID
+    #: the most requests one listing sends before it is taken for a server paging in a loop (see PageGuard).
+    #: 10,000: Strava at 200 per page holds 2,000,000 activities in that (real accounts: a few thousand, the
+    #: most prolific tens of thousands); Google at 10,000 points per page, 100 million
+    max_pages: int = 10_000
 
     @classmethod
     def from_extra(cls, extra: Mapping[str, Any]) -> HttpSettings:
@@ -94,13 +101,55 @@ class HttpSettings:
         for name, default in cls.__dataclass_fields__.items():
             if name in extra and extra[name] not in ("", None):
                 values[name] = type(default.default)(extra[name]) if default.default is not None else extra[name]
-        if extra.get("credential_store_conn_id") in ("", "memory"):
+        # only an explicit "memory": an empty form field means the default, like every other field (tokens
+        # kept in the process only would lose Strava's rotated refresh token when the process ends)
+        if extra.get("credential_store_conn_id") == "memory":
             values["credential_store_conn_id"] = None
         return cls(**values)
 
     @property
     def timeout(self) -> tuple[float, float]:
         return (self.connect_timeout, self.read_timeout)
+
+
+class PageGuard:
+    """Stops a listing that does not end: a page key (Google's page token, a fingerprint of a Strava
+    page) seen twice, or more than ``max_pages`` requests, raise :class:`PaginationLoopError`.
+
+    That is a :class:`~fitness_pipeline.errors.NeedsPersonError`, not a retriable error: a retry sends the
+    same requests from the first page again, so a server that loops (a page token it hands out twice, a
+    ``page`` it ignores) loops again, hours of retries later, and every try spends up to ``max_pages``
+    requests of a quota all tasks share (Strava: 1,000 reads a day). A loop that was a passing fault costs
+    little to fail on: the next hourly run lists the window again, and clearing the task retries at once.
+    """
+
+    def __init__(self, conn_id: str, what: str, max_pages: int, api_root: str) -> None:
+        self.conn_id = conn_id
+        self.what = what
+        self.max_pages = max_pages
+        self.api_root = api_root
+        self.pages = 0
+        self._seen: set[Hashable] = set()
+
+    def request(self) -> None:
+        """Count a request about to be sent; past ``max_pages`` it is not sent."""
+        if self.pages >= self.max_pages:
+            raise PaginationLoopError(
+                f"Connection {self.conn_id!r}: {self.what} did not end after {self.pages} pages (max_pages="
+                f"{self.max_pages}), more than any real account holds: the server is probably paging in a loop. "
+                f"If the account really holds that much, raise the connection's extra max_pages; otherwise check "
+                f"that its API root ({self.api_root}) is the real API or a faithful server. Then clear the task "
+                "(retries would send the same requests again).")
+        self.pages += 1
+
+    def seen(self, key: Hashable, cause: str) -> None:
+        """Remember ``key`` of the page just received; a key seen before means a loop (``cause`` says which)."""
+        if key in self._seen:
+            raise PaginationLoopError(
+                f"Connection {self.conn_id!r}: {self.what} {cause} (page {self.pages}): the server is paging in a "
+                f"loop, so the listing was stopped. Check that the connection's API root ({self.api_root}) is the "
+                "real API or a faithful server, then clear the task (retries would send the same requests again).")
+        self._seen.add(key)
 
 
 class OAuthApiHook(BaseHook):
@@ -111,8 +160,8 @@ class OAuthApiHook(BaseHook):
     :class:`HttpSettings` fields. The old names ``token_url`` and ``token_store_conn_id`` still work.
     """
 
-    default_host: ClassVar[str]
-    default_token_path: ClassVar[str]
+    #: the API's default host, OAuth endpoints and scopes
+    api: ClassVar[OAuthApi]
     #: refresh when the access token has less than this many seconds left
     token_refresh_margin: ClassVar[float] = 300.0
     #: HTTP statuses retried with exponential backoff and jitter
@@ -146,7 +195,7 @@ class OAuthApiHook(BaseHook):
     def base_url(self) -> str:
         host = (self.connection.host or "").strip().rstrip("/")
         if not host:
-            return self.default_host
+            return self.api.default_host
         if "://" not in host:
             host = f"{self.connection.schema or 'https'}://{host}"
         if self.connection.port and host.count(":") < 2:
@@ -155,8 +204,10 @@ class OAuthApiHook(BaseHook):
 
     @cached_property
     def token_url(self) -> str:
-        """The OAuth token endpoint refreshes go to: extra ``refresh_url`` (formerly ``token_url``)."""
-        return self.extra.get("refresh_url") or f"{self.base_url}{self.default_token_path}"
+        """The OAuth token endpoint refreshes go to: extra ``refresh_url`` (formerly ``token_url``), else the
+        API's own (:meth:`~fitness_pipeline.apis.OAuthApi.default_token_url`: Strava's under the API root,
+        Google's fixed)."""
+        return self.extra.get("refresh_url") or self.api.default_token_url(self.base_url)
 
     @cached_property
     def token_store(self) -> TokenStore:
@@ -268,7 +319,8 @@ class OAuthApiHook(BaseHook):
         try:
             return response.json()
         except ValueError:
-            raise ApiError(
+            # retriable: a body cut short or a proxy's error page is more often a passing fault than a change of API
+            raise RetriableApiError(
                 f"{response.request.method} {response.url.split('?')[0]} answered {response.status_code} with a body "
                 f"that is not valid JSON ({len(response.content)} bytes, "
                 f"content-type {response.headers.get('Content-Type')!r})",
@@ -289,7 +341,11 @@ class OAuthApiHook(BaseHook):
 
     def wait_for_rate_limit(self, response: requests.Response) -> None:
         """Sleep until a 429 is over, or raise :class:`RateLimitError`."""
-        raise RateLimitError(f"{self.conn_id}: rate limited", dt.datetime.now(dt.UTC))
+        raise RateLimitError(f"{self.conn_id}: rate limited", dt.datetime.now(dt.UTC), reset_known=False)
+
+    def page_guard(self, what: str) -> PageGuard:
+        """A :class:`PageGuard` for one listing of ``what`` (e.g. "the weight listing (/v4/...)")."""
+        return PageGuard(self.conn_id, what, self.settings.max_pages, self.base_url)
 
     def parse_token_response(self, body: Mapping[str, Any], refresh_token: str) -> TokenSet:
         raise NotImplementedError

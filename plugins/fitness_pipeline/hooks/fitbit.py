@@ -13,19 +13,25 @@ from typing import Any, ClassVar
 
 import requests
 
-from fitness_pipeline import tokens
-from fitness_pipeline.hooks.base import ApiError, AuthorizationError, OAuthApiHook, RateLimitError
+from fitness_pipeline import apis, tokens
+from fitness_pipeline.hooks.base import (
+    ApiError,
+    AuthorizationError,
+    OAuthApiHook,
+    RateLimitError,
+    RetriableApiError,
+    error_class_for_status,
+)
 from fitness_pipeline.tokens import TokenSet
 
-METRICS_SCOPE = "https://www.googleapis.com/auth/googlehealth.health_metrics_and_measurements.readonly"
-NUTRITION_SCOPE = "https://www.googleapis.com/auth/googlehealth.nutrition.readonly"
-SCOPE_OF = {"weight": METRICS_SCOPE, "body-fat": METRICS_SCOPE, "height": METRICS_SCOPE,
-            "nutrition-log": NUTRITION_SCOPE}
+METRICS_SCOPE = apis.GOOGLE_METRICS_SCOPE
+NUTRITION_SCOPE = apis.GOOGLE_NUTRITION_SCOPE
+SCOPE_OF = apis.GOOGLE_SCOPE_OF
 #: the AIP-160 field path of each type's sample time
 FILTER_FIELD = {"weight": "weight.sample_time.physical_time", "body-fat": "body_fat.sample_time.physical_time",
                 "height": "height.sample_time.physical_time"}
-MAX_PAGE_SIZE = 10_000
-MAX_ROLLUP_DAYS = 90
+MAX_PAGE_SIZE = apis.GOOGLE_MAX_PAGE_SIZE
+MAX_ROLLUP_DAYS = apis.GOOGLE_MAX_ROLLUP_DAYS
 
 
 class FitbitHook(OAuthApiHook):
@@ -45,9 +51,7 @@ class FitbitHook(OAuthApiHook):
     conn_type = "fitbit"
     hook_name = "Fitbit (Google Health API)"
 
-    default_host: ClassVar[str] = "https://health.googleapis.com"
-    default_token_path: ClassVar[str] = "/token"
-    default_token_url: ClassVar[str] = "https://oauth2.googleapis.com/token"
+    api: ClassVar[apis.OAuthApi] = apis.GOOGLE_HEALTH
     # Google answers 429 without Retry-After or usage headers: back off with jitter, a few times
     rate_limit_attempts: ClassVar[int] = 5
 
@@ -56,10 +60,6 @@ class FitbitHook(OAuthApiHook):
         self.fitbit_conn_id = fitbit_conn_id
         self._rate_limited = 0
 
-    @property
-    def token_url(self) -> str:  # type: ignore[override]
-        return self.extra.get("refresh_url") or self.default_token_url
-
     def idempotent_posts(self) -> frozenset[str]:
         return frozenset({"POST"})  # the only POSTs this hook sends are dailyRollUp reads
 
@@ -67,21 +67,29 @@ class FitbitHook(OAuthApiHook):
 
     def iter_data_point_pages(self, data_type: str, filter_: str | None = None,
                               page_size: int = MAX_PAGE_SIZE) -> Iterator[list[dict[str, Any]]]:
-        """Yield pages of data points (newest first), following ``nextPageToken`` to the end."""
+        """Yield pages of data points (newest first), following ``nextPageToken`` to the end.
+
+        A server that pages in a loop (a page token handed out twice, or more than ``max_pages``
+        requests) fails the try with :class:`~fitness_pipeline.errors.PaginationLoopError` (see ``PageGuard``).
+        """
+        path = apis.GOOGLE_DATA_POINTS_PATH.format(data_type=data_type)
+        guard = self.page_guard(f"the {data_type} listing ({path}, filter {filter_!r})")
         params: dict[str, Any] = {"pageSize": page_size}
         if filter_:
             params["filter"] = filter_
         while True:
-            body = self.json_body(self.request("GET", f"/v4/users/me/dataTypes/{data_type}/dataPoints",
-                                               params=params))
+            guard.request()
+            body = self.json_body(self.request("GET", path, params=params))
             points = body.get("dataPoints") or [] if isinstance(body, Mapping) else None
             if points is None or not isinstance(points, list):
-                raise ApiError(f"the {data_type} list answered an unexpected JSON shape")
+                # retriable: a 200 of the wrong shape is more often a gateway's fault than a change of API
+                raise RetriableApiError(f"the {data_type} list answered an unexpected JSON shape")
             if points:
                 yield points
             token = body.get("nextPageToken")
             if not token:
                 return
+            guard.seen(str(token), "handed out a nextPageToken it had handed out before")
             params["pageToken"] = token
 
     def list_samples(self, data_type: str, start: dt.datetime | None, end: dt.datetime | None) -> list[dict[str, Any]]:
@@ -97,18 +105,19 @@ class FitbitHook(OAuthApiHook):
         while chunk_start < end_day:
             chunk_end = min(end_day, chunk_start + dt.timedelta(days=MAX_ROLLUP_DAYS))
             body = self.json_body(self.request(
-                "POST", "/v4/users/me/dataTypes/nutrition-log/dataPoints:dailyRollUp",
+                "POST", apis.GOOGLE_DAILY_ROLLUP_PATH.format(data_type="nutrition-log"),
                 json={"range": {"start": {"date": _date_json(chunk_start)}, "end": {"date": _date_json(chunk_end)}},
                       "windowSizeDays": 1}))
             if not isinstance(body, Mapping) or not isinstance(body.get("rollupDataPoints", []), list):
-                raise ApiError("dailyRollUp answered an unexpected JSON shape")  # not "no days": deletions follow
+                # not "no days" (deletions would follow); retriable, as for the listing's shape
+                raise RetriableApiError("dailyRollUp answered an unexpected JSON shape")
             points += body.get("rollupDataPoints") or []
             chunk_start = chunk_end
         return points
 
     def identity(self) -> dict[str, Any]:
         """``{"healthUserId", "legacyUserId", ...}`` of the authorized user."""
-        return dict(self.json_body(self.request("GET", "/v4/users/me/identity")))
+        return dict(self.json_body(self.request("GET", apis.GOOGLE_IDENTITY_PATH)))
 
     # --- tokens ------------------------------------------------------------------------------
 
@@ -118,7 +127,7 @@ class FitbitHook(OAuthApiHook):
             # Google normally sends no new refresh token: keep the one we have; store one it does send
             return TokenSet(str(body["access_token"]), str(body.get("refresh_token") or refresh_token), expires_at)
         except (KeyError, TypeError, ValueError):
-            raise ApiError("Google's token endpoint answered without access_token/expires_in") from None
+            raise RetriableApiError("Google's token endpoint answered without access_token/expires_in") from None
 
     def token_error(self, response: requests.Response) -> ApiError:
         error = _oauth_error(response)
@@ -132,8 +141,9 @@ class FitbitHook(OAuthApiHook):
             return AuthorizationError(
                 f"Google refused the OAuth client of connection {self.conn_id!r} ({error}): check login (client id) "
                 "and password (client secret).", status=response.status_code)
-        return ApiError(f"Google's token endpoint answered {response.status_code} ({error or response.reason})",
-                        status=response.status_code)
+        return error_class_for_status(response.status_code)(
+            f"Google's token endpoint answered {response.status_code} ({error or response.reason})",
+            status=response.status_code)
 
     def api_error(self, response: requests.Response) -> ApiError:
         status, message, reasons = _google_error(response)
@@ -154,8 +164,9 @@ class FitbitHook(OAuthApiHook):
             return AuthorizationError(
                 f"Google refused the access token of connection {self.conn_id!r} even after a refresh "
                 f"(UNAUTHENTICATED): authorize again. ({message})", status=401)
-        return ApiError(f"Google Health API answered {response.status_code} {status}: {message} "
-                        f"for {response.request.method} {path}", status=response.status_code)
+        return error_class_for_status(response.status_code)(
+            f"Google Health API answered {response.status_code} {status}: {message} "
+            f"for {response.request.method} {path}", status=response.status_code)
 
     # --- rate limits ------------------------------------------------------------------------
 

@@ -11,11 +11,19 @@ from typing import Any, ClassVar
 
 import requests
 
-from fitness_pipeline.hooks.base import ApiError, AuthorizationError, OAuthApiHook, RateLimitError
+from fitness_pipeline import apis
+from fitness_pipeline.hooks.base import (
+    ApiError,
+    AuthorizationError,
+    OAuthApiHook,
+    RateLimitError,
+    RetriableApiError,
+    error_class_for_status,
+)
 from fitness_pipeline.tokens import TokenSet
 
-ACTIVITIES_PATH = "/api/v3/athlete/activities"
-MAX_PER_PAGE = 200
+ACTIVITIES_PATH = apis.STRAVA_ACTIVITIES_PATH
+MAX_PER_PAGE = apis.STRAVA_MAX_PER_PAGE
 MAX_429_IN_A_ROW = 5
 DAY = 86_400
 
@@ -71,8 +79,7 @@ class StravaHook(OAuthApiHook):
     conn_type = "strava"
     hook_name = "Strava"
 
-    default_host: ClassVar[str] = "https://www.strava.com"
-    default_token_path: ClassVar[str] = "/oauth/token"
+    api: ClassVar[apis.OAuthApi] = apis.STRAVA
 
     def __init__(self, strava_conn_id: str = default_conn_name, **kwargs: Any) -> None:
         super().__init__(strava_conn_id, **kwargs)
@@ -83,7 +90,7 @@ class StravaHook(OAuthApiHook):
 
     @property
     def window_seconds(self) -> int:
-        return int(self.extra.get("rate_limit_window_seconds") or 900)
+        return int(self.extra.get("rate_limit_window_seconds") or apis.STRAVA_RATE_LIMIT_WINDOW_SECONDS)
 
     # --- data ------------------------------------------------------------------------------
 
@@ -91,16 +98,25 @@ class StravaHook(OAuthApiHook):
                             per_page: int = MAX_PER_PAGE) -> Iterator[list[dict[str, Any]]]:
         """Yield pages of SummaryActivity dicts that started in ``(after, before)``.
 
-        Pages until an empty page: Strava may return short pages before the end.
+        Pages until an empty page: Strava may return short pages before the end. A server that
+        pages in a loop (a page equal to an earlier one, or more than ``max_pages`` requests) fails
+        the try with :class:`~fitness_pipeline.errors.PaginationLoopError` (see ``PageGuard``).
         """
+        guard = self.page_guard(f"the Strava activity listing ({ACTIVITIES_PATH}, started in "
+                                f"({after.isoformat()}, {before.isoformat()}))")
         page = 1
         while True:
             params = {"after": _epoch(after), "before": _epoch(before), "page": page, "per_page": per_page}
+            guard.request()
             activities = self.json_body(self.request("GET", ACTIVITIES_PATH, params=params))
             if not isinstance(activities, list):
-                raise ApiError(f"{ACTIVITIES_PATH} answered a JSON {type(activities).__name__}, expected a list")
+                # retriable: a 200 of the wrong shape is more often a gateway's fault than a change of API
+                raise RetriableApiError(
+                    f"{ACTIVITIES_PATH} answered a JSON {type(activities).__name__}, expected a list")
             if not activities:
                 return
+            # Strava ignoring `page` would answer the same page forever
+            guard.seen(_page_key(activities), "answered a page it had answered before")
             yield activities
             page += 1
 
@@ -115,7 +131,7 @@ class StravaHook(OAuthApiHook):
             expires_at = dt.datetime.fromtimestamp(int(body["expires_at"]), dt.UTC)
             return TokenSet(str(body["access_token"]), str(body.get("refresh_token") or refresh_token), expires_at)
         except (KeyError, TypeError, ValueError):
-            raise ApiError("Strava's token endpoint answered without access_token/expires_at") from None
+            raise RetriableApiError("Strava's token endpoint answered without access_token/expires_at") from None
 
     def token_error(self, response: requests.Response) -> ApiError:
         fields = _error_fields(response)
@@ -128,8 +144,9 @@ class StravaHook(OAuthApiHook):
             return AuthorizationError(
                 f"Strava refused the client id/secret of connection {self.conn_id!r}: check login and password "
                 "against your API application's settings.", status=response.status_code)
-        return ApiError(f"Strava's token endpoint answered {response.status_code} {_summary(response)}",
-                        status=response.status_code)
+        return error_class_for_status(response.status_code)(
+            f"Strava's token endpoint answered {response.status_code} {_summary(response)}",
+            status=response.status_code)
 
     def refresh_may_help(self, response: requests.Response) -> bool:
         return "activity:read_permission" not in _error_fields(response)
@@ -139,13 +156,14 @@ class StravaHook(OAuthApiHook):
         if response.status_code == 401 and "activity:read_permission" in fields:
             return AuthorizationError(
                 "The Strava token lacks the activity:read scope: authorize again with scope "
-                "read,activity:read_all (the athlete must leave both boxes ticked).", status=401)
+                f"{apis.STRAVA.scope} (the athlete must leave both boxes ticked).", status=401)
         if response.status_code == 401:
             return AuthorizationError(
                 f"Strava refused the access token of connection {self.conn_id!r} even after a refresh: "
                 "the athlete may have revoked access; authorize the app again.", status=401)
-        return ApiError(f"Strava answered {response.status_code} {_summary(response)} for "
-                        f"{response.request.method} {response.url.split('?')[0]}", status=response.status_code)
+        return error_class_for_status(response.status_code)(
+            f"Strava answered {response.status_code} {_summary(response)} for "
+            f"{response.request.method} {response.url.split('?')[0]}", status=response.status_code)
 
     # --- rate limits ------------------------------------------------------------------------
 
@@ -200,6 +218,11 @@ def _epoch(value: dt.datetime) -> int:
     if value.tzinfo is None:
         raise ValueError("Strava windows need aware datetimes (UTC)")
     return int(value.timestamp())
+
+
+def _page_key(activities: list[Any]) -> tuple[Any, ...]:
+    """What tells pages apart: their activities' ids (the whole item for one without an id)."""
+    return tuple(a.get("id") if isinstance(a, dict) and "id" in a else repr(a) for a in activities)
 
 
 def _error_fields(response: requests.Response) -> set[str]:
