@@ -48,13 +48,16 @@ def main() -> None:
     os.environ["AIRFLOW_CONN_FITNESS_DB"] = postgres.connection_env("fitness")
 
     from fitness_emulator import start_emulator
-    from fitness_pipeline import tasks, tokens
+    from fitness_pipeline import sources, tokens
+    from fitness_pipeline.db import connect
     from fitness_pipeline.ddl import ensure_schema
+    from fitness_pipeline.handover import RunParams
+    from fitness_pipeline.tasks import extract, load, plan, transform
 
     with start_emulator() as emulator:
         os.environ["AIRFLOW_CONN_STRAVA_DEFAULT"] = emulator_connection_env(emulator.url)
         os.environ["AIRFLOW_CONN_FITBIT_DEFAULT"] = emulator_connection_env(emulator.url, "fitbit")
-        with closing(tasks.connect()) as conn:
+        with closing(connect()) as conn:
             ensure_schema(conn)
 
         offset = 0.0
@@ -69,10 +72,9 @@ def main() -> None:
             offset = (interval_end - now).total_seconds() + 120  # two minutes after the hour
             before = Counter(emulator.stats()["requests"]) + _refreshes(emulator)
             started = time.perf_counter()
-            for source in tasks.EXTRACTORS:
-                window = tasks.run_window({"lookback_hours": 72}, interval_end - HOUR, interval_end, None, source)
-                extracted = tasks.EXTRACTORS[source](f"bench_{run}", window)
-                tasks.load(tasks.transform(extracted))
+            for spec in sources.REGISTRY:
+                window = plan.window_for_run(spec, RunParams(), interval_end - HOUR, interval_end, None)
+                load.load(transform.transform(extract.extract(spec.id, f"bench_{run}", window)))
             after = Counter(emulator.stats()["requests"]) + _refreshes(emulator)
             per_run.append((interval_end, after - before, time.perf_counter() - started))
     postgres.stop()

@@ -53,10 +53,10 @@ def main() -> None:
         print(f"{'athlete':<26}{'source':<18}{'rows':>8}{'API calls':>11}  {'calls by endpoint':<58}"
               f"{'wall s':>8}{'peak RSS MB':>13}")
         scenario(postgres, env, "demo athlete, 5 years", ["--years", "5", "--google-years", "5"],
-                 ["strava", "fitbit_weight", "fitbit_calories"])
+                 ["strava_activity", "fitbit_weight", "fitbit_calories"])
         scenario(postgres, env, f"{args.activities:,} activities",
                  ["--activities", str(args.activities), "--read-limit", "1000000,10000000",
-                  "--overall-limit", "1000000,10000000"], ["strava"])
+                  "--overall-limit", "1000000,10000000"], ["strava_activity"])
     finally:
         postgres.stop()
 
@@ -86,7 +86,7 @@ def scenario(postgres: Any, env: dict[str, str], label: str, emulator_args: list
             by_endpoint = ", ".join(f"{k.split(' ', 1)[1].rsplit('/', 1)[-1]} {v}" for k, v in calls.items())
             print(f"{label:<26}{source:<18}{result['rows']:>8}{sum(calls.values()):>11}  {by_endpoint:<58}"
                   f"{result['seconds']:>8.1f}{result['peak_rss_mb']:>13.0f}")
-            if source == "strava":
+            if source == "strava_activity":
                 listed = calls.get("GET /api/v3/athlete/activities", 0)
                 target = math.ceil(result["extracted"] / 200) + 1
                 print(f"{'':<26}Strava list calls {listed} for {result['extracted']} activities; "
@@ -98,16 +98,18 @@ def scenario(postgres: Any, env: dict[str, str], label: str, emulator_args: list
 
 def import_history(args: list[str]) -> dict[str, Any]:
     """In the child: one history import of ``source``, as the DAG's three tasks run it."""
-    from fitness_pipeline import tasks
+    from fitness_pipeline import sources
+    from fitness_pipeline.handover import RunParams
+    from fitness_pipeline.tasks import extract, load, plan, prepare, transform
 
-    source = args[0]
+    spec = sources.get(args[0])
     started = time.perf_counter()
-    tasks.ensure_schema()
-    window = tasks.run_window({"history_start": HISTORY_START}, None, None, _Run(), source)
-    extracted = tasks.EXTRACTORS[source]("history", window)
-    loaded = tasks.load(tasks.transform(extracted))
+    prepare.ensure_schema()
+    window = plan.window_for_run(spec, RunParams(history_start=HISTORY_START), None, None, _Run())
+    extracted = extract.extract(spec.id, "history", window)
+    loaded = load.load(transform.transform(extracted))
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux: kilobytes
-    return {"rows": loaded["inserted"] + loaded["updated"] + loaded["unchanged"], "extracted": extracted["extracted"],
+    return {"rows": loaded.inserted + loaded.updated + loaded.unchanged, "extracted": extracted.extracted,
             "seconds": time.perf_counter() - started, "peak_rss_mb": peak_kb / 1024}
 
 

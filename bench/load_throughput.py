@@ -378,8 +378,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     try:
         with embedded_database(workdir) as postgres:
+            from fitness_pipeline.db import connect
             from fitness_pipeline.ddl import ensure_schema
-            from fitness_pipeline.tasks import connect
 
             conn = connect()  # PostgresHook("fitness_db")
             ensure_schema(conn)
@@ -393,7 +393,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def run(bench: Bench, postgres: EmbeddedPostgres, args: argparse.Namespace, repeat: int, psycopg: Any) -> None:
-    from fitness_pipeline.transform import dump_json, strava_activity_row
+    from fitness_pipeline.transforms.fields import dump_json
+    from fitness_pipeline.transforms.strava import strava_activity_row
 
     server_version = bench.sql("SHOW server_version")[0][0]
     print(f"Python {platform.python_version()} ({sys.implementation.name}), PostgreSQL {server_version} (pgserver, "

@@ -5,9 +5,10 @@ Every hour, keeps a person's **Strava activities** and **Fitbit body weight and 
 (Google Health API v4: the Fitbit Web API was switched off on 2026-11-02) in PostgreSQL
 (connection `fitness_db`).
 
-Each source is a task group: `extract` (API → `raw_record`), `transform` (→ staging; bad records
-→ `quarantine` with their reason), `load` (one-transaction upsert that writes only rows that really
-changed; what happened goes to `sync_run`). Sources are independent: one failing never stops another.
+Each source of the registry (`fitness_pipeline.sources`) is a task group: `extract` (API →
+`raw_record`), `transform` (→ staging; bad records → `quarantine` with their reason), `load`
+(one-transaction upsert that writes only rows that really changed; what happened goes to
+`sync_run`). Sources are independent: one failing never stops another.
 
 The window is the run's data interval widened backwards by `lookback_hours` (param, default 72) so
 late uploads are caught. A manual run without a logical date takes the last full hour.
@@ -21,6 +22,9 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from fitness_pipeline.handover import RunParams
+from fitness_pipeline.sources import ALIASES, REGISTRY, SourceSpec
+
 try:
     from airflow.sdk import CronDataIntervalTimetable, Param, dag, task, task_group
 except ImportError:  # Airflow 2.10/2.11
@@ -28,11 +32,7 @@ except ImportError:  # Airflow 2.10/2.11
     from airflow.models.param import Param
     from airflow.timetables.interval import CronDataIntervalTimetable
 
-DEFAULT_LOOKBACK_HOURS = 72
-#: one task group per source: Strava activities, Fitbit body weight, Fitbit calories eaten
-SOURCES = ("strava", "fitbit_weight", "fitbit_calories")
-#: extract tasks share an Airflow pool per API, so parallel runs and backfills cannot exceed its rate limit
-POOLS = {"strava": "strava_api", "fitbit_weight": "google_health_api", "fitbit_calories": "google_health_api"}
+DEFAULTS = RunParams()
 
 
 @dag(
@@ -52,27 +52,27 @@ POOLS = {"strava": "strava_api", "fitbit_weight": "google_health_api", "fitbit_c
     },
     params={  # Param resolves to airflow.sdk.Param on Airflow 3 (the noqa is for the Airflow 2 fallback)
         "lookback_hours": Param(  # noqa: AIR311
-            DEFAULT_LOOKBACK_HOURS, type="integer", minimum=0,
+            int(DEFAULTS.lookback_hours), type="integer", minimum=0,
             description="How far before the data interval to re-fetch (late uploads, edits, deletions).",
         ),
         "sources": Param(  # noqa: AIR311
-            list(SOURCES), type="array", items={"type": "string", "enum": list(SOURCES)},
-            description="Which sources this run syncs.",
+            REGISTRY.ids(), type="array", items={"type": "string", "enum": [*REGISTRY.ids(), *ALIASES]},
+            description="Which sources this run syncs (\"strava\" is the former name of strava_activity).",
         ),
         "history_start": Param(  # noqa: AIR311
-            None, type=["null", "string"],
+            DEFAULTS.history_start, type=["null", "string"],
             description="History import: fetch from this date (YYYY-MM-DD, UTC) instead of the hourly window.",
         ),
         "history_end": Param(  # noqa: AIR311
-            None, type=["null", "string"],
+            DEFAULTS.history_end, type=["null", "string"],
             description="History import: up to this date (default: the run's data interval end).",
         ),
         "daily_full_reconcile": Param(  # noqa: AIR311
-            True, type="boolean",
+            DEFAULTS.daily_full_reconcile, type="boolean",
             description="The run ending at 00:00 UTC re-lists all history to catch deletions older than the lookback.",
         ),
         "max_deleted_share": Param(  # noqa: AIR311
-            0.5, type="number", minimum=0, maximum=1,
+            DEFAULTS.max_deleted_share, type="number", minimum=0, maximum=1,
             description="Refuse (fail) to mark more than this share of a window's rows deleted.",
         ),
     },
@@ -82,40 +82,48 @@ POOLS = {"strava": "strava_api", "fitbit_weight": "google_health_api", "fitbit_c
 def fitness_sync() -> None:
     @task
     def ensure_schema() -> dict[str, Any]:
-        from fitness_pipeline import tasks
+        from fitness_pipeline.tasks import prepare
 
-        return tasks.ensure_schema()
+        return prepare.ensure_schema()
 
-    ensure_schema() >> [source_group(source) for source in SOURCES]
+    ensure_schema() >> [source_group(spec) for spec in REGISTRY]
 
 
-def source_group(source: str) -> Any:
-    """extract -> transform -> load for one source; groups are independent of each other."""
+def source_group(spec: SourceSpec) -> Any:
+    """extract -> transform -> load for one source; groups are independent of each other.
+    Extract tasks share an Airflow pool per API, so parallel runs and backfills stay inside its rate limit."""
+    source = spec.id
 
-    @task_group(group_id=source)
+    @task_group(group_id=source, tooltip=spec.description)
     def group() -> None:
-        @task(task_id="extract", pool=POOLS[source])
+        @task(task_id="extract", pool=spec.pool)
         def extract(params: dict[str, Any] | None = None, data_interval_start: dt.datetime | None = None,
                     data_interval_end: dt.datetime | None = None, dag_run: Any = None) -> dict[str, Any]:
-            from fitness_pipeline import tasks
+            from fitness_pipeline import sources
             from fitness_pipeline.compat import AirflowSkipException
+            from fitness_pipeline.tasks import extract, plan
 
-            if not tasks.wanted(params, source):
+            run = RunParams.from_params(params)
+            spec = sources.get(source)
+            if not plan.wanted(spec, run):
                 raise AirflowSkipException(f"{source} is not in this run's sources")
-            window = tasks.run_window(params, data_interval_start, data_interval_end, dag_run, source)
-            return tasks.run_extract(source, dag_run.run_id, window)
+            window = plan.window_for_run(spec, run, data_interval_start, data_interval_end, dag_run)
+            return extract.extract(source, dag_run.run_id, window).to_xcom()
 
         @task(task_id="transform")
         def transform(extracted: dict[str, Any]) -> dict[str, Any]:
-            from fitness_pipeline import tasks
+            from fitness_pipeline.handover import Extracted
+            from fitness_pipeline.tasks import transform
 
-            return tasks.transform(extracted)
+            return transform.transform(Extracted.from_xcom(extracted)).to_xcom()
 
         @task(task_id="load")
-        def load(transformed: dict[str, Any], params: dict[str, Any] | None = None) -> dict[str, Any]:
-            from fitness_pipeline import tasks
+        def load(staged: dict[str, Any], params: dict[str, Any] | None = None) -> dict[str, Any]:
+            from fitness_pipeline.handover import Staged
+            from fitness_pipeline.tasks import load
 
-            return tasks.load(transformed, max_deleted_share=float((params or {}).get("max_deleted_share", 0.5)))
+            run = RunParams.from_params(params)
+            return load.load(Staged.from_xcom(staged), max_deleted_share=run.max_deleted_share).to_xcom()
 
         load(transform(extract()))
 

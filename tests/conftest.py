@@ -53,7 +53,7 @@ def fitness_db(postgres: EmbeddedPostgres, monkeypatch: pytest.MonkeyPatch) -> I
 @pytest.fixture
 def db_conn(fitness_db: str) -> Iterator[Any]:
     """A DB-API connection to ``fitness_db`` through ``PostgresHook`` (psycopg 3 on Airflow 3)."""
-    from fitness_pipeline.tasks import connect
+    from fitness_pipeline.db import connect
 
     with closing(connect()) as conn:
         yield conn

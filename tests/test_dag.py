@@ -47,15 +47,15 @@ def test_schedule_tasks_and_defaults_are_as_documented() -> None:
     assert dag.catchup is False
     assert dag.max_active_runs == 1
     assert set(dag.task_ids) == {"ensure_schema"} | {
-        f"{group}.{step}" for group in ("strava", "fitbit_weight", "fitbit_calories")
+        f"{group}.{step}" for group in ("strava_activity", "fitbit_weight", "fitbit_calories")
         for step in ("extract", "transform", "load")}
     assert dag.params["lookback_hours"] == 72
     assert {"fitness", "strava", "fitbit"} <= set(dag.tags)
     assert dag.doc_md and "fitness_sync" in dag.doc_md
-    extract = dag.get_task("strava.extract")
+    extract = dag.get_task("strava_activity.extract")
     assert extract.retries == 3 and extract.retry_exponential_backoff
-    assert dag.get_task("strava.load").upstream_task_ids == {"strava.transform"}
-    for group in ("strava", "fitbit_weight", "fitbit_calories"):
+    assert dag.get_task("strava_activity.load").upstream_task_ids == {"strava_activity.transform"}
+    for group in ("strava_activity", "fitbit_weight", "fitbit_calories"):
         assert dag.get_task(f"{group}.extract").upstream_task_ids == {"ensure_schema"}  # independent branches
 
 
@@ -150,7 +150,7 @@ def test_google_side_failing_leaves_strava_loading_and_the_run_shows_it(db_conn:
     dag_run = run_dag(this_hour(), lookback_hours=24 * 7)
     assert "failed" in str(dag_run.state).lower()
     states = task_states(dag_run)
-    assert states["strava.load"] == "success"
+    assert states["strava_activity.load"] == "success"
     assert states["fitbit_weight.extract"] == states["fitbit_calories.extract"] == "failed"
     assert states["fitbit_weight.load"] == states["fitbit_calories.load"] == "upstream_failed"
     assert query(db_conn, "SELECT count(*) > 0 FROM strava_activity") == [(True,)]

@@ -74,3 +74,13 @@ def test_a_fresh_schema_is_current_through_psycopg2_too(postgres: Any, fitness_d
     finally:
         conn.close()
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+def test_the_ensure_schema_task_reports_every_kind_of_change(fitness_db: str) -> None:
+    from fitness_pipeline.tasks.prepare import ensure_schema as ensure_schema_task
+
+    first = ensure_schema_task()
+    assert {"created_tables", "added_columns", "altered_columns", "created_indexes"} <= set(first)
+    assert "strava_activity" in first["created_tables"]
+    assert "ix_strava_activity_start_date" in first["created_indexes"]  # was dropped from the summary
+    assert ensure_schema_task() == {key: [] for key in first}

@@ -10,17 +10,17 @@ from typing import Any
 
 import pytest
 
-from fitness_pipeline.transform import (
+from fitness_pipeline.transforms.fields import RecordError
+from fitness_pipeline.transforms.fitbit import (
     BODY_FAT_MATCH_SECONDS,
     HeightHistory,
-    RecordError,
     fitbit_calories_row,
     fitbit_height_row,
     fitbit_weight_batch,
     fitbit_weight_row,
     sample,
-    transform_batch,
 )
+from fitness_pipeline.transforms.records import transform_batch
 
 USER = "users/108527364915620845632"
 UTC = dt.UTC
@@ -204,7 +204,7 @@ def test_body_fat_within_60_seconds_belongs_to_the_weighing(seconds_away: int | 
     if seconds_away is not None:
         points.append(body_fat(11, fat_seconds_away(seconds_away), 21.4))
     result = fitbit_weight_batch(envelopes(*points))
-    assert result.rejected == []
+    assert result.quarantined == []
     (row,) = result.rows
     assert row["fat"] == fat
 
@@ -229,7 +229,7 @@ def test_body_fat_on_some_samples_only() -> None:
         weight(2, "2026-09-25T02:00:00Z"),
         weight(3, "2026-09-26T05:30:10Z"), body_fat(103, "2026-09-26T05:30:10Z", 22.3),
     ))
-    assert result.rejected == []
+    assert result.quarantined == []
     assert {row["id"]: row["fat"] for row in result.rows} == {1: 21.9, 2: None, 3: 22.3}
 
 
@@ -281,11 +281,11 @@ def test_height_row_reads_int64_sent_as_a_string(millimetres: Any) -> None:
     ("17800", "heightMillimeters is out of range"),
     (None, "heightMillimeters is missing"),
 ])
-def test_bad_heights_are_rejected_without_their_value(millimetres: Any, reason: str) -> None:
+def test_bad_heights_are_quarantined_without_their_value(millimetres: Any, reason: str) -> None:
     result = transform_batch([height(9, "2024-01-10T04:15:05Z", millimetres)], fitbit_height_row)
     assert result.rows == []
-    assert [r.reason for r in result.rejected] == [reason]
-    assert str(millimetres) not in result.rejected[0].reason
+    assert [r.reason for r in result.quarantined] == [reason]
+    assert str(millimetres) not in result.quarantined[0].reason
 
 
 # --- calories -------------------------------------------------------------------------------------
@@ -295,7 +295,7 @@ def test_calories_one_row_per_logged_day() -> None:
     # a dailyRollUp answer, newest first; 24 September had no logs, so Google left it out
     rollups = [rollup(dt.date(2026, 9, 25), 2191.0), rollup(dt.date(2026, 9, 23), 1840.5)]
     result = transform_batch(rollups, fitbit_calories_row)
-    assert result.rejected == []
+    assert result.quarantined == []
     assert [(r["record_date"], r["calories"]) for r in result.rows] == [
         (dt.date(2026, 9, 25), 2191.0), (dt.date(2026, 9, 23), 1840.5)]
     assert json.loads(result.rows[0]["raw"]) == rollups[0]
@@ -315,14 +315,14 @@ def test_calories_id_is_midnight_utc_in_epoch_seconds(day: dt.date, epoch: int) 
     (lambda r: r["civilStartTime"].update(date={"year": 2026, "month": 2, "day": 30}), "civilStartTime.date"),
     (lambda r: r.pop("civilStartTime"), "civilStartTime.date"),
 ])
-def test_bad_rollups_are_rejected(change: Any, reason: str) -> None:
+def test_bad_rollups_are_quarantined(change: Any, reason: str) -> None:
     record = rollup(dt.date(2026, 9, 25), 2191.0)
     change(record)
     result = transform_batch([record, rollup(dt.date(2026, 9, 24), 1900.0)], fitbit_calories_row)
     assert [r["record_date"] for r in result.rows] == [dt.date(2026, 9, 24)]
-    (rejected,) = result.rejected
-    assert reason in rejected.reason
-    assert "lots" not in rejected.reason and "-5" not in rejected.reason
+    (entry,) = result.quarantined
+    assert reason in entry.reason
+    assert "lots" not in entry.reason and "-5" not in entry.reason
 
 
 # --- quarantine -----------------------------------------------------------------------------------
@@ -348,8 +348,8 @@ def test_malformed_points_are_quarantined_while_the_rest_loads() -> None:
     result = fitbit_weight_batch(records)
 
     assert {row["id"]: row["fat"] for row in result.rows} == {1: 21.9, 2: None}  # 123.4 % was not attached
-    by_reason = {r.reason: r for r in result.rejected}
-    assert set(by_reason) == {*bad, "not a weight or body-fat envelope"}
+    by_reason = {r.reason: r for r in result.quarantined}
+    assert set(by_reason) == {*bad, "not a weight, body-fat or height envelope"}
     keys = {reason: by_reason[reason].record_key for reason in bad}
     # the key is the id as fitbit_weight.id holds it, so a quarantined weight counts as present upstream;
     # body-fat points are keyed apart; an id that cannot be read falls back to a hash
@@ -358,32 +358,32 @@ def test_malformed_points_are_quarantined_while_the_rest_loads() -> None:
     assert keys == {reason: bad[reason]["name"].rsplit("/", 1)[1] for reason in keys}
     for reason, point in bad.items():
         assert json.loads(by_reason[reason].payload) == point
-    assert json.loads(by_reason["not a weight or body-fat envelope"].payload) == records[-1]
-    for rejected in result.rejected:  # reasons name fields and types, never the values
+    assert json.loads(by_reason["not a weight, body-fat or height envelope"].payload) == records[-1]
+    for entry in result.quarantined:  # reasons name fields and types, never the values
         for value in ("ninety kilos", "72500", "x93f0", "123.4", "yesterday", "8123"):
-            assert value not in rejected.reason
+            assert value not in entry.reason
 
 
 def test_a_record_that_is_not_an_object_is_quarantined() -> None:
     result = fitbit_weight_batch([{"dataType": "weight", "point": ["90200"]}, *envelopes(weight(1, WEIGHED_AT))])
     assert [row["id"] for row in result.rows] == [1]
-    assert [r.reason for r in result.rejected] == ["record must be a JSON object, got list"]
+    assert [r.reason for r in result.quarantined] == ["record must be a JSON object, got list"]
 
 
 def test_an_id_beyond_64_bits_is_quarantined() -> None:
     result = fitbit_weight_batch(envelopes(weight(2**64, WEIGHED_AT), weight(2**64 - 1, WEIGHED_AT)))
     assert [row["id"] for row in result.rows] == [2**64 - 1]
-    assert [r.reason for r in result.rejected] == ["the data point id is not an unsigned 64-bit number"]
+    assert [r.reason for r in result.quarantined] == ["the data point id is not an unsigned 64-bit number"]
 
 
 def test_an_id_with_a_non_ascii_digit_is_quarantined_not_fatal() -> None:
     result = fitbit_weight_batch(envelopes(weight("8107172512320991248²", WEIGHED_AT), weight(1, WEIGHED_AT)))
     assert [row["id"] for row in result.rows] == [1]
-    assert [r.reason for r in result.rejected] == ["the data point id is not an unsigned 64-bit number"]
+    assert [r.reason for r in result.quarantined] == ["the data point id is not an unsigned 64-bit number"]
 
 
 def test_a_height_with_a_non_ascii_digit_is_quarantined_not_fatal() -> None:
     result = transform_batch([height(9, "2024-01-10T04:15:05Z", "1780²"), height(10, "2024-01-10T04:15:05Z")],
                              fitbit_height_row)
     assert [row["id"] for row in result.rows] == [10]
-    assert [r.reason for r in result.rejected] == ["heightMillimeters must be an integer, got str"]
+    assert [r.reason for r in result.quarantined] == ["heightMillimeters must be an integer, got str"]

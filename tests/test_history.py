@@ -81,7 +81,7 @@ def test_mass_deletion_is_refused_and_the_other_sources_still_load(db_conn: Any,
     dag_run = run_dag(hour, lookback_hours=24 * 14)
     states = task_states(dag_run)
     assert not succeeded(dag_run)
-    assert states["strava.load"] == "failed"
+    assert states["strava_activity.load"] == "failed"
     assert states["fitbit_weight.load"] == states["fitbit_calories.load"] == "success"
     assert query(db_conn, "SELECT count(*) FROM strava_activity WHERE deleted_at IS NOT NULL") == [(0,)]
 
@@ -124,21 +124,24 @@ def test_sources_param_selects_branches(db_conn: Any, all_connections: Any) -> N
     dag_run = run_dag(this_hour(), sources=["fitbit_calories"])
     assert succeeded(dag_run)
     states = task_states(dag_run)
-    assert states["strava.extract"] == "skipped" and states["fitbit_weight.load"] == "skipped"
+    assert states["strava_activity.extract"] == "skipped" and states["fitbit_weight.load"] == "skipped"
     assert states["fitbit_calories.load"] == "success"
     assert query(db_conn, "SELECT source FROM sync_run") == [("fitbit_calories",)]
 
 
 EXTRACT_IN_A_PROCESS = """
 import datetime as dt, sys
-from fitness_pipeline import tasks
+from fitness_pipeline.tasks.extract import extract
 from fitness_pipeline.windows import Window
-tasks.extract_strava("import", Window(dt.datetime.fromisoformat(sys.argv[1]), dt.datetime.fromisoformat(sys.argv[2])))
+extract("strava_activity", "import",
+        Window(dt.datetime.fromisoformat(sys.argv[1]), dt.datetime.fromisoformat(sys.argv[2])))
 """
 
 
 def test_killed_import_resumes_without_duplicates_or_losses(schema: Any, all_connections: Any) -> None:
-    from fitness_pipeline import tasks
+    from fitness_pipeline.tasks.extract import extract
+    from fitness_pipeline.tasks.load import load
+    from fitness_pipeline.tasks.transform import transform
     from fitness_pipeline.windows import Window
 
     db_conn = schema
@@ -159,13 +162,13 @@ def test_killed_import_resumes_without_duplicates_or_losses(schema: Any, all_con
     assert landed > 0 and query(db_conn, "SELECT landed FROM extract_cursor") == [(landed,)]
 
     # the task's next try (same batch) continues after what was landed, then transform and load
-    extracted = tasks.extract_strava("import", Window(start, hour))
-    loaded = tasks.load(tasks.transform(extracted))
+    extracted = extract("strava_activity", "import", Window(start, hour))
+    loaded = load(transform(extracted))
     ids = [r[0] for r in query(db_conn, "SELECT id FROM strava_activity")]
     expected = emulator_activity_ids(emulator, start, hour)
     assert len(ids) == len(set(ids)) and sorted(ids) == sorted(expected)
-    assert loaded["inserted"] == len(expected)
-    assert extracted["extracted"] - landed < len(expected)  # the resumed try did not start over
+    assert loaded.inserted == len(expected)
+    assert extracted.extracted - landed < len(expected)  # the resumed try did not start over
     assert query(db_conn, "SELECT count(*) FROM extract_cursor") == [(0,)]
 
 
@@ -188,17 +191,18 @@ def test_long_rate_limit_wait_reschedules_and_the_next_try_resumes(db_conn: Any,
                               rate_limit_window_seconds=4, max_rate_limit_wait=0)
     hour = this_hour()
     start = hour.replace(hour=0) - 360 * DAY
+    # "strava", the source's former name, still selects it
     dag_run = run_dag(hour, history_start=start.date().isoformat(), sources=["strava"])
     assert succeeded(dag_run)
     expected = emulator_activity_ids(emulator, start, hour)
     loaded = [r[0] for r in query(db_conn, "SELECT id FROM strava_activity")]
     assert len(loaded) == len(set(loaded)) and sorted(loaded) == sorted(expected)
     assert len(expected) > 200  # more than one page, so the import really stopped halfway
-    assert reschedules(dag_run, "strava.extract") >= 1
+    assert reschedules(dag_run, "strava_activity.extract") >= 1
     listed = emulator.stats()["requests"]["GET /api/v3/athlete/activities"]
     # every page once, the final empty page, and per resumed try one request at the seam at most
     pages = math.ceil(len(expected) / 200) + 1
-    assert pages <= listed <= pages + 2 * reschedules(dag_run, "strava.extract")
+    assert pages <= listed <= pages + 2 * reschedules(dag_run, "strava_activity.extract")
     assert query(db_conn, "SELECT count(*) FROM extract_cursor") == [(0,)]
 
 
@@ -210,7 +214,7 @@ def test_backfill_beyond_the_rate_limit_has_no_failed_run(db_conn: Any, make_emu
     hour = this_hour()
     started = time.monotonic()
     for back in range(5, 0, -1):
-        assert succeeded(run_dag(hour - back * dt.timedelta(hours=1), sources=["strava"]))
+        assert succeeded(run_dag(hour - back * dt.timedelta(hours=1), sources=["strava_activity"]))
     windows = math.ceil((time.monotonic() - started) / 3) + 1
     stats = emulator.stats()
     assert stats["requests"]["GET /api/v3/athlete/activities"] - stats["rate_limited"] == 10
@@ -221,19 +225,21 @@ def test_backfill_beyond_the_rate_limit_has_no_failed_run(db_conn: Any, make_emu
 def test_errors_a_person_must_fix_fail_without_retries(schema: Any, all_connections: Any) -> None:
     """A revoked authorization or a refused mass deletion: retrying cannot help, so the task fails
     at once (AirflowFailException) instead of burning its retries."""
-    from fitness_pipeline import tasks
     from fitness_pipeline.compat import AirflowFailException
+    from fitness_pipeline.tasks.extract import extract
+    from fitness_pipeline.tasks.load import load
+    from fitness_pipeline.tasks.transform import transform
     from fitness_pipeline.windows import Window
 
     emulator = all_connections
     hour = this_hour()
     window = Window(hour - 14 * DAY, hour)
-    tasks.load(tasks.transform(tasks.run_extract("strava", "first", window)))
+    load(transform(extract("strava_activity", "first", window)))
     for activity_id in emulator_activity_ids(emulator, window.start, hour):
         emulator.state.strava.activities.delete(activity_id)
     with pytest.raises(AirflowFailException, match="max_deleted_share"):
-        tasks.load(tasks.transform(tasks.run_extract("strava", "second", window)))
+        load(transform(extract("strava_activity", "second", window)))
 
     requests.post(f"{emulator.url}/_emulator/strava/revoke", timeout=5).raise_for_status()
     with pytest.raises(AirflowFailException, match="Authorize the app again"):
-        tasks.run_extract("strava", "third", Window(hour - DAY, hour))
+        extract("strava_activity", "third", Window(hour - DAY, hour))

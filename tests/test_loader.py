@@ -13,9 +13,10 @@ from fitness_pipeline.db import transaction
 from fitness_pipeline.ddl import ensure_schema
 from fitness_pipeline.loader import UpsertCounts, quarantine_records, upsert_rows
 from fitness_pipeline.schema import metadata, strava_activity
-from fitness_pipeline.transform import Rejected, strava_activity_row
+from fitness_pipeline.transforms.records import QuarantineEntry
+from fitness_pipeline.transforms.strava import strava_activity_row
 from tests.helpers import query
-from tests.test_transform import activity
+from tests.test_strava_transform import activity
 
 
 def rows(*ids: int, **changes: Any) -> list[dict[str, Any]]:
@@ -108,11 +109,11 @@ def test_psycopg2_copy_path(postgres: Any, schema: Any, fitness_db: str) -> None
 
 
 def test_quarantine_keeps_reason_and_counts_sightings(schema: Any) -> None:
-    rejected = [Rejected("42", "start_date is missing", '{"id": 42, "name": "nul \\u0000"}')]
+    entries = [QuarantineEntry("42", "start_date is missing", '{"id": 42, "name": "nul \\u0000"}')]
     with transaction(schema) as cur:
-        quarantine_records(cur, "strava_activity", rejected)
+        quarantine_records(cur, "strava_activity", entries)
     with transaction(schema) as cur:
-        quarantine_records(cur, "strava_activity", rejected)
+        quarantine_records(cur, "strava_activity", entries)
     assert query(schema, "SELECT record_key, reason, times_seen, payload FROM quarantine") == [
         ("42", "start_date is missing", 2, '{"id": 42, "name": "nul \\u0000"}')]
 
@@ -189,11 +190,11 @@ def test_unchanged_reload_dirties_no_page(schema: Any) -> None:
 
 
 def test_a_record_with_a_lone_surrogate_is_quarantined_in_the_database(schema: Any) -> None:
-    from fitness_pipeline.transform import transform_batch
+    from fitness_pipeline.transforms.records import transform_batch
 
     result = transform_batch([activity(id=7, name="a\ud800")], strava_activity_row)
     with transaction(schema) as cur:
-        quarantine_records(cur, "strava_activity", result.rejected)
+        quarantine_records(cur, "strava_activity", result.quarantined)
     (key, reason, payload), = query(schema, "SELECT record_key, reason, payload FROM quarantine")
     assert (key, reason) == ("7", "contains invalid Unicode (an unpaired surrogate)")
     assert "\\ud800" in payload

@@ -54,13 +54,13 @@ def test_naive_dates_and_negative_lookback_are_refused() -> None:
 
 
 def test_history_import_and_full_reconciliation_windows() -> None:
-    from fitness_pipeline.windows import HISTORY_START, run_window
+    from fitness_pipeline.windows import HISTORY_START, fetch_window
 
     base = Window(dt.datetime(2026, 11, 25, 10, tzinfo=UTC), dt.datetime(2026, 11, 28, 11, tzinfo=UTC))
-    assert run_window(base) == base
-    assert run_window(base, full_history=True) == Window(HISTORY_START, base.end)
-    assert run_window(base, history_start="2021-03-01") == Window(dt.datetime(2021, 3, 1, tzinfo=UTC), base.end)
-    assert run_window(base, history_start="2021-03-01", history_end="2021-04-01T12:00:00+02:00") == Window(
+    assert fetch_window(base) == base
+    assert fetch_window(base, full_history=True) == Window(HISTORY_START, base.end)
+    assert fetch_window(base, history_start="2021-03-01") == Window(dt.datetime(2021, 3, 1, tzinfo=UTC), base.end)
+    assert fetch_window(base, history_start="2021-03-01", history_end="2021-04-01T12:00:00+02:00") == Window(
         dt.datetime(2021, 3, 1, tzinfo=UTC), dt.datetime(2021, 4, 1, 10, tzinfo=UTC))
     with pytest.raises(ValueError, match="must be after"):
-        run_window(base, history_start="2021-03-01", history_end="2021-03-01")
+        fetch_window(base, history_start="2021-03-01", history_end="2021-03-01")

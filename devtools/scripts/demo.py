@@ -94,7 +94,7 @@ def run_dag(lookback_hours: int = LOOKBACK_DAYS * 24) -> str:
 
 
 def report(run_id: str) -> None:
-    from fitness_pipeline.tasks import connect
+    from fitness_pipeline.db import connect
 
     with closing(connect()) as conn, conn.cursor() as cur:
         cur.execute("SELECT source, extracted, quarantined, inserted, updated, unchanged FROM sync_run "

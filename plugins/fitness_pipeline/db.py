@@ -17,8 +17,18 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 
+#: the fitness database's Airflow connection unless a task is told otherwise
+FITNESS_DB_CONN_ID = "fitness_db"
+
 # psycopg2's dialect compiles to the pyformat style (%(name)s), which both drivers accept.
 DIALECT = pg.psycopg2.dialect()
+
+
+def connect(conn_id: str = FITNESS_DB_CONN_ID) -> Any:
+    """A DB-API connection to the fitness database through ``PostgresHook`` (the caller closes it)."""
+    from airflow.providers.postgres.hooks.postgres import PostgresHook
+
+    return PostgresHook(postgres_conn_id=conn_id).get_conn()
 
 
 def compile_sql(statement: sa.sql.ClauseElement) -> tuple[str, dict[str, Any]]:
@@ -47,10 +57,6 @@ def transaction(conn: Any) -> Iterator[Any]:
         raise
     finally:
         cursor.close()
-
-
-def is_psycopg3(conn: Any) -> bool:
-    return type(conn).__module__.startswith("psycopg.")
 
 
 def copy_rows(cursor: Any, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> int:

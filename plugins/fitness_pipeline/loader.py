@@ -19,8 +19,9 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 
 from fitness_pipeline.db import DIALECT, copy_rows, execute
+from fitness_pipeline.errors import NeedsPersonError
 from fitness_pipeline.schema import DELETED_AT, LAST_TIME, STAGING, data_columns, quarantine
-from fitness_pipeline.transform import Rejected
+from fitness_pipeline.transforms.records import QuarantineEntry
 
 try:  # SQLAlchemy 2.1; 1.4 and 2.0 spell DISTINCT ON as select().distinct(col)
     from sqlalchemy.dialects.postgresql import distinct_on
@@ -124,10 +125,10 @@ def _merge_statement(target: sa.Table, staging: sa.Table) -> sa.sql.Select:
     ).select_from(upserted)
 
 
-def quarantine_records(cursor: Any, source: str, rejected: Iterable[Rejected]) -> int:
-    """Store rejected records with their reason; a record seen again bumps ``times_seen``."""
+def quarantine_records(cursor: Any, source: str, entries: Iterable[QuarantineEntry]) -> int:
+    """Store quarantined records with their reason; a record seen again bumps ``times_seen``."""
     total = 0
-    for chunk in _chunks(rejected, 1000):
+    for chunk in _chunks(entries, 1000):
         values = [{"source": source, "record_key": r.record_key, "reason": r.reason, "payload": r.payload}
                   for r in {r.record_key: r for r in chunk}.values()]
         statement = pg.insert(quarantine).values(values)
@@ -159,7 +160,7 @@ def _chunks(items: Iterable[Any], size: int) -> Iterable[tuple[Any, ...]]:
         yield chunk
 
 
-class MassDeletionError(RuntimeError):
+class MassDeletionError(NeedsPersonError):
     """Refused to mark a large share of a window's rows deleted (an API that suddenly returns
     nothing, e.g. after a scope was lost, looks exactly like a mass deletion)."""
 

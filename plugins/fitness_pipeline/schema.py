@@ -204,6 +204,13 @@ def data_columns(table: sa.Table) -> list[sa.Column]:
     return [c for c in table.columns if c.name not in MANAGED_COLUMNS]
 
 
-#: Loaded tables and their staging tables; the DAG and the loader look sources up here.
+#: Staging tables by target name. Built here (not by the sources) so that the DDL creates them with the
+#: tables; a table added later (a new source's) gets its staging table from :func:`staging_for`.
 STAGING = {t.name: staging_table_for(t) for t in (strava_activity, fitbit_weight, fitbit_height, fitbit_calories)}
-stage_strava_activity = STAGING["strava_activity"]
+
+
+def staging_for(target: sa.Table) -> sa.Table:
+    """The staging table of ``target`` (defined in :data:`metadata` on first use)."""
+    if target.name not in STAGING:
+        STAGING[target.name] = staging_table_for(target)
+    return STAGING[target.name]

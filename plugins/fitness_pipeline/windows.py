@@ -1,4 +1,5 @@
-"""Which stretch of time a run fetches: a pure function of the run, never of "now"."""
+"""Which stretch of time a run fetches (a pure function of the run, never of "now"), and which
+range of a table that listing proves complete (for deletions)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import datetime as dt
 from dataclasses import dataclass
 
 HOUR = dt.timedelta(hours=1)
+#: civil dates are at most this far from UTC (UTC+14 … UTC-12)
+MAX_UTC_OFFSET = dt.timedelta(hours=14)
 
 
 @dataclass(frozen=True)
@@ -67,7 +70,7 @@ def parse_bound(value: str | dt.date | dt.datetime) -> dt.datetime:
     return _utc(value)
 
 
-def run_window(base: Window, *, history_start: str | None = None, history_end: str | None = None,
+def fetch_window(base: Window, *, history_start: str | None = None, history_end: str | None = None,
                full_history: bool = False) -> Window:
     """The window a run fetches, from its :func:`extraction_window` ``base``.
 
@@ -83,3 +86,31 @@ def run_window(base: Window, *, history_start: str | None = None, history_end: s
     if full_history:
         return Window(HISTORY_START, base.end)
     return base
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """A range of a column's values: ``lower`` (inclusive or not) to ``upper`` (exclusive)."""
+
+    lower: dt.datetime | dt.date
+    upper: dt.datetime | dt.date
+    lower_inclusive: bool = True
+
+
+def exclusive_seconds(window: Window) -> Bounds:
+    """What Strava's ``after``/``before`` list for ``window``: whole epoch seconds, both exclusive."""
+    return Bounds(_whole_second(window.start), _whole_second(window.end), lower_inclusive=False)
+
+
+def half_open(window: Window) -> Bounds:
+    """Instants in ``[start, end)``, as Google's ``physical_time`` filters list them."""
+    return Bounds(window.start, window.end)
+
+
+def civil_dates_touching(window: Window) -> Bounds:
+    """The civil dates ``[first, end)`` that any instant of ``window`` falls on in some time zone."""
+    return Bounds((window.start - MAX_UTC_OFFSET).date(), (window.end + MAX_UTC_OFFSET).date() + dt.timedelta(days=1))
+
+
+def _whole_second(value: dt.datetime) -> dt.datetime:
+    return dt.datetime.fromtimestamp(int(value.timestamp()), dt.UTC)

@@ -10,7 +10,9 @@ from typing import Any
 
 import pytest
 
-from fitness_pipeline.transform import RecordError, strava_activity_row, transform_batch
+from fitness_pipeline.transforms.fields import RecordError
+from fitness_pipeline.transforms.records import transform_batch
+from fitness_pipeline.transforms.strava import strava_activity_row
 
 # Shaped like Strava's documented SummaryActivity example.
 ACTIVITY: dict[str, Any] = {
@@ -146,11 +148,11 @@ def test_batch_quarantines_bad_records_and_keeps_the_rest() -> None:
     records = [activity(id=1), activity(id=2, start_date="nope"), "not an object", activity(id=3)]
     result = transform_batch(records, strava_activity_row)
     assert [row["id"] for row in result.rows] == [1, 3]
-    first = result.rejected[0]
+    first = result.quarantined[0]
     assert (first.record_key, first.reason) == ("2", "start_date is not an ISO 8601 date-time")
-    assert result.rejected[1].reason == "record must be a JSON object, got str"
-    assert result.rejected[1].record_key.startswith("sha256:")
-    assert json.loads(result.rejected[0].payload)["id"] == 2
+    assert result.quarantined[1].reason == "record must be a JSON object, got str"
+    assert result.quarantined[1].record_key.startswith("sha256:")
+    assert json.loads(result.quarantined[0].payload)["id"] == 2
 
 
 @pytest.mark.parametrize("changes", [
@@ -163,7 +165,7 @@ def test_batch_quarantines_bad_records_and_keeps_the_rest() -> None:
 def test_odd_values_quarantine_one_record_not_the_batch(changes: dict[str, Any]) -> None:
     result = transform_batch([activity(id=1), activity(**{"id": 2, **changes}), activity(id=3)], strava_activity_row)
     assert [row["id"] for row in result.rows] == [1, 3]
-    (bad,) = result.rejected
+    (bad,) = result.quarantined
     bad.payload.encode("ascii")  # storable in any text column, whatever the record held
     assert bad.record_key == "2" or (changes.get("id") and bad.record_key.startswith("sha256:"))
 
@@ -171,4 +173,4 @@ def test_odd_values_quarantine_one_record_not_the_batch(changes: dict[str, Any])
 def test_quarantine_key_is_the_primary_key_as_text() -> None:
     """So that a quarantined record counts as present (not deleted) and is released once it loads."""
     result = transform_batch([activity(id=123.0, start_date="nope")], strava_activity_row)
-    assert result.rejected[0].record_key == "123"
+    assert result.quarantined[0].record_key == "123"

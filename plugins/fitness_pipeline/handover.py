@@ -1,0 +1,156 @@
+"""What the DAG's tasks hand each other through XCom, and the run's params, as typed structures.
+
+The data itself moves through the fitness database (``raw_record``, the staging tables); XCom
+carries only these small summaries. Each serializes to plain JSON (``to_xcom``) and back
+(``from_xcom``), so XCom needs no custom serializer and old values stay readable.
+
+Imported when the DAG file is parsed (the params' defaults are defined here once): standard
+library only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from fitness_pipeline.windows import Bounds, Window
+
+T = TypeVar("T", bound="_Handover")
+
+
+@dataclass(frozen=True)
+class RunParams:
+    """The DAG's params with their defaults (the DAG's ``Param`` objects read these defaults)."""
+
+    #: how far before the data interval to re-fetch (late uploads, edits, deletions)
+    lookback_hours: float = 72
+    #: which sources this run syncs; empty: all
+    sources: tuple[str, ...] = ()
+    #: a history import: fetch from this date (YYYY-MM-DD, UTC) instead of the hourly window
+    history_start: str | None = None
+    #: ... up to this date (default: the run's data interval end)
+    history_end: str | None = None
+    #: the run ending at 00:00 UTC re-lists all history of the sources that allow it
+    daily_full_reconcile: bool = True
+    #: refuse (fail) to mark more than this share of a window's rows deleted
+    max_deleted_share: float = 0.5
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any] | None) -> RunParams:
+        """The run's params (``params`` or ``dag_run.conf``); missing or null values take the defaults."""
+        params = params or {}
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            value = params.get(f.name)
+            if value is None:
+                continue
+            values[f.name] = tuple(value) if f.name == "sources" else value
+        if "lookback_hours" in values:
+            values["lookback_hours"] = float(values["lookback_hours"])
+        if "max_deleted_share" in values:
+            values["max_deleted_share"] = float(values["max_deleted_share"])
+        if "daily_full_reconcile" in values:
+            values["daily_full_reconcile"] = bool(values["daily_full_reconcile"])
+        return cls(**values)
+
+    @property
+    def lookback(self) -> dt.timedelta:
+        return dt.timedelta(hours=self.lookback_hours)
+
+
+class _Handover:
+    def to_xcom(self) -> dict[str, Any]:
+        """Plain JSON (datetimes and dates as ISO 8601 text)."""
+        return _plain(dataclasses.asdict(self))  # type: ignore[call-overload]
+
+    @classmethod
+    def from_xcom(cls: type[T], value: Mapping[str, Any] | T) -> T:
+        if isinstance(value, cls):
+            return value
+        return cls(**_typed(cls, dict(value)))  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class ReconcileRange(_Handover):
+    """The range of ``column`` an extract listed completely: rows inside it that the batch did not
+    bring are gone upstream."""
+
+    column: str
+    lower: dt.datetime | dt.date
+    upper: dt.datetime | dt.date
+    lower_inclusive: bool
+
+    @classmethod
+    def of(cls, column: str, bounds: Bounds) -> ReconcileRange:
+        return cls(column, bounds.lower, bounds.upper, bounds.lower_inclusive)
+
+
+@dataclass(frozen=True)
+class Extracted(_Handover):
+    """The extract task's result: a batch of records landed in ``raw_record``."""
+
+    source: str
+    batch_id: str
+    extracted: int
+    window: Window
+    reconcile: ReconcileRange | None = None
+
+
+@dataclass(frozen=True)
+class Staged(_Handover):
+    """The transform task's result: the batch's rows staged, its bad records quarantined."""
+
+    extract: Extracted
+    #: rows staged for the source's table, and for each companion table
+    staged: int
+    quarantined: int
+    companions_staged: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    @property
+    def source(self) -> str:
+        return self.extract.source
+
+    @property
+    def batch_id(self) -> str:
+        return self.extract.batch_id
+
+
+@dataclass(frozen=True)
+class Loaded(_Handover):
+    """The load task's result: what the merge did (also recorded in ``sync_run``)."""
+
+    source: str
+    batch_id: str
+    inserted: int
+    updated: int
+    unchanged: int
+    deleted: int
+    quarantined: int
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, dt.date):  # datetimes too
+        return value.isoformat()
+    return value
+
+
+def _typed(cls: type, value: dict[str, Any]) -> dict[str, Any]:
+    """``value``'s nested hand-overs, windows and dates rebuilt from their JSON form."""
+    if cls is Extracted:
+        value["window"] = Window(*(dt.datetime.fromisoformat(value["window"][k]) for k in ("start", "end")))
+        if value.get("reconcile") is not None:
+            value["reconcile"] = ReconcileRange.from_xcom(value["reconcile"])
+    elif cls is Staged:
+        value["extract"] = Extracted.from_xcom(value["extract"])
+    elif cls is ReconcileRange:
+        parse = dt.datetime.fromisoformat if "T" in str(value["lower"]) else dt.date.fromisoformat
+        value["lower"], value["upper"] = (v if isinstance(v, dt.date) else parse(v)
+                                          for v in (value["lower"], value["upper"]))
+    return value

@@ -1,0 +1,73 @@
+"""The load step: merge a staged batch into its tables, reconcile deletions, record the run."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import closing
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg
+
+from fitness_pipeline import sources
+from fitness_pipeline.db import FITNESS_DB_CONN_ID, connect, execute, transaction
+from fitness_pipeline.handover import Loaded, ReconcileRange, RunParams, Staged
+from fitness_pipeline.schema import raw_record, staging_for, sync_run
+
+log = logging.getLogger(__name__)
+
+
+def load(staged: Staged, max_deleted_share: float = RunParams.max_deleted_share,
+         db_conn_id: str = FITNESS_DB_CONN_ID) -> Loaded:
+    """Merge the staged batch into its table (companion tables first), mark what vanished upstream
+    inside the listed range as deleted, and record the run in ``sync_run``: all in one transaction,
+    so a failure leaves every table as it was."""
+    from fitness_pipeline.errors import raise_for_airflow
+    from fitness_pipeline.loader import delete_staged, mark_deleted, merge_staged, release_quarantined
+
+    spec = sources.get(staged.source)
+    batch = staged.batch_id
+    extracted = staged.extract
+    deleted = 0
+    with closing(connect(db_conn_id)) as conn, transaction(conn) as cur:
+        for companion in spec.companion_tables():
+            counts = merge_staged(cur, companion, batch)
+            release_quarantined(cur, companion.name, companion, staging_for(companion), batch)
+            delete_staged(cur, staging_for(companion), batch)
+            log.info("%s: %s: %d inserted, %d updated, %d unchanged", spec.id, companion.name, counts.inserted,
+                     counts.updated, counts.unchanged)
+        counts = merge_staged(cur, spec.target, batch)
+        if extracted.reconcile is not None:
+            try:
+                deleted = mark_deleted(cur, spec.id, spec.target, batch,
+                                       reconciled_range(spec.target, extracted.reconcile), max_deleted_share)
+            except Exception as error:  # a mass deletion needs a person: a retry would see the same listing
+                raise_for_airflow(error)
+        release_quarantined(cur, spec.id, spec.target, spec.staging, batch)
+        delete_staged(cur, spec.staging, batch)
+        execute(cur, sa.delete(raw_record).where(raw_record.c.batch_id == batch))
+        loaded = Loaded(spec.id, batch, counts.inserted, counts.updated, counts.unchanged, deleted,
+                        staged.quarantined)
+        record_run(cur, loaded, extracted.extracted, extracted.window.start, extracted.window.end)
+    log.info("%s: %d inserted, %d updated, %d unchanged, %d marked deleted, %d quarantined", spec.id,
+             loaded.inserted, loaded.updated, loaded.unchanged, deleted, loaded.quarantined)
+    return loaded
+
+
+def reconciled_range(target: sa.Table, listed: ReconcileRange) -> sa.ColumnElement[bool]:
+    """The rows of ``target`` inside the range an extract listed completely."""
+    column = target.c[listed.column]
+    lower = column >= listed.lower if listed.lower_inclusive else column > listed.lower
+    return sa.and_(lower, column < listed.upper)
+
+
+def record_run(cur: Any, loaded: Loaded, extracted: int, window_start: Any, window_end: Any) -> None:
+    """Upsert the batch's row in ``sync_run`` (a retried load overwrites it)."""
+    record = {"batch_id": loaded.batch_id, "source": loaded.source, "window_start": window_start,
+              "window_end": window_end, "extracted": extracted, "quarantined": loaded.quarantined,
+              "inserted": loaded.inserted, "updated": loaded.updated, "unchanged": loaded.unchanged,
+              "deleted": loaded.deleted}
+    insert = pg.insert(sync_run).values(**record)
+    execute(cur, insert.on_conflict_do_update(
+        index_elements=[sync_run.c.batch_id],
+        set_={**{k: insert.excluded[k] for k in record if k != "batch_id"}, "finished_at": sa.func.now()}))

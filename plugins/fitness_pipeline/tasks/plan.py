@@ -1,0 +1,33 @@
+"""Which sources a run syncs and which window each fetches: functions of the run and its params."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from fitness_pipeline import sources
+from fitness_pipeline.handover import RunParams
+from fitness_pipeline.sources import SourceSpec
+from fitness_pipeline.windows import Window, extraction_window, fetch_window
+
+
+def window_for_run(spec: SourceSpec, params: RunParams, data_interval_start: dt.datetime | None,
+                   data_interval_end: dt.datetime | None, dag_run: Any) -> Window:
+    """The window ``spec`` fetches in this run.
+
+    Normally the data interval widened by ``lookback_hours``. The run whose interval ends at
+    00:00 UTC re-lists the whole history of the sources whose reconciliation allows it
+    (``Reconcile.daily_full``; param ``daily_full_reconcile``). ``history_start``/``history_end``
+    import a range.
+    """
+    run_after = getattr(dag_run, "run_after", None) or getattr(dag_run, "execution_date", None)
+    base = extraction_window(data_interval_start, data_interval_end, run_after, params.lookback)
+    full = (params.daily_full_reconcile and spec.reconcile is not None and spec.reconcile.daily_full
+            and data_interval_end is not None and base.end.hour == 0)
+    return fetch_window(base, history_start=params.history_start, history_end=params.history_end,
+                        full_history=full)
+
+
+def wanted(spec: SourceSpec, params: RunParams) -> bool:
+    """Whether the run's ``sources`` param (default: all) includes ``spec``."""
+    return spec.id in sources.selected(params.sources)

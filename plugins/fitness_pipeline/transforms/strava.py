@@ -1,0 +1,71 @@
+"""Strava API v3 records (SummaryActivity) to ``strava_activity`` rows."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from fitness_pipeline.transforms.fields import (
+    RecordError,
+    as_bool,
+    as_float,
+    as_int,
+    as_seconds,
+    as_text,
+    as_utc_instant,
+    as_wall_clock,
+    checked_json,
+)
+from fitness_pipeline.transforms.records import Row
+
+UPLOAD_ID_MAX = 10**30 - 1  # numeric(30, 0)
+
+
+
+def strava_activity_row(activity: Any) -> Row:
+    """One ``strava_activity`` row from a Strava SummaryActivity (JSON object).
+
+    Unknown ``sport_type`` values pass through; ``upload_id`` is read from
+    ``upload_id_str`` when present (the integer can overflow BIGINT);
+    ``start_date_local`` keeps the athlete's wall clock.
+    """
+    if not isinstance(activity, Mapping):
+        raise RecordError(f"record must be a JSON object, got {type(activity).__name__}")
+    athlete = activity.get("athlete")
+    if athlete is not None and not isinstance(athlete, Mapping):
+        raise RecordError("athlete must be an object")
+    upload_key = "upload_id_str" if activity.get("upload_id_str") is not None else "upload_id"
+    sport_type = as_text(activity, "sport_type")
+    return {
+        "id": as_int(activity, "id", required=True),
+        "owner": as_int(athlete, "id") if athlete else None,
+        "activity_type": as_text(activity, "type") or sport_type,
+        "sport_type": sport_type or as_text(activity, "type"),
+        "name": as_text(activity, "name"),
+        "distance": as_float(activity, "distance"),
+        "moving_time": as_seconds(activity, "moving_time"),
+        "elapsed_time": as_seconds(activity, "elapsed_time"),
+        "total_elevation_gain": as_float(activity, "total_elevation_gain"),
+        "average_speed": as_float(activity, "average_speed"),
+        "max_speed": as_float(activity, "max_speed"),
+        "average_cadence": as_float(activity, "average_cadence"),
+        "average_heartrate": as_float(activity, "average_heartrate"),
+        "max_heartrate": as_float(activity, "max_heartrate"),
+        "average_watts": as_float(activity, "average_watts"),
+        "kilojoules": as_float(activity, "kilojoules"),
+        "start_date": as_utc_instant(activity, "start_date"),
+        "start_date_local": as_wall_clock(activity, "start_date_local"),
+        "timezone": as_text(activity, "timezone"),
+        "utc_offset": as_float(activity, "utc_offset"),
+        "upload_id": as_int(activity, upload_key, maximum=UPLOAD_ID_MAX),
+        "external_id": as_text(activity, "external_id"),
+        "device_name": as_text(activity, "device_name"),
+        "gear_id": as_text(activity, "gear_id"),
+        "manual": as_bool(activity, "manual"),
+        "private": as_bool(activity, "private"),
+        "visibility": as_text(activity, "visibility"),
+        "trainer": as_bool(activity, "trainer"),
+        "commute": as_bool(activity, "commute"),
+        "workout_type": as_int(activity, "workout_type", maximum=2**31 - 1),
+        "raw": checked_json(activity),  # last: a field's own, more precise reason comes first
+    }
