@@ -1,34 +1,48 @@
-"""Load throughput of ``strava_activity``: our set-based upsert against raw COPY and the seed's ORM merge.
+"""Load throughput of ``strava_activity``: our set-based upsert against raw COPY and its peers.
 
 What it measures (one embedded PostgreSQL, one database, the same synthetic rows for every method):
 
 * ``transform``: ``strava_activity_row`` over N synthetic Strava SummaryActivity dicts (Python only).
-* ``ours: insert``: ``loader.upsert_rows`` (COPY into a temp staging table + one
-  ``INSERT ... SELECT ... ON CONFLICT DO UPDATE ... WHERE changed``) into an empty table, committed.
+* ``ours: insert``: ``loader.upsert_rows`` into an empty table, committed (rows whose key the table
+  lacks are COPYed straight in; the others go through a temp staging table and one
+  ``INSERT ... SELECT ... ON CONFLICT DO UPDATE ... WHERE changed``).
 * ``ours: unchanged``: the same call with the same rows on the full table (should write no tuple).
 * ``ours: update 10%``: one field (``name``) changed in 10% of the activities, loaded onto the full table
   that the insert left (vacuumed first).
+* ``DAG path``: what a history import pays, into an empty table: ``strava_activity_row`` over the records,
+  ``stage_rows`` into the persistent staging table (commit), then ``staged_count`` (when the loader has it),
+  ``merge_staged`` and ``delete_staged`` (commit). Shown with and without the transform's share.
 * ``raw COPY``: ``db.copy_rows`` of the same rows straight into the empty target (this machine's limit).
+* ``PostgresHook.insert_rows``: ``insert_rows(table, rows, target_fields, replace=True, replace_index=["id"],
+  commit_every=5000)`` (``INSERT ... ON CONFLICT (id) DO UPDATE``, psycopg 3 pipelined executemany, its own
+  connection, a commit per 5,000 rows) into the empty table, then again with the same rows (unchanged).
+* ``dlt merge``: dlt (``[postgres]``, psycopg2) ``pipeline.run(rows, write_disposition="merge",
+  primary_key="id")`` into its own dataset (schema), a fresh pipeline each round, then again with the same
+  rows (unchanged). Its rows carry ``upload_id`` as text (dlt's JSON writer rejects ints beyond 64 bits) and
+  ``raw`` as text (its own ``raw`` holds such ints too), so its target does not parse JSON: that favours it.
+  Skipped, with a note, when dlt is not installed (``requirements-dev.txt`` has it).
 * ``seed ORM merge``: SQLAlchemy ``session.merge()`` per row inside ``begin_nested()`` (a SAVEPOINT),
   one commit, on a SUBSET (``--orm-rows``, default 5,000) because it runs at ~1k rows/s.
 
 Every timed figure is wall-clock time of the load call *including its COMMIT*, with the rows already
-transformed (list of dicts) in memory; the raw COPY turns each dict into a tuple inside its timing, as
-``stage_rows`` does. Before each timed run the table is brought to its starting state, then
-``VACUUM ANALYZE`` (for the runs on a full table) and ``CHECKPOINT`` run untimed, so one run's dirty
-pages are not written during the next one.
+transformed (list of dicts) in memory (except the DAG path's first figure); raw COPY and ``insert_rows``
+turn each dict into a tuple inside their timing, as ``stage_rows`` does. Before each timed run the table is
+brought to its starting state, then ``VACUUM ANALYZE`` (for the runs on a full table) and ``CHECKPOINT`` run
+untimed, so one run's dirty pages are not written during the next one.
 
-How to read the output: the script runs ``--repeat`` rounds (default 3), each running every method once
-in the order above, so a busy spell on a shared machine hits all methods alike. The table shows the BEST
-run (lowest seconds) and the MEDIAN run's seconds; rows/s and ``x COPY`` are computed from the best runs.
-The per-round insert/COPY ratios show how steady the machine was. ``WAL MB`` is the write-ahead log
-the best run generated. The closing lines compare against the targets: ``our insert / raw COPY``
-(target >= 0.70) and the tuples PostgreSQL counted as written (``n_tup_ins + n_tup_upd`` deltas from
-``pg_stat_user_tables``) during the unchanged re-loads (target 0).
+How to read the output: the script runs ``--repeat`` rounds (default 2), each running every method once
+in the order above, so a busy spell on a shared machine hits all methods alike: compare the ratios, not
+the seconds. The table shows the BEST run (lowest seconds) and the MEDIAN run's seconds; rows/s and
+``x COPY`` are computed from the best runs. ``WAL MB`` is the write-ahead log the best run generated;
+``written`` is, for an unchanged re-load, the tuples PostgreSQL counted as written (``n_tup_ins + n_tup_upd``
+deltas from ``pg_stat_user_tables``) summed over the rounds. The per-round ratio lines show how steady the
+machine was. The closing lines compare against the targets: ``our insert / raw COPY`` >= 0.85, ``our insert
+/ PostgresHook.insert_rows insert`` >= 1.1, and 0 tuples written by our unchanged re-loads.
 Nothing is asserted: the exit code is non-zero only if the script crashes.
 
 Run: ``cd /work/main && PYTHONPATH=plugins:devtools .venv/bin/python bench/load_throughput.py
-[--rows N] [--repeat N] [--orm-rows N]`` (or ``make bench``).
+[--rows N] [--repeat N] [--orm-rows N] [--no-peers] [--plugins DIR]`` (or ``make bench``). ``--plugins DIR``
+imports ``fitness_pipeline`` from another tree (a copy with an older ``loader.py``) to compare versions.
 """
 
 from __future__ import annotations
@@ -263,12 +277,23 @@ class Bench:
         return int(self.maintenance.execute(
             "SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), %s::pg_lsn)", (lsn,)).fetchone()[0])
 
-    def tuple_stats(self) -> tuple[int, int, int]:
+    def tuple_stats(self, schema: str = "public") -> tuple[int, int, int]:
         """(n_tup_ins, n_tup_upd, n_tup_hot_upd) of strava_activity, as tests/test_loader.py reads them."""
         self.sql("SELECT pg_stat_force_next_flush()")  # this backend's pending counters go out at commit
-        (stats,) = self.sql("SELECT n_tup_ins, n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables "
-                            "WHERE relname = 'strava_activity'")
-        return int(stats[0]), int(stats[1]), int(stats[2])
+        with closing(self.conn.cursor()) as cur:
+            cur.execute("SELECT n_tup_ins, n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables "
+                        "WHERE relname = 'strava_activity' AND schemaname = %s", (schema,))
+            stats = cur.fetchone()
+        self.conn.commit()
+        return (0, 0, 0) if stats is None else (int(stats[0]), int(stats[1]), int(stats[2]))
+
+    def written_by(self, run: Callable[[], Any], schema: str = "public") -> int:
+        """Run ``run()`` and return the tuples it wrote to strava_activity (inserted + updated)."""
+        before = self.tuple_stats(schema)
+        run()
+        self.maintenance.execute("SELECT pg_sleep(0.5)")  # untimed: other backends flush their counters
+        after = self.tuple_stats(schema)
+        return (after[0] - before[0]) + (after[1] - before[1])
 
     def count(self) -> int:
         return int(self.sql("SELECT count(*) FROM strava_activity")[0][0])
@@ -302,6 +327,74 @@ def raw_copy(bench: Bench, rows: Sequence[dict[str, Any]]) -> int:
     names = [c.name for c in data_columns(strava_activity)]
     with transaction(bench.conn) as cur:
         return copy_rows(cur, strava_activity.name, names, (tuple(row[n] for n in names) for row in rows))
+
+
+def dag_path(bench: Bench, activities: Sequence[dict[str, Any]], batch: str) -> tuple[Any, float]:
+    """A history import's transform + load: returns (counts, seconds of the transform alone)."""
+    from fitness_pipeline import loader
+    from fitness_pipeline.db import transaction
+    from fitness_pipeline.schema import STAGING, strava_activity
+    from fitness_pipeline.transforms.strava import strava_activity_row
+
+    staging = STAGING[strava_activity.name]
+    start = time.perf_counter()
+    rows = [strava_activity_row(a) for a in activities]
+    transform_seconds = time.perf_counter() - start
+    with transaction(bench.conn) as cur:  # the transform task
+        staged = loader.stage_rows(cur, strava_activity, batch, rows)
+    with transaction(bench.conn) as cur:  # the load task
+        if hasattr(loader, "staged_count") and loader.staged_count(cur, staging, batch) != staged:
+            raise RuntimeError("staged rows lost")
+        counts = loader.merge_staged(cur, strava_activity, batch)
+        loader.delete_staged(cur, staging, batch)
+    return counts, transform_seconds
+
+
+def hook_insert_rows(rows: Sequence[dict[str, Any]]) -> int:
+    """Airflow's generic way: ``PostgresHook.insert_rows`` with ON CONFLICT (id) DO UPDATE."""
+    from airflow.providers.postgres.hooks.postgres import PostgresHook
+
+    from fitness_pipeline.schema import data_columns, strava_activity
+
+    names = [c.name for c in data_columns(strava_activity)]
+    hook = PostgresHook(postgres_conn_id="fitness_db")
+    hook.insert_rows(
+        strava_activity.name, [tuple(row[n] for n in names) for row in rows], target_fields=names,
+        replace=True, replace_index=["id"], commit_every=5000)
+    return len(rows)
+
+
+class DltMerge:
+    """dlt's ``merge`` write disposition into PostgreSQL, one fresh pipeline and dataset per round."""
+
+    def __init__(self, postgres: EmbeddedPostgres, workdir: Path) -> None:
+        os.environ.setdefault("RUNTIME__DLTHUB_TELEMETRY", "false")  # no network
+        os.environ.setdefault("PROVIDERS__ENABLE_AIRFLOW_SECRETS", "false")  # no Airflow Variable look-ups
+        import dlt
+
+        self.dlt = dlt
+        self.credentials = (f"postgresql://postgres:unused@localhost:{postgres.port}/{DATABASE}"
+                            f"?host={postgres.socket_dir}")
+        self.workdir = workdir
+        self.round = 0
+        self.pipeline: Any = None
+
+    @property
+    def dataset(self) -> str:
+        return f"dlt_bench_{self.round}"
+
+    def new_round(self) -> None:
+        self.round += 1
+        self.pipeline = self.dlt.pipeline(
+            pipeline_name=f"bench_load_{self.round}", pipelines_dir=str(self.workdir / "dlt"),
+            destination=self.dlt.destinations.postgres(credentials=self.credentials), dataset_name=self.dataset)
+
+    def run(self, rows: Sequence[dict[str, Any]]) -> Any:
+        return self.pipeline.run(rows, table_name="strava_activity", write_disposition="merge", primary_key="id")
+
+    @staticmethod
+    def values(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{**row, "upload_id": None if row["upload_id"] is None else str(row["upload_id"])} for row in rows]
 
 
 def orm_engine(postgres: EmbeddedPostgres) -> Any:
@@ -349,11 +442,14 @@ def orm_values(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--rows", type=int, default=100_000, help="synthetic activities (default 100000)")
-    parser.add_argument("--repeat", type=int, default=3, help="timed runs per measurement (default 3)")
+    parser.add_argument("--repeat", type=int, default=2, help="timed runs per measurement (default 2)")
     parser.add_argument("--orm-rows", type=int, default=5_000,
                         help="subset of rows for the slow ORM merge (default 5000; 0 skips it)")
     parser.add_argument("--update-fraction", type=float, default=0.10,
                         help="share of rows changed for the update measurement (default 0.10)")
+    parser.add_argument("--no-peers", action="store_true", help="skip PostgresHook.insert_rows and dlt")
+    parser.add_argument("--plugins", type=Path, default=None,
+                        help="import fitness_pipeline from this folder instead (e.g. a copy with an older loader)")
     return parser.parse_args(argv)
 
 
@@ -370,6 +466,8 @@ def embedded_database(workdir: Path) -> Iterator[EmbeddedPostgres]:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.plugins is not None:
+        sys.path.insert(0, str(args.plugins.resolve()))
     repeat = max(1, args.repeat)
     workdir = Path(tempfile.mkdtemp(prefix="bench-load-"))
     # Airflow reads its configuration at import: set it before anything imports airflow.
@@ -385,14 +483,15 @@ def main(argv: Sequence[str] | None = None) -> None:
             ensure_schema(conn)
             bench = Bench(postgres, conn)
             try:
-                run(bench, postgres, args, repeat, psycopg)
+                run(bench, postgres, args, repeat, psycopg, workdir)
             finally:
                 bench.close()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def run(bench: Bench, postgres: EmbeddedPostgres, args: argparse.Namespace, repeat: int, psycopg: Any) -> None:
+def run(bench: Bench, postgres: EmbeddedPostgres, args: argparse.Namespace, repeat: int, psycopg: Any,
+        workdir: Path) -> None:
     from fitness_pipeline.transforms.fields import dump_json
     from fitness_pipeline.transforms.strava import strava_activity_row
 
@@ -423,59 +522,115 @@ def run(bench: Bench, postgres: EmbeddedPostgres, args: argparse.Namespace, repe
         map_activity()
         engine = orm_engine(postgres)
 
+    peers = not args.no_peers
+    dlt_merge = None
+    if peers:
+        try:
+            dlt_merge = DltMerge(postgres, workdir)
+        except ImportError as error:
+            print(f"dlt not installed ({error}): its rows are skipped\n")
+    dlt_rows = DltMerge.values(rows) if dlt_merge is not None else []
+
     insert = Measurement("ours: insert (empty table)", len(rows))
     unchanged = Measurement("ours: unchanged re-load", len(rows))
     update = Measurement(f"ours: update {args.update_fraction:.0%} of rows", len(rows))
+    dag = Measurement("DAG path: transform+stage+merge (empty)", len(rows))
+    dag_load = Measurement("DAG path: stage+merge only (empty)", len(rows))
     copy = Measurement("raw COPY into target (baseline)", len(rows))
+    hook_insert = Measurement("PostgresHook.insert_rows(replace) insert", len(rows))
+    hook_unchanged = Measurement("PostgresHook.insert_rows(replace) unchanged", len(rows))
+    dlt_insert = Measurement("dlt merge: insert (new dataset)", len(rows))
+    dlt_unchanged = Measurement("dlt merge: unchanged re-load", len(rows))
     orm = Measurement(f"seed ORM merge+SAVEPOINT (SUBSET {len(subset):,})", len(subset))
     counts: dict[str, Any] = {}
-    written = [0, 0, 0]  # n_tup_ins, n_tup_upd, n_tup_hot_upd deltas over the unchanged re-loads
+    written: dict[str, int] = {"ours": 0, "hook": 0, "dlt": 0}  # tuples written by the unchanged re-loads
     # Rounds: every method once per round, so a busy spell on the machine hits all of them alike.
-    for _ in range(repeat):
+    for round_no in range(repeat):
         # 1. our loader into the empty table
         counts["insert"] = bench.measure(insert, bench.empty, lambda: our_upsert(bench, rows))
         # 2. the same rows again: nothing changed, nothing should be written
-        bench.settle()
-        before = bench.tuple_stats()
-        counts["unchanged"] = bench.measure(unchanged, bench.settle, lambda: our_upsert(bench, rows))
-        after = bench.tuple_stats()
-        written = [w + a - b for w, a, b in zip(written, after, before, strict=True)]
+        written["ours"] += bench.written_by(
+            lambda: counts.__setitem__("unchanged", bench.measure(unchanged, bench.settle,
+                                                                  lambda: our_upsert(bench, rows))))
         # 3. one field changed in a share of the rows, on the full (vacuumed) table
         counts["update"] = bench.measure(update, bench.settle, lambda: our_upsert(bench, changed_rows))
-        # 4. this machine's limit: COPY straight into the target
+        # 4. the DAG's way (persistent staging, two transactions) into the empty table, transform included
+        batch = f"bench-{round_no}"
+        counts["dag"], transform_seconds = bench.measure(
+            dag, bench.empty, lambda batch=batch: dag_path(bench, activities, batch))
+        dag_load.seconds.append(dag.seconds[-1] - transform_seconds)
+        dag_load.wal_bytes.append(dag.wal_bytes[-1])
+        # 5. this machine's limit: COPY straight into the target
         bench.measure(copy, bench.empty, lambda: raw_copy(bench, rows))
         counts["copy"] = bench.count()
-        # 5. the seed article's way, on a subset
+        if peers:
+            # 6. Airflow's generic upsert, into the empty table and then unchanged
+            bench.measure(hook_insert, bench.empty, lambda: hook_insert_rows(rows))
+            counts["hook"] = bench.count()
+            written["hook"] += bench.written_by(
+                lambda: bench.measure(hook_unchanged, bench.settle, lambda: hook_insert_rows(rows)))
+        if dlt_merge is not None:
+            # 7. dlt's merge into a new dataset, then unchanged
+            dlt_merge.new_round()
+            bench.measure(dlt_insert, bench.settle, lambda: dlt_merge.run(dlt_rows))
+            written["dlt"] += bench.written_by(
+                lambda: bench.measure(dlt_unchanged, bench.settle, lambda: dlt_merge.run(dlt_rows)),
+                schema=dlt_merge.dataset)
+            counts["dlt"] = int(bench.sql(f"SELECT count(*) FROM {dlt_merge.dataset}.strava_activity")[0][0])
+            bench.maintenance.execute(f"DROP SCHEMA {dlt_merge.dataset} CASCADE")  # untimed
+            bench.maintenance.execute(f"DROP SCHEMA IF EXISTS {dlt_merge.dataset}_staging CASCADE")
+        # 8. the seed article's way, on a subset
         if engine is not None:
             bench.measure(orm, bench.empty, lambda: orm_merge(engine, subset))
             counts["orm"] = bench.count()
     if engine is not None:
         engine.dispose()
-    ins, upd, hot = written
-    measurements = [insert, unchanged, update, copy, *([orm] if subset else [])]
+    measurements = [insert, unchanged, update, dag, dag_load, copy]
+    if peers:
+        measurements += [hook_insert, hook_unchanged]
+    if dlt_merge is not None:
+        measurements += [dlt_insert, dlt_unchanged]
+    if subset:
+        measurements.append(orm)
+    written_of = {unchanged.method: written["ours"], hook_unchanged.method: written["hook"],
+                  dlt_unchanged.method: written["dlt"]}
 
-    header = f"{'method':<46} {'rows':>8} {'best s':>8} {'median s':>9} {'rows/s':>10} {'x COPY':>7} {'WAL MB':>7}"
+    header = (f"{'method':<46} {'rows':>8} {'best s':>8} {'median s':>9} {'rows/s':>10} {'x COPY':>7} "
+              f"{'WAL MB':>7} {'written':>8}")
     print(header)
     print("-" * len(header))
     print(f"{transform.method:<46} {transform.rows:>8,} {transform.best:>8.3f} {transform.median:>9.3f} "
-          f"{transform.rate:>10,.0f} {'':>7} {'':>7}")
+          f"{transform.rate:>10,.0f} {'':>7} {'':>7} {'':>8}")
     for m in measurements:
+        tuples = f"{written_of[m.method]:,}" if m.method in written_of else ""
         print(f"{m.method:<46} {m.rows:>8,} {m.best:>8.3f} {m.median:>9.3f} {m.rate:>10,.0f} "
-              f"{m.rate / copy.rate:>7.2f} {m.best_wal_mb:>7.1f}")
+              f"{m.rate / copy.rate:>7.2f} {m.best_wal_mb:>7.1f} {tuples:>8}")
     print()
     print(f"counts returned: insert {counts['insert'].as_dict()}; unchanged {counts['unchanged'].as_dict()}; "
-          f"update {counts['update'].as_dict()}; raw COPY {counts['copy']:,} rows in table")
+          f"update {counts['update'].as_dict()}; DAG path {counts['dag'].as_dict()}; "
+          f"raw COPY {counts['copy']:,} rows in table")
+    if peers:
+        print(f"PostgresHook.insert_rows: {counts['hook']:,} rows in table after its insert")
+    if dlt_merge is not None:
+        print(f"dlt merge: {counts['dlt']:,} rows in its table after the re-load")
     if subset:
         print(f"ORM merge: {counts['orm']:,} rows in table after; its rows/s is from the {orm.rows:,}-row SUBSET")
-    print(f"pg_stat_user_tables deltas over the {repeat} unchanged re-loads: n_tup_ins {ins}, n_tup_upd {upd}, "
-          f"n_tup_hot_upd {hot}")
+    print(f"'written' = n_tup_ins + n_tup_upd deltas in pg_stat_user_tables over the {repeat} unchanged re-loads")
     print(f"transform + our insert, end to end: {len(rows) / (transform.best + insert.best):,.0f} rows/s")
     print()
-    paired = [c / i for i, c in zip(insert.seconds, copy.seconds, strict=True)]
-    print(f"per-round our insert / raw COPY: {', '.join(f'{r:.2f}' for r in paired)} "
-          f"(median {statistics.median(paired):.2f})")
-    print(f"our insert / raw COPY = {insert.rate / copy.rate:.2f} (target >= 0.70)")
-    print(f"tuples written on unchanged re-load: {ins + upd} (target 0)")
+
+    def per_round(label: str, slow: Measurement, fast: Measurement) -> None:
+        paired = [s / f for f, s in zip(fast.seconds, slow.seconds, strict=True)]
+        print(f"per-round {label}: {', '.join(f'{r:.2f}' for r in paired)} (median {statistics.median(paired):.2f})")
+
+    per_round("our insert / raw COPY", copy, insert)
+    per_round("DAG path load / raw COPY", copy, dag_load)
+    if peers:
+        per_round("our insert / insert_rows insert", hook_insert, insert)
+    print(f"our insert / raw COPY = {insert.rate / copy.rate:.2f} (target >= 0.85)")
+    if peers:
+        print(f"our insert / PostgresHook.insert_rows insert = {insert.rate / hook_insert.rate:.2f} (target >= 1.1)")
+    print(f"tuples written on our unchanged re-load: {written['ours']} (target 0)")
 
 
 if __name__ == "__main__":

@@ -215,3 +215,114 @@ def test_seed_calories_table_keyed_by_id_gets_a_unique_date_for_the_upsert(db_co
     with transaction(db_conn) as cur:
         assert upsert_rows(cur, fitbit_calories, [row]) == UpsertCounts(unchanged=1)
     assert not ensure_schema(db_conn)
+
+
+# --- issue 8: faster paths that must keep the same results ----------------------------------------------
+
+
+def staging_state(conn: Any) -> tuple[str, list[str]]:
+    (persistence, options), = query(conn, "SELECT relpersistence, coalesce(reloptions, '{}') FROM pg_class "
+                                          "WHERE relname = 'stage_strava_activity'")
+    return persistence, list(options)
+
+
+def test_staging_tables_are_unlogged_with_inline_rows(schema: Any) -> None:
+    from fitness_pipeline.ddl import STAGING_TOAST_TUPLE_TARGET
+
+    assert staging_state(schema) == ("u", [f"toast_tuple_target={STAGING_TOAST_TUPLE_TARGET}"])
+    (logged,), = query(schema, "SELECT count(*) FROM pg_class WHERE relname LIKE 'stage\\_%' AND relkind = 'r' "
+                               "AND relpersistence <> 'u'")
+    assert logged == 0
+
+
+def test_a_logged_staging_table_becomes_unlogged_in_place_keeping_its_rows(schema: Any) -> None:
+    from fitness_pipeline.loader import merge_staged, stage_rows, staged_count
+    from fitness_pipeline.schema import STAGING
+
+    staging = STAGING["strava_activity"]
+    with transaction(schema) as cur:  # an existing user's table, from before issue 8, with a staged batch
+        cur.execute("ALTER TABLE stage_strava_activity SET LOGGED, RESET (toast_tuple_target)")
+        stage_rows(cur, strava_activity, "old-batch", rows(1, 2, 3))
+    assert staging_state(schema) == ("p", [])
+    changes = ensure_schema(schema)
+    assert changes.altered_tables == ["stage_strava_activity: logged -> unlogged, toast_tuple_target=8160"]
+    assert staging_state(schema) == ("u", ["toast_tuple_target=8160"])
+    assert not ensure_schema(schema)  # idempotent
+    with transaction(schema) as cur:
+        assert staged_count(cur, staging, "old-batch") == 3
+        assert staged_count(cur, staging, "other-batch") == 0
+        assert merge_staged(cur, strava_activity, "old-batch") == UpsertCounts(inserted=3)
+
+
+def test_merge_staged_last_wins_with_and_without_duplicates(schema: Any) -> None:
+    from fitness_pipeline.loader import delete_staged, merge_staged, stage_rows
+    from fitness_pipeline.schema import STAGING
+
+    with transaction(schema) as cur:  # no duplicate key: the merge skips the sort
+        stage_rows(cur, strava_activity, "b1", rows(1, 2, 3))
+        assert merge_staged(cur, strava_activity, "b1") == UpsertCounts(inserted=3)
+        delete_staged(cur, STAGING["strava_activity"], "b1")
+    with transaction(schema) as cur:  # duplicates across two chunks (start_seq): the highest seq wins
+        staged = stage_rows(cur, strava_activity, "b2", rows(2, name="first") + rows(4, name="first"))
+        stage_rows(cur, strava_activity, "b2", rows(2, 4, name="second") + rows(1), start_seq=staged)
+        stage_rows(cur, strava_activity, "b3", rows(4, name="another batch"))
+        assert merge_staged(cur, strava_activity, "b2") == UpsertCounts(inserted=1, updated=1, unchanged=1)
+    assert query(schema, "SELECT id, name FROM strava_activity ORDER BY id") == [
+        (1, "Happy Friday"), (2, "second"), (3, "Happy Friday"), (4, "second")]
+    with transaction(schema) as cur:
+        assert merge_staged(cur, strava_activity, "no-such-batch") == UpsertCounts()
+
+
+def test_upsert_rows_mixes_new_changed_unchanged_and_duplicates(schema: Any) -> None:
+    upsert(schema, rows(1, 2, 3))
+    before = {r[0]: r for r in snapshot(schema)}
+    ins_before, upd_before = tuple_stats(schema)
+    batch = rows(1) + rows(2, name="old") + rows(5, name="old") + rows(2, 5, name="new") + rows(6)
+    assert upsert(schema, batch) == UpsertCounts(inserted=2, updated=1, unchanged=1)
+    after = {r[0]: r for r in snapshot(schema)}
+    assert after[1] == before[1] and after[3] == before[3]
+    assert after[2][2] == after[5][2] == "new"
+    assert tuple_stats(schema) == (ins_before + 2, upd_before + 1)
+
+
+@pytest.mark.parametrize("driver", ["psycopg", "psycopg2"])
+def test_upsert_rows_falls_back_to_the_merge_when_a_new_key_appears_meanwhile(
+        schema: Any, postgres: Any, fitness_db: str, monkeypatch: pytest.MonkeyPatch, driver: str) -> None:
+    """A key inserted by another transaction between the key check and the COPY: the COPY's unique
+    violation is rolled back to its savepoint and every row is merged, in the same transaction."""
+    from fitness_pipeline import loader
+
+    upsert(schema, rows(1, 2))
+    monkeypatch.setattr(loader, "_existing_keys", lambda cursor, target, keys: set())  # "none there yet"
+    conn = psycopg2.connect(postgres.dsn(fitness_db)) if driver == "psycopg2" else schema
+    try:
+        with transaction(conn) as cur:
+            cur.execute("SELECT 1")
+            assert upsert_rows(cur, strava_activity, rows(1) + rows(2, name="x") + rows(3)) == UpsertCounts(
+                inserted=1, updated=1, unchanged=1)
+            cur.execute("SELECT count(*) FROM strava_activity")  # the transaction is still usable
+            assert cur.fetchone()[0] == 3
+    finally:
+        if conn is not schema:
+            conn.close()
+    assert query(schema, "SELECT id, name FROM strava_activity ORDER BY id") == [
+        (1, "Happy Friday"), (2, "x"), (3, "Happy Friday")]
+
+
+def test_upsert_rows_copies_new_rows_straight_in_on_psycopg2(postgres: Any, schema: Any, fitness_db: str) -> None:
+    from fitness_pipeline.schema import fitbit_weight
+
+    conn = psycopg2.connect(postgres.dsn(fitness_db))
+    try:
+        weight = {"id": Decimal("98765432109876543210"), "weight": 70.5, "bmi": None, "fat": None,
+                  "record_date": dt.date(2026, 1, 2), "record_time": dt.time(7, 30), "platform": "FITBIT",
+                  "measured_at": dt.datetime(2026, 1, 2, 6, 30, tzinfo=dt.UTC), "utc_offset": 3600,
+                  "recording_method": "MANUAL", "data_point_name": "users/me/dataTypes/weight/dataPoints/1",
+                  "raw": '{"a": 1}'}
+        with transaction(conn) as cur:
+            assert upsert_rows(cur, fitbit_weight, [weight]) == UpsertCounts(inserted=1)
+        with transaction(conn) as cur:
+            assert upsert_rows(cur, fitbit_weight, [weight, {**weight, "weight": 70.0}]) == UpsertCounts(updated=1)
+    finally:
+        conn.close()
+    assert query(schema, "SELECT id, weight FROM fitbit_weight") == [(Decimal("98765432109876543210"), 70.0)]

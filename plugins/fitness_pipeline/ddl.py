@@ -3,6 +3,8 @@
 Creates missing tables and indexes, adds missing columns, and widens the seed
 article's column types in place (``varchar(50)`` names, ``timestamp`` instants,
 ``bigint`` upload ids, float seconds) so an existing database keeps its data.
+Staging tables are UNLOGGED and keep their rows inline (see :data:`STAGING_TOAST_TUPLE_TARGET`);
+an existing logged one is switched over in place, with its rows.
 Everything runs in one transaction under an advisory lock, so concurrent runs
 (a backfill) neither race nor see a half-made schema.
 """
@@ -17,11 +19,16 @@ import sqlalchemy as sa
 from sqlalchemy.schema import CreateColumn, CreateIndex, CreateTable
 
 from fitness_pipeline.db import DIALECT, transaction
-from fitness_pipeline.schema import metadata
+from fitness_pipeline.schema import STAGING, metadata
 
 log = logging.getLogger(__name__)
 
 _LOCK_KEY = 0x66697473  # any constant: serializes schema changes across tasks
+
+#: Staging tables: a row stays inline and uncompressed up to this size (the maximum). A staged activity
+#: is just over the default 2 KB, so PostgreSQL tried to compress its hard-to-compress ``raw`` and moved
+#: it to TOAST, only for the merge to read it back: COPY into staging took twice as long (issue 8).
+STAGING_TOAST_TUPLE_TARGET = 8160
 
 # (existing udt_name, wanted udt_name) -> USING expression; {col} is the quoted column.
 _SAFE_CASTS = {
@@ -47,9 +54,11 @@ class SchemaChanges:
     added_columns: list[str] = field(default_factory=list)
     altered_columns: list[str] = field(default_factory=list)
     created_indexes: list[str] = field(default_factory=list)
+    altered_tables: list[str] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.created_tables or self.added_columns or self.altered_columns or self.created_indexes)
+        return bool(self.created_tables or self.added_columns or self.altered_columns or self.created_indexes
+                    or self.altered_tables)
 
 
 def ensure_schema(conn: Any, meta: sa.MetaData = metadata, tables: list[sa.Table] | None = None) -> SchemaChanges:
@@ -84,6 +93,9 @@ def ensure_schema(conn: Any, meta: sa.MetaData = metadata, tables: list[sa.Table
                 if index.name not in existing_indexes:
                     cur.execute(str(CreateIndex(index).compile(dialect=DIALECT)))
                     changes.created_indexes.append(str(index.name))
+        staging = {t.name for t in STAGING.values()}
+        _tune_staging(cur, [t.name for t in (tables if tables is not None else meta.sorted_tables)
+                            if t.name in staging], changes)
     if changes:
         log.info("Schema updated: %s", changes)
     return changes
@@ -116,6 +128,34 @@ def _upgrade_table(cur: Any, table: sa.Table, columns: dict[str, str], changes: 
             f"{column.type.compile(dialect=DIALECT)} USING {using.format(col=col)}"
         )
         changes.altered_columns.append(f"{table.name}.{column.name}: {have} -> {want}")
+
+
+def _tune_staging(cur: Any, names: list[str], changes: SchemaChanges) -> None:
+    """Make the staging tables ``names`` UNLOGGED with inline rows, idempotently.
+
+    Their rows live from one task to the next and are loaded or re-staged by a retry: skipping
+    the WAL halves what staging writes. After a crash PostgreSQL empties an UNLOGGED table, which
+    the load detects (``loader.staged_count``). ``SET UNLOGGED`` rewrites a logged table with its
+    rows (an existing user's staged batch survives the upgrade).
+    """
+    if not names:
+        return
+    quote = DIALECT.identifier_preparer.quote
+    option = f"toast_tuple_target={STAGING_TOAST_TUPLE_TARGET}"
+    cur.execute("SELECT c.relname, c.relpersistence, coalesce(c.reloptions, '{}') FROM pg_class c "
+                "WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind = 'r' "
+                "AND c.relname = ANY(%(names)s)", {"names": names})
+    just_created = set(changes.created_tables)
+    for name, persistence, options in cur.fetchall():
+        done = []
+        if persistence == "p":
+            cur.execute(f"ALTER TABLE {quote(name)} SET UNLOGGED")
+            done.append("logged -> unlogged")
+        if option not in options:
+            cur.execute(f"ALTER TABLE {quote(name)} SET ({option})")
+            done.append(option)
+        if done and name not in just_created:
+            changes.altered_tables.append(f"{name}: {', '.join(done)}")
 
 
 def _udt_name(cur: Any, column: sa.Column, cache: dict[str, str]) -> str:

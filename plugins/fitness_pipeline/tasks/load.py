@@ -13,6 +13,7 @@ from fitness_pipeline import sources
 from fitness_pipeline.db import FITNESS_DB_CONN_ID, connect, execute, transaction
 from fitness_pipeline.handover import Loaded, ReconcileRange, RunParams, Staged
 from fitness_pipeline.schema import raw_record, staging_for, sync_run
+from fitness_pipeline.sources import SourceSpec
 
 log = logging.getLogger(__name__)
 
@@ -22,14 +23,53 @@ def load(staged: Staged, max_deleted_share: float = RunParams.max_deleted_share,
     """Merge the staged batch into its table (companion tables first), mark what vanished upstream
     inside the listed range as deleted, and record the run in ``sync_run``: all in one transaction,
     so a failure leaves every table as it was."""
-    from fitness_pipeline.errors import raise_for_airflow
-    from fitness_pipeline.loader import delete_staged, mark_deleted, merge_staged, release_quarantined
-
     spec = sources.get(staged.source)
     batch = staged.batch_id
     extracted = staged.extract
+    with closing(connect(db_conn_id)) as conn:
+        if not staging_intact(conn, spec, staged):
+            # the staging tables are UNLOGGED: a server crash since the transform emptied them. The landed
+            # records (logged) are still there, so stage them again rather than load a partial batch.
+            log.warning("%s: the staged batch is incomplete (the database restarted since the transform?); "
+                        "staging it again from raw_record", spec.id)
+            from fitness_pipeline.tasks.transform import transform
+
+            if extracted.extracted and not landed_count(conn, batch):
+                # never merge an empty stand-in: it would mark the whole window deleted
+                raise RuntimeError(
+                    f"{spec.id}: batch {batch} has neither its staged rows nor its landed records (an earlier try "
+                    "of this load may have committed: see sync_run). Clear the task group to sync the window again.")
+            staged = transform(extracted, db_conn_id=db_conn_id)
+            if not staging_intact(conn, spec, staged):
+                raise RuntimeError(f"{spec.id}: batch {batch} is still incomplete in staging after staging it "
+                                   "again; retry the task (if it recurs, clear the whole task group)")
+        return _merge(conn, spec, staged, max_deleted_share)
+
+
+def landed_count(conn: Any, batch: str) -> int:
+    with transaction(conn) as cur:
+        execute(cur, sa.select(sa.func.count()).select_from(raw_record).where(raw_record.c.batch_id == batch))
+        return int(cur.fetchone()[0])
+
+
+def staging_intact(conn: Any, spec: SourceSpec, staged: Staged) -> bool:
+    """Whether the staging tables hold as many rows of the batch as the transform staged."""
+    from fitness_pipeline.loader import staged_count
+
+    expected = {spec.table: staged.staged, **staged.companions_staged}
+    with transaction(conn) as cur:
+        return all(staged_count(cur, staging_for(table), staged.batch_id) == expected.get(table.name, 0)
+                   for table in (spec.target, *spec.companion_tables()))
+
+
+def _merge(conn: Any, spec: SourceSpec, staged: Staged, max_deleted_share: float) -> Loaded:
+    from fitness_pipeline.errors import raise_for_airflow
+    from fitness_pipeline.loader import delete_staged, mark_deleted, merge_staged, release_quarantined
+
+    batch = staged.batch_id
+    extracted = staged.extract
     deleted = 0
-    with closing(connect(db_conn_id)) as conn, transaction(conn) as cur:
+    with transaction(conn) as cur:
         for companion in spec.companion_tables():
             counts = merge_staged(cur, companion, batch)
             release_quarantined(cur, companion.name, companion, staging_for(companion), batch)
