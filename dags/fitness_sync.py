@@ -101,29 +101,30 @@ def source_group(spec: SourceSpec) -> Any:
                     data_interval_end: dt.datetime | None = None, dag_run: Any = None) -> dict[str, Any]:
             from fitness_pipeline import sources
             from fitness_pipeline.compat import AirflowSkipException
-            from fitness_pipeline.tasks import extract, plan
+            from fitness_pipeline.tasks import extract as step
+            from fitness_pipeline.tasks import plan
 
             run = RunParams.from_params(params)
             spec = sources.get(source)
             if not plan.wanted(spec, run):
                 raise AirflowSkipException(f"{source} is not in this run's sources")
             window = plan.window_for_run(spec, run, data_interval_start, data_interval_end, dag_run)
-            return extract.extract(source, dag_run.run_id, window).to_xcom()
+            return step.extract(source, dag_run.run_id, window).to_xcom()
 
         @task(task_id="transform")
         def transform(extracted: dict[str, Any]) -> dict[str, Any]:
             from fitness_pipeline.handover import Extracted
-            from fitness_pipeline.tasks import transform
+            from fitness_pipeline.tasks import transform as step
 
-            return transform.transform(Extracted.from_xcom(extracted)).to_xcom()
+            return step.transform(Extracted.from_xcom(extracted)).to_xcom()
 
         @task(task_id="load")
         def load(staged: dict[str, Any], params: dict[str, Any] | None = None) -> dict[str, Any]:
             from fitness_pipeline.handover import Staged
-            from fitness_pipeline.tasks import load
+            from fitness_pipeline.tasks import load as step
 
             run = RunParams.from_params(params)
-            return load.load(Staged.from_xcom(staged), max_deleted_share=run.max_deleted_share).to_xcom()
+            return step.load(Staged.from_xcom(staged), max_deleted_share=run.max_deleted_share).to_xcom()
 
         load(transform(extract()))
 

@@ -41,8 +41,25 @@ def test_a_batch_emptied_from_staging_is_staged_again_and_loads_whole(schema: An
         assert query(schema, "SELECT count(*) FROM fitbit_height")[0][0] == staged.companions_staged["fitbit_height"]
 
 
+def test_a_load_retried_after_its_commit_returns_what_it_did_and_changes_nothing(
+        schema: Any, all_connections: Any) -> None:
+    """The worker died after the load's COMMIT, before Airflow recorded success: the retry finds the batch
+    gone from staging and raw_record, and its sync_run row there."""
+    from fitness_pipeline.tasks.extract import extract
+    from fitness_pipeline.tasks.load import load
+    from fitness_pipeline.tasks.transform import transform
+    from fitness_pipeline.windows import Window
+
+    staged = transform(extract("strava_activity", "once", Window(this_hour() - 60 * DAY, this_hour())))
+    first = load(staged)
+    before = query(schema, "SELECT id, xmin::text, deleted_at FROM strava_activity ORDER BY id")
+    assert load(staged) == first
+    assert query(schema, "SELECT id, xmin::text, deleted_at FROM strava_activity ORDER BY id") == before
+
+
 def test_a_batch_with_neither_staged_rows_nor_landed_records_fails_and_marks_nothing(
         schema: Any, all_connections: Any) -> None:
+    from fitness_pipeline.compat import AirflowFailException
     from fitness_pipeline.tasks.extract import extract
     from fitness_pipeline.tasks.load import load
     from fitness_pipeline.tasks.transform import transform
@@ -55,6 +72,6 @@ def test_a_batch_with_neither_staged_rows_nor_landed_records_fails_and_marks_not
     cur.execute("TRUNCATE stage_strava_activity")
     cur.execute("DELETE FROM raw_record")
     schema.commit()
-    with pytest.raises(RuntimeError, match="neither its staged rows nor its landed records"):
+    with pytest.raises(AirflowFailException, match="neither its staged rows nor its landed records"):
         load(staged)
     assert query(schema, "SELECT count(*) FROM strava_activity WHERE deleted_at IS NOT NULL") == [(0,)]

@@ -148,6 +148,10 @@ def _typed(cls: type, value: dict[str, Any]) -> dict[str, Any]:
         if value.get("reconcile") is not None:
             value["reconcile"] = ReconcileRange.from_xcom(value["reconcile"])
     elif cls is Staged:
+        if "extract" not in value:  # the flat dict of versions before these types (a run in flight at upgrade)
+            flat = value
+            value = {"staged": flat["staged"], "quarantined": flat["quarantined"],
+                     "extract": {k: flat.get(k) for k in ("source", "batch_id", "extracted", "window", "reconcile")}}
         value["extract"] = Extracted.from_xcom(value["extract"])
     elif cls is ReconcileRange:
         parse = dt.datetime.fromisoformat if "T" in str(value["lower"]) else dt.date.fromisoformat

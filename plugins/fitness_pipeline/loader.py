@@ -31,7 +31,7 @@ from sqlalchemy.dialects import postgresql as pg
 from fitness_pipeline.db import DIALECT, copy_rows, execute
 from fitness_pipeline.ddl import STAGING_TOAST_TUPLE_TARGET
 from fitness_pipeline.errors import NeedsPersonError
-from fitness_pipeline.schema import DELETED_AT, LAST_TIME, STAGING, data_columns, quarantine
+from fitness_pipeline.schema import DELETED_AT, LAST_TIME, data_columns, quarantine, staging_for
 from fitness_pipeline.transforms.records import QuarantineEntry
 
 try:  # SQLAlchemy 2.1; 1.4 and 2.0 spell DISTINCT ON as select().distinct(col)
@@ -56,7 +56,7 @@ def stage_rows(cursor: Any, target: sa.Table, batch_id: str, rows: Iterable[Mapp
 
     ``seq`` orders the batch (``start_seq`` onwards): of two rows with one key, the later wins.
     """
-    staging = staging if staging is not None else STAGING[target.name]
+    staging = staging if staging is not None else staging_for(target)
     names = [c.name for c in data_columns(target)]
     tuples = ((batch_id, seq, *(row[n] for n in names)) for seq, row in enumerate(rows, start_seq))
     return copy_rows(cursor, staging.name, ["batch_id", "seq", *names], tuples)
@@ -64,7 +64,7 @@ def stage_rows(cursor: Any, target: sa.Table, batch_id: str, rows: Iterable[Mapp
 
 def merge_staged(cursor: Any, target: sa.Table, batch_id: str, staging: sa.Table | None = None) -> UpsertCounts:
     """Upsert one staged batch into ``target``; duplicates within the batch: the last one wins."""
-    staging = staging if staging is not None else STAGING[target.name]
+    staging = staging if staging is not None else staging_for(target)
     batch = staging.c.batch_id == batch_id
     key_cols = [staging.c[c.name] for c in target.primary_key.columns]
     key = key_cols[0] if len(key_cols) == 1 else sa.tuple_(*key_cols)
@@ -73,7 +73,20 @@ def merge_staged(cursor: Any, target: sa.Table, batch_id: str, staging: sa.Table
     if not staged:
         return UpsertCounts()
     # the sort that picks the last row per key (spilled to disk for big batches) only when it has to
-    return _merge(cursor, target, staging, batch_id, distinct_keys, dedupe=distinct_keys < staged)
+    dedupe = distinct_keys < staged
+    if _is_empty(cursor, target):
+        # a first load (a new install's history import): nothing to compare with, so a plain INSERT; a
+        # concurrent first load makes it fail on a duplicate key, and the task's retry then merges
+        execute(cursor, pg.insert(target).from_select(names := [c.name for c in data_columns(target)],
+                                                      _latest(target, staging, names, dedupe=dedupe)),
+                {"batch_id": batch_id})
+        return UpsertCounts(inserted=distinct_keys)
+    return _merge(cursor, target, staging, batch_id, distinct_keys, dedupe=dedupe)
+
+
+def _is_empty(cursor: Any, target: sa.Table) -> bool:
+    execute(cursor, sa.select(sa.literal(1)).select_from(target).limit(1))
+    return cursor.fetchone() is None
 
 
 def staged_count(cursor: Any, staging: sa.Table, batch_id: str) -> int:
@@ -116,7 +129,7 @@ def upsert_rows(cursor: Any, target: sa.Table, rows: Iterable[Mapping[str, Any]]
     temp = _temp_staging(target)
     cursor.execute(
         f"CREATE TEMP TABLE IF NOT EXISTS {temp.name} "
-        f"(LIKE {DIALECT.identifier_preparer.quote(STAGING[target.name].name)} INCLUDING DEFAULTS) "
+        f"(LIKE {DIALECT.identifier_preparer.quote(staging_for(target).name)} INCLUDING DEFAULTS) "
         f"WITH (toast_tuple_target = {STAGING_TOAST_TUPLE_TARGET}) ON COMMIT DROP"
     )
     stage_rows(cursor, target, "temp", to_merge, staging=temp)
@@ -160,7 +173,7 @@ def _sqlstate(error: BaseException) -> str | None:
 
 def _temp_staging(target: sa.Table) -> sa.Table:
     return sa.Table(f"tmp_stage_{target.name}", sa.MetaData(),
-                    *(sa.Column(c.name, c.type) for c in STAGING[target.name].columns))
+                    *(sa.Column(c.name, c.type) for c in staging_for(target).columns))
 
 
 def _merge(cursor: Any, target: sa.Table, staging: sa.Table, batch_id: str, distinct_keys: int,
@@ -170,18 +183,22 @@ def _merge(cursor: Any, target: sa.Table, staging: sa.Table, batch_id: str, dist
     return UpsertCounts(inserted=inserted, updated=updated, unchanged=distinct_keys - inserted - updated)
 
 
+def _latest(target: sa.Table, staging: sa.Table, names: list[str], *, dedupe: bool) -> sa.sql.Select:
+    """The batch's rows (bound parameter ``batch_id``); with ``dedupe``, only the last (highest ``seq``) per key."""
+    key_cols = [staging.c[c.name] for c in target.primary_key.columns]
+    latest = sa.select(*(staging.c[n] for n in names)).where(staging.c.batch_id == sa.bindparam("batch_id"))
+    if dedupe:
+        latest = latest.order_by(*key_cols, staging.c.seq.desc())
+        latest = latest.ext(distinct_on(*key_cols)) if distinct_on else latest.distinct(*key_cols)
+    return latest
+
+
 def _merge_statement(target: sa.Table, staging: sa.Table, *, dedupe: bool = True) -> sa.sql.Select:
     """The upsert of one staged batch; ``dedupe=False`` when the batch holds each key once (no sort)."""
     keys = [c.name for c in target.primary_key.columns]
     names = [c.name for c in data_columns(target)]
     changing = [n for n in names if n not in keys]
-    batch = staging.c.batch_id == sa.bindparam("batch_id")
-    key_cols = [staging.c[k] for k in keys]
-    latest = sa.select(*(staging.c[n] for n in names)).where(batch)
-    if dedupe:
-        latest = latest.order_by(*key_cols, staging.c.seq.desc())
-        latest = latest.ext(distinct_on(*key_cols)) if distinct_on else latest.distinct(*key_cols)
-    latest = latest.subquery("latest")
+    latest = _latest(target, staging, names, dedupe=dedupe).subquery("latest")
 
     def differs(row: Any) -> sa.ColumnElement[bool]:
         different = sa.tuple_(*(target.c[n] for n in changing)).is_distinct_from(
@@ -260,7 +277,7 @@ def mark_deleted(cursor: Any, source: str, target: sa.Table, batch_id: str, in_w
     Raises :class:`MassDeletionError` (the caller's transaction then rolls back) when more than
     ``max_share`` of the window's live rows, and more than two, would be marked.
     """
-    staging = staging if staging is not None else STAGING[target.name]
+    staging = staging if staging is not None else staging_for(target)
     key = next(iter(target.primary_key.columns))
     seen = sa.select(staging.c[key.name]).where(staging.c.batch_id == batch_id)
     held = sa.select(quarantine.c.record_key).where(quarantine.c.source == source)

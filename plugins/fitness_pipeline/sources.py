@@ -9,9 +9,10 @@ This module is imported when the DAG file is parsed: it imports nothing but the 
 and :mod:`fitness_pipeline.windows`. Hooks, row functions and tables are named by dotted path
 (``"package.module:attribute"``) and resolved when a task needs them.
 
-A declaration says nothing about *which* account: connection ids are defaults that a run may
-override, and batch ids, pools and tables are per source, so a later athlete dimension can map the
-same declaration over several accounts.
+A declaration says nothing about *which* account: its connection id is a default that a run may
+override. What still assumes one account per run lives outside the declarations and is the athlete
+issue's to change: batch ids are ``<run_id>/<source>``, a reconciled range covers every row of the
+table in it (no owner column), and the weight transform reads every known height.
 """
 
 from __future__ import annotations

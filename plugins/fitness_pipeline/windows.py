@@ -18,9 +18,6 @@ class Window:
     start: dt.datetime
     end: dt.datetime
 
-    def as_dict(self) -> dict[str, str]:
-        return {"start": self.start.isoformat(), "end": self.end.isoformat()}
-
 
 def extraction_window(
     data_interval_start: dt.datetime | None,

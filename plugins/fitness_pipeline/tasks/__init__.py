@@ -7,5 +7,8 @@ step live in :mod:`.strava` and :mod:`.fitbit`, mirroring ``hooks/``.
 
 Data moves between tasks through the fitness database, never through XCom: each task returns a
 small typed summary (:mod:`fitness_pipeline.handover`). Every step can be retried: it first removes
-what an earlier try of the same batch left behind. No transaction stays open across an HTTP request.
+what an earlier try of the same batch left behind. No transaction stays open while a hook lists
+records or waits out a rate limit; the one exception is a token refresh, which keeps its
+``oauth_token`` row locked for that one request so that two processes never refresh (and so
+rotate) one refresh token at once.
 """

@@ -11,6 +11,7 @@ from sqlalchemy.dialects import postgresql as pg
 
 from fitness_pipeline import sources
 from fitness_pipeline.db import FITNESS_DB_CONN_ID, connect, execute, transaction
+from fitness_pipeline.errors import NeedsPersonError, RetriableError, raise_for_airflow
 from fitness_pipeline.handover import Loaded, ReconcileRange, RunParams, Staged
 from fitness_pipeline.schema import raw_record, staging_for, sync_run
 from fitness_pipeline.sources import SourceSpec
@@ -22,28 +23,60 @@ def load(staged: Staged, max_deleted_share: float = RunParams.max_deleted_share,
          db_conn_id: str = FITNESS_DB_CONN_ID) -> Loaded:
     """Merge the staged batch into its table (companion tables first), mark what vanished upstream
     inside the listed range as deleted, and record the run in ``sync_run``: all in one transaction,
-    so a failure leaves every table as it was."""
-    spec = sources.get(staged.source)
-    batch = staged.batch_id
-    extracted = staged.extract
-    with closing(connect(db_conn_id)) as conn:
-        if not staging_intact(conn, spec, staged):
-            # the staging tables are UNLOGGED: a server crash since the transform emptied them. The landed
-            # records (logged) are still there, so stage them again rather than load a partial batch.
-            log.warning("%s: the staged batch is incomplete (the database restarted since the transform?); "
-                        "staging it again from raw_record", spec.id)
-            from fitness_pipeline.tasks.transform import transform
+    so a failure leaves every table as it was. Returns what the merge did.
 
-            if extracted.extracted and not landed_count(conn, batch):
-                # never merge an empty stand-in: it would mark the whole window deleted
-                raise RuntimeError(
-                    f"{spec.id}: batch {batch} has neither its staged rows nor its landed records (an earlier try "
-                    "of this load may have committed: see sync_run). Clear the task group to sync the window again.")
-            staged = transform(extracted, db_conn_id=db_conn_id)
+    Errors leave as Airflow outcomes (:func:`fitness_pipeline.errors.airflow_outcome`): a refused
+    mass deletion, or a batch that is gone, fails the task without retries.
+    """
+    spec = sources.get(staged.source)
+    try:
+        with closing(connect(db_conn_id)) as conn:
             if not staging_intact(conn, spec, staged):
-                raise RuntimeError(f"{spec.id}: batch {batch} is still incomplete in staging after staging it "
-                                   "again; retry the task (if it recurs, clear the whole task group)")
-        return _merge(conn, spec, staged, max_deleted_share)
+                if (done := loaded_already(conn, staged)) is not None:
+                    return done
+                staged = restage(conn, spec, staged, db_conn_id)
+            return _merge(conn, spec, staged, max_deleted_share)
+    except Exception as error:
+        raise_for_airflow(error)
+
+
+def loaded_already(conn: Any, staged: Staged) -> Loaded | None:
+    """What an earlier try of this load committed, when it then died before Airflow heard of it (its
+    staged rows and landed records are gone, its ``sync_run`` row is there); None otherwise."""
+    if not staged.extract.extracted or landed_count(conn, staged.batch_id):
+        return None
+    if (recorded := recorded_run(conn, staged.batch_id)) is None:
+        # never merge an empty stand-in: it would mark the whole window deleted
+        raise NeedsPersonError(
+            f"{staged.source}: batch {staged.batch_id} has neither its staged rows nor its landed records, and "
+            "sync_run has no row for it. Clear the whole task group to sync the window again.")
+    log.info("%s: batch %s was loaded by an earlier try (see sync_run): nothing to do", staged.source,
+             staged.batch_id)
+    return recorded
+
+
+def restage(conn: Any, spec: SourceSpec, staged: Staged, db_conn_id: str) -> Staged:
+    """Stage the batch again from ``raw_record``. The staging tables are UNLOGGED: a server crash since
+    the transform emptied them, while the landed records (logged) survived."""
+    from fitness_pipeline.tasks.transform import transform
+
+    log.warning("%s: the staged batch is incomplete (did the database restart since the transform?); staging "
+                "it again from raw_record", spec.id)
+    staged = transform(staged.extract, db_conn_id=db_conn_id)
+    if not staging_intact(conn, spec, staged):
+        raise RetriableError(f"{spec.id}: batch {staged.batch_id} is still incomplete in staging after staging it "
+                             "again; the next try stages it once more (if it recurs, clear the whole task group)")
+    return staged
+
+
+def recorded_run(conn: Any, batch: str) -> Loaded | None:
+    """What ``sync_run`` recorded for ``batch``, if it was loaded."""
+    columns = [sync_run.c[name] for name in ("source", "batch_id", "inserted", "updated", "unchanged", "deleted",
+                                             "quarantined")]
+    with transaction(conn) as cur:
+        execute(cur, sa.select(*columns).where(sync_run.c.batch_id == batch))
+        row = cur.fetchone()
+    return Loaded(*row) if row else None
 
 
 def landed_count(conn: Any, batch: str) -> int:
@@ -63,7 +96,6 @@ def staging_intact(conn: Any, spec: SourceSpec, staged: Staged) -> bool:
 
 
 def _merge(conn: Any, spec: SourceSpec, staged: Staged, max_deleted_share: float) -> Loaded:
-    from fitness_pipeline.errors import raise_for_airflow
     from fitness_pipeline.loader import delete_staged, mark_deleted, merge_staged, release_quarantined
 
     batch = staged.batch_id
@@ -78,11 +110,9 @@ def _merge(conn: Any, spec: SourceSpec, staged: Staged, max_deleted_share: float
                      counts.updated, counts.unchanged)
         counts = merge_staged(cur, spec.target, batch)
         if extracted.reconcile is not None:
-            try:
-                deleted = mark_deleted(cur, spec.id, spec.target, batch,
-                                       reconciled_range(spec.target, extracted.reconcile), max_deleted_share)
-            except Exception as error:  # a mass deletion needs a person: a retry would see the same listing
-                raise_for_airflow(error)
+            # raises MassDeletionError (needs a person: a retry would see the same listing)
+            deleted = mark_deleted(cur, spec.id, spec.target, batch,
+                                   reconciled_range(spec.target, extracted.reconcile), max_deleted_share)
         release_quarantined(cur, spec.id, spec.target, spec.staging, batch)
         delete_staged(cur, spec.staging, batch)
         execute(cur, sa.delete(raw_record).where(raw_record.c.batch_id == batch))

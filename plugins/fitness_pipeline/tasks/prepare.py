@@ -9,21 +9,26 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from fitness_pipeline import sources
 from fitness_pipeline.db import FITNESS_DB_CONN_ID, connect, execute, transaction
-from fitness_pipeline.schema import STAGING, extract_cursor, raw_record
+from fitness_pipeline.schema import STAGING, extract_cursor, raw_record, staging_for
 
 #: raw and staged rows of batches that never finished are removed after this long
 STALE_AFTER = dt.timedelta(days=7)
 
 
 def ensure_schema(conn_id: str = FITNESS_DB_CONN_ID) -> dict[str, Any]:
-    """Create or upgrade the tables, and clear landing/staging rows of long-dead batches.
+    """Create or upgrade the tables (with the staging table of every registered source's tables), and
+    clear landing/staging rows of long-dead batches.
 
     Returns what changed (``created_tables``, ``added_columns``, ``altered_columns``,
-    ``created_indexes``: lists of names, empty when the schema was current).
+    ``created_indexes``, ``altered_tables``: lists of names, empty when the schema was current).
     """
     from fitness_pipeline.ddl import ensure_schema as apply_schema
 
+    for spec in sources.REGISTRY:  # a source added after the built-in ones brings its own table
+        for table in (spec.target, *spec.companion_tables()):
+            staging_for(table)
     with closing(connect(conn_id)) as conn:
         changes = apply_schema(conn)
         with transaction(conn) as cur:

@@ -33,7 +33,7 @@ def transform(extracted: Extracted, db_conn_id: str = FITNESS_DB_CONN_ID) -> Sta
     spec = sources.get(extracted.source)
     batch = extracted.batch_id
     targets = {table.name: table for table in (spec.target, *spec.companion_tables())}
-    staged = dict.fromkeys(targets, 0)
+    staged_rows = dict.fromkeys(targets, 0)
     quarantined = 0
     with closing(connect(db_conn_id)) as conn, transaction(conn) as cur:
         for table in targets.values():
@@ -43,13 +43,13 @@ def transform(extracted: Extracted, db_conn_id: str = FITNESS_DB_CONN_ID) -> Sta
             result = rows_for(spec, cur, [json.loads(p) for p in payloads])
             parts = [(spec.table, spec.id, result), *((name, name, part) for name, part in result.companions.items())]
             for table_name, quarantine_source, part in parts:
-                staged[table_name] += stage_rows(cur, targets[table_name], batch, part.rows,
-                                                 start_seq=staged[table_name])
+                staged_rows[table_name] += stage_rows(cur, targets[table_name], batch, part.rows,
+                                                      start_seq=staged_rows[table_name])
                 quarantined += quarantine_records(cur, quarantine_source, part.quarantined)
     if quarantined:
         log.warning("%s: %d records quarantined (see table quarantine)", spec.id, quarantined)
-    log.info("%s: %s staged", spec.id, ", ".join(f"{count} rows for {name}" for name, count in staged.items()))
-    return Staged(extracted, staged.pop(spec.table), quarantined, companions_staged=staged)
+    log.info("%s: %s staged", spec.id, ", ".join(f"{count} rows for {name}" for name, count in staged_rows.items()))
+    return Staged(extracted, staged_rows.pop(spec.table), quarantined, companions_staged=staged_rows)
 
 
 def rows_for(spec: SourceSpec, cur: Any, records: list[Any]) -> TransformResult:
