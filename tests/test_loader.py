@@ -273,6 +273,20 @@ def test_merge_staged_last_wins_with_and_without_duplicates(schema: Any) -> None
         assert merge_staged(cur, strava_activity, "no-such-batch") == UpsertCounts()
 
 
+def test_a_first_load_into_an_empty_table_keeps_the_last_duplicate_and_counts_inserts(schema: Any) -> None:
+    """merge_staged into an empty table is a plain INSERT ... SELECT: still last-wins, exact counts."""
+    from fitness_pipeline.loader import merge_staged, stage_rows
+
+    with transaction(schema) as cur:
+        staged = stage_rows(cur, strava_activity, "first", rows(1, 2, name="early"))
+        stage_rows(cur, strava_activity, "first", rows(1, name="late") + rows(3), start_seq=staged)
+        assert merge_staged(cur, strava_activity, "first") == UpsertCounts(inserted=3)
+    assert query(schema, "SELECT id, name FROM strava_activity ORDER BY id") == [
+        (1, "late"), (2, "early"), (3, "Happy Friday")]
+    with transaction(schema) as cur:  # the table is not empty now: the same batch merges, unchanged
+        assert merge_staged(cur, strava_activity, "first") == UpsertCounts(unchanged=3)
+
+
 def test_upsert_rows_mixes_new_changed_unchanged_and_duplicates(schema: Any) -> None:
     upsert(schema, rows(1, 2, 3))
     before = {r[0]: r for r in snapshot(schema)}
