@@ -26,6 +26,7 @@ from tests.helpers import query
 
 NOW = dt.datetime.now(dt.UTC)
 YEAR_AGO = NOW - dt.timedelta(days=365)
+MONTH = dt.timedelta(days=30)
 LIST = "GET /api/v3/athlete/activities"
 
 
@@ -200,18 +201,20 @@ def test_429_waits_for_the_reset_then_succeeds(connect_strava: Any, make_emulato
     emulator = connect_strava(make_emulator(read_limit=(2, 1000), rate_window_seconds=2),
                               rate_limit_window_seconds=2)
     sleeps: list[float] = []
-    StravaHook().list_activities(NOW - dt.timedelta(days=2), NOW)  # uses the window up
+    # a window with activities: a page and the empty page use the window up (the emulated athlete may
+    # have done nothing in the last two days)
+    StravaHook().list_activities(NOW - MONTH, NOW)
     hook = StravaHook(sleep=lambda s: (sleeps.append(s), time.sleep(s)))  # knows nothing of the usage yet
-    assert hook.list_activities(NOW - dt.timedelta(days=2), NOW) is not None
+    assert hook.list_activities(NOW - MONTH, NOW) is not None
     assert emulator.stats()["rate_limited"] == 1
     assert sleeps and all(s <= 2.6 for s in sleeps)
 
 
 def test_429_with_a_long_wait_fails_the_try_with_a_clear_message(connect_strava: Any, make_emulator: Any) -> None:
     connect_strava(make_emulator(read_limit=(2, 1000), rate_window_seconds=900), max_rate_limit_wait=1)
-    StravaHook().list_activities(NOW - dt.timedelta(days=2), NOW)  # a page and the empty page: window full
+    StravaHook().list_activities(NOW - MONTH, NOW)  # a page and the empty page: window full
     with pytest.raises(RateLimitError, match="max_rate_limit_wait=1 s") as error:
-        StravaHook().list_activities(NOW - dt.timedelta(days=2), NOW)
+        StravaHook().list_activities(NOW - MONTH, NOW)
     assert "read limit" in str(error.value)
     assert error.value.retry_at > dt.datetime.now(dt.UTC)
 
