@@ -18,6 +18,7 @@ import time
 import warnings
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(REPO / "plugins"), str(REPO / "devtools")]
@@ -28,22 +29,6 @@ LOCAL = REPO / ".local"
 DATABASE = "fitness"
 LOOKBACK_DAYS = 120
 
-WEEKLY_SUMMARY = """
-WITH activity AS (
-    SELECT date_trunc('week', start_date_local)::date AS week, count(*) AS activities,
-           round(sum(distance)::numeric / 1000, 1) AS km,
-           to_char(make_interval(secs => sum(moving_time)), 'HH24:MI') AS moving
-    FROM strava_activity WHERE start_date >= %(since)s GROUP BY 1),
-weight AS (
-    SELECT date_trunc('week', record_date)::date AS week, round(avg(weight)::numeric, 1) AS weight_kg
-    FROM fitbit_weight WHERE measured_at >= %(since)s GROUP BY 1),
-calories AS (
-    SELECT date_trunc('week', record_date)::date AS week, round(avg(calories))::int AS kcal_per_day
-    FROM fitbit_calories WHERE record_date >= %(since)s::date GROUP BY 1)
-SELECT to_char(week, 'YYYY-MM-DD'), coalesce(activities, 0), km, moving, weight_kg, kcal_per_day
-FROM activity FULL JOIN weight USING (week) FULL JOIN calories USING (week)
-ORDER BY week DESC LIMIT %(weeks)s
-"""
 
 
 def main() -> int:
@@ -102,11 +87,31 @@ def report(run_id: str) -> None:
         print(f"\n{'table':<18}{'fetched':>9}{'inserted':>10}{'updated':>9}{'unchanged':>11}{'quarantined':>13}")
         for source, extracted, quarantined, inserted, updated, unchanged in cur.fetchall():
             print(f"{source:<18}{extracted:>9}{inserted:>10}{updated:>9}{unchanged:>11}{quarantined:>13}")
-        cur.execute(WEEKLY_SUMMARY, {"since": dt.datetime.now(dt.UTC) - dt.timedelta(days=LOOKBACK_DAYS),
-                                     "weeks": 12})
         print(f"\n{'week of':<12}{'activities':>11}{'km':>9}{'moving':>9}{'weight kg':>11}{'kcal/day':>10}")
-        for week, activities, km, moving, weight, kcal in cur.fetchall():
-            print(f"{week:<12}{activities:>11}{km or 0:>9}{moving or '':>9}{weight or '':>11}{kcal or '':>10}")
+        for week in weekly_summary(cur, since=dt.date.today() - dt.timedelta(days=LOOKBACK_DAYS), weeks=12):
+            moving = week["moving_time_s"]
+            print(f"{week['week_start']:%Y-%m-%d}  {week['activities']:>11}{week['distance_km']:>9.1f}"
+                  f"{f'{moving // 3600}:{moving % 3600 // 60:02d}' if moving else '':>9}"
+                  f"{_rounded(week['avg_weight_kg'], 1):>11}{_rounded(week['avg_kcal'], 0):>10}")
+
+
+def weekly_summary(cur: Any, since: dt.date, weeks: int) -> list[dict[str, Any]]:
+    """The last ``weeks`` ISO weeks from ``since`` on, newest first, as the view ``training_week`` has them (the
+    calendar page and BI tools read the same view)."""
+    import sqlalchemy as sa
+
+    from fitness_pipeline.db import execute
+    from fitness_pipeline.views import training_week
+
+    week = training_week.table
+    execute(cur, sa.select(week).where(week.c.week_start >= since).order_by(week.c.week_start.desc()).limit(weeks))
+    names = [c[0] for c in cur.description]
+    return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+
+def _rounded(value: float | None, digits: int) -> str:
+    """A mean for the summary: blank without one (no weigh-in, no nutrition log that week), never 0."""
+    return "" if value is None else f"{value:.{digits}f}"
 
 
 if __name__ == "__main__":

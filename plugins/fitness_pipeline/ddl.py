@@ -5,6 +5,10 @@ article's column types in place (``varchar(50)`` names, ``timestamp`` instants,
 ``bigint`` upload ids, float seconds) so an existing database keeps its data.
 Staging tables are UNLOGGED and keep their rows inline (see :data:`STAGING_TOAST_TUPLE_TARGET`);
 an existing logged one is switched over in place, with its rows.
+Then the views of :mod:`fitness_pipeline.views`: created when missing, replaced in place
+(``CREATE OR REPLACE VIEW``) when their definition changed by columns added at the end, dropped and
+created again (with the views of ours that read them) when it changed otherwise. A view is compared
+as PostgreSQL itself prints it (``pg_get_viewdef``), so an unchanged view is not touched.
 Everything runs in one transaction under an advisory lock, so concurrent runs
 (a backfill) neither race nor see a half-made schema.
 """
@@ -12,6 +16,7 @@ Everything runs in one transaction under an advisory lock, so concurrent runs
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +25,7 @@ from sqlalchemy.schema import CreateColumn, CreateIndex, CreateTable
 
 from fitness_pipeline.db import DIALECT, transaction
 from fitness_pipeline.schema import STAGING, metadata
+from fitness_pipeline.views import VIEWS, View
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +61,21 @@ class SchemaChanges:
     altered_columns: list[str] = field(default_factory=list)
     created_indexes: list[str] = field(default_factory=list)
     altered_tables: list[str] = field(default_factory=list)
+    #: views created or changed, as ``"<name>: created|replaced|recreated|commented"``
+    views: list[str] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(self.created_tables or self.added_columns or self.altered_columns or self.created_indexes
-                    or self.altered_tables)
+                    or self.altered_tables or self.views)
 
 
-def ensure_schema(conn: Any, meta: sa.MetaData = metadata, tables: list[sa.Table] | None = None) -> SchemaChanges:
-    """Bring the database reached by DB-API ``conn`` up to ``meta`` (or only ``tables``). Returns what changed."""
+def ensure_schema(conn: Any, meta: sa.MetaData = metadata, tables: list[sa.Table] | None = None,
+                  views: Sequence[View] | None = None) -> SchemaChanges:
+    """Bring the database reached by DB-API ``conn`` up to ``meta`` (or only ``tables``), then ``views``
+    (default: :data:`fitness_pipeline.views.VIEWS` when the whole default schema is applied, none otherwise).
+    Returns what changed."""
+    if views is None:
+        views = VIEWS if meta is metadata and tables is None else []
     changes = SchemaChanges()
     with transaction(conn) as cur:
         cur.execute("SELECT pg_advisory_xact_lock(%(key)s)", {"key": _LOCK_KEY})
@@ -70,6 +83,7 @@ def ensure_schema(conn: Any, meta: sa.MetaData = metadata, tables: list[sa.Table
         existing_indexes = _existing_indexes(cur)
         primary_keys = _existing_primary_keys(cur)
         type_names: dict[str, str] = {}  # compiled type -> udt_name, asked of the server once each
+        dropped_views: list[str] = []  # a column type cannot change under a view: ours go first, come back below
         for table in tables if tables is not None else meta.sorted_tables:
             if table.name not in existing:
                 cur.execute(str(CreateTable(table).compile(dialect=DIALECT)))
@@ -78,7 +92,8 @@ def ensure_schema(conn: Any, meta: sa.MetaData = metadata, tables: list[sa.Table
                     cur.execute(str(CreateIndex(index).compile(dialect=DIALECT)))
                     changes.created_indexes.append(str(index.name))
                 continue
-            _upgrade_table(cur, table, existing[table.name], changes, type_names)
+            _upgrade_table(cur, table, existing[table.name], changes, type_names,
+                           before_type_change=lambda: _drop_views(cur, list(views), dropped_views))
             key = [c.name for c in table.primary_key.columns]
             if key and primary_keys.get(table.name) != key:
                 # an older table keyed otherwise (the seed's fitbit_calories had id): the loader's
@@ -96,13 +111,14 @@ def ensure_schema(conn: Any, meta: sa.MetaData = metadata, tables: list[sa.Table
         staging = {t.name for t in STAGING.values()}
         _tune_staging(cur, [t.name for t in (tables if tables is not None else meta.sorted_tables)
                             if t.name in staging], changes)
+        _ensure_views(cur, list(views), changes)
     if changes:
         log.info("Schema updated: %s", changes)
     return changes
 
 
 def _upgrade_table(cur: Any, table: sa.Table, columns: dict[str, str], changes: SchemaChanges,
-                   type_names: dict[str, str]) -> None:
+                   type_names: dict[str, str], before_type_change: Any = None) -> None:
     quote = DIALECT.identifier_preparer.quote
     for column in table.columns:
         if column.name not in columns:
@@ -123,11 +139,127 @@ def _upgrade_table(cur: Any, table: sa.Table, columns: dict[str, str], changes: 
                         table.name, column.name, have, want)
             continue
         col = quote(column.name)
+        if before_type_change is not None:
+            before_type_change()
         cur.execute(
             f"ALTER TABLE {quote(table.name)} ALTER COLUMN {col} TYPE "
             f"{column.type.compile(dialect=DIALECT)} USING {using.format(col=col)}"
         )
         changes.altered_columns.append(f"{table.name}.{column.name}: {have} -> {want}")
+
+
+def _drop_views(cur: Any, views: list[View], dropped: list[str]) -> None:
+    """Drop the existing ones of ``views`` (dependents first), once; :func:`_ensure_views` creates them again."""
+    if dropped or not views:
+        return
+    cur.execute("SELECT c.relname FROM pg_class c WHERE c.relnamespace = current_schema()::regnamespace "
+                "AND c.relkind = 'v' AND c.relname = ANY(%(names)s)", {"names": [v.name for v in views]})
+    existing = {row[0] for row in cur.fetchall()}
+    for view in reversed(views):
+        if view.name in existing:
+            cur.execute(f"DROP VIEW {DIALECT.identifier_preparer.quote(view.name)}")
+            dropped.append(view.name)
+    dropped.append("")  # done, even when there was none
+
+
+def view_sql(view: View) -> str:
+    """The view's ``SELECT``, compiled for PostgreSQL with its constants inline (a view has no parameters)."""
+    return str(view.select.compile(dialect=DIALECT, compile_kwargs={"literal_binds": True}))
+
+
+def _ensure_views(cur: Any, views: list[View], changes: SchemaChanges) -> None:
+    """Create, replace or recreate ``views`` (in dependency order) whose definition differs from the database's."""
+    if not views:
+        return
+    quote = DIALECT.identifier_preparer.quote
+    cur.execute("SELECT c.relname FROM pg_class c WHERE c.relnamespace = current_schema()::regnamespace "
+                "AND c.relkind = 'v' AND c.relname = ANY(%(names)s)", {"names": [v.name for v in views]})
+    existing = {row[0] for row in cur.fetchall()}
+    dropped: set[str] = set()
+    for position, view in enumerate(views):
+        name, sql = quote(view.name), view_sql(view)
+        if view.name in existing and view.name not in dropped:
+            change = _compare_view(cur, view, sql)
+            if change == "replaced":
+                cur.execute(f"CREATE OR REPLACE VIEW {name} AS {sql}")
+            elif change == "recreated":
+                # columns renamed, retyped, reordered or removed: CREATE OR REPLACE cannot; those of our views
+                # that read this one (listed after it) go first and are created again below. Another object
+                # depending on it (a user's view) makes DROP fail: the transaction rolls back, nothing changes.
+                readers = _reading_views(cur, view.name)
+                for later in reversed(views[position:]):
+                    if later.name in readers | {view.name} and later.name in existing and later.name not in dropped:
+                        cur.execute(f"DROP VIEW {quote(later.name)}")
+                        dropped.add(later.name)
+                cur.execute(f"CREATE VIEW {name} AS {sql}")
+            if change is None and _view_comment(cur, view.name) == view.comment:
+                continue
+            _comment_view(cur, view)
+            changes.views.append(f"{view.name}: {change or 'commented'}")
+            continue
+        cur.execute(f"CREATE VIEW {name} AS {sql}")
+        _comment_view(cur, view)
+        changes.views.append(f"{view.name}: {'recreated' if view.name in dropped else 'created'}")
+
+
+def _reading_views(cur: Any, name: str) -> set[str]:
+    """The views of the current schema that read view ``name``, directly or through others."""
+    cur.execute(
+        "WITH RECURSIVE reader(oid) AS ("
+        " SELECT c.oid FROM pg_class c WHERE c.relname = %(name)s AND c.relnamespace = current_schema()::regnamespace"
+        " UNION SELECT r.ev_class FROM reader JOIN pg_depend d ON d.refobjid = reader.oid"
+        " AND d.classid = 'pg_rewrite'::regclass JOIN pg_rewrite r ON r.oid = d.objid AND r.ev_class <> reader.oid)"
+        " SELECT c.relname FROM reader JOIN pg_class c ON c.oid = reader.oid WHERE c.relname <> %(name)s",
+        {"name": name})
+    return {row[0] for row in cur.fetchall()}
+
+
+_WANTED_VIEW = "fitness_pipeline_wanted_view"
+
+
+def _compare_view(cur: Any, view: View, sql: str) -> str | None:
+    """None when the database's view ``view.name`` is ``sql`` as PostgreSQL prints it; ``"replaced"`` when only
+    columns were added at its end (``CREATE OR REPLACE VIEW`` does it), ``"recreated"`` otherwise.
+
+    ``sql`` becomes a temporary view first, so that both are printed by the server (the same SQLAlchemy
+    statement compiles to different text in 1.4 and 2, whitespace and casts, which PostgreSQL normalizes)."""
+    quote = DIALECT.identifier_preparer.quote
+    cur.execute(f"CREATE TEMPORARY VIEW {quote(_WANTED_VIEW)} AS {sql}")
+    try:
+        cur.execute(
+            "SELECT pg_get_viewdef(c.oid) FROM pg_class c WHERE c.relname = %(name)s AND c.relnamespace = "
+            "current_schema()::regnamespace UNION ALL SELECT pg_get_viewdef(c.oid) FROM pg_class c "
+            "WHERE c.relname = %(wanted)s AND c.relnamespace = pg_my_temp_schema()",
+            {"name": view.name, "wanted": _WANTED_VIEW})
+        have, want = (row[0] for row in cur.fetchall())
+        if have == want:
+            return None
+        have_columns, want_columns = _view_columns(cur, view.name, "current_schema()::regnamespace"), \
+            _view_columns(cur, _WANTED_VIEW, "pg_my_temp_schema()")
+        return "replaced" if want_columns[:len(have_columns)] == have_columns else "recreated"
+    finally:
+        cur.execute(f"DROP VIEW {quote(_WANTED_VIEW)}")
+
+
+def _view_columns(cur: Any, name: str, namespace: str) -> list[tuple[Any, ...]]:
+    cur.execute("SELECT a.attname, a.atttypid, a.atttypmod, a.attcollation FROM pg_attribute a "
+                "JOIN pg_class c ON c.oid = a.attrelid "
+                f"WHERE c.relname = %(name)s AND c.relnamespace = {namespace} AND a.attnum > 0 "
+                "AND NOT a.attisdropped ORDER BY a.attnum", {"name": name})
+    return [tuple(row) for row in cur.fetchall()]
+
+
+def _view_comment(cur: Any, name: str) -> str | None:
+    cur.execute("SELECT obj_description(c.oid, 'pg_class') FROM pg_class c WHERE c.relname = %(name)s "
+                "AND c.relnamespace = current_schema()::regnamespace", {"name": name})
+    row = cur.fetchone()
+    return row[0] if row else None
+
+
+def _comment_view(cur: Any, view: View) -> None:
+    # a literal, not a parameter: utility statements take none (psycopg 3 binds on the server)
+    comment = sa.literal(view.comment, sa.Text).compile(dialect=DIALECT, compile_kwargs={"literal_binds": True})
+    cur.execute(f"COMMENT ON VIEW {DIALECT.identifier_preparer.quote(view.name)} IS {comment}")
 
 
 def _tune_staging(cur: Any, names: list[str], changes: SchemaChanges) -> None:

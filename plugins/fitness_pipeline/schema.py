@@ -73,6 +73,22 @@ strava_activity = sa.Table(
     comment="Strava activities (SummaryActivity), one row per activity id",
 )
 
+
+def local_week(day: sa.ColumnElement) -> sa.ColumnElement:
+    """The Monday of ``day``'s ISO week, as a date. ``day`` is a date or a naive timestamp, cast to ``timestamp``
+    (not ``timestamptz``, which a date would become): the result never depends on the session's time zone and
+    the expression is immutable, so it can be indexed."""
+    if not isinstance(day.type, sa.DateTime):
+        day = sa.cast(day, sa.DateTime(timezone=False))
+    return sa.cast(sa.func.date_trunc("week", day), sa.Date)
+
+
+#: the local date and ISO week of an activity, as the views compute them (and filter on: indexed)
+ACTIVITY_LOCAL_DAY = sa.cast(strava_activity.c.start_date_local, sa.Date)
+ACTIVITY_LOCAL_WEEK = local_week(strava_activity.c.start_date_local)
+sa.Index("ix_strava_activity_local_day", ACTIVITY_LOCAL_DAY)
+sa.Index("ix_strava_activity_local_week", ACTIVITY_LOCAL_WEEK)
+
 fitbit_weight = sa.Table(
     "fitbit_weight",
     metadata,
@@ -91,6 +107,7 @@ fitbit_weight = sa.Table(
     sa.Column("raw", pg.JSONB, nullable=False),
     *_managed_columns(),
     sa.Index("ix_fitbit_weight_measured_at", "measured_at"),
+    sa.Index("ix_fitbit_weight_record_date", "record_date"),
     comment="body weight from the Google Health API (Fitbit), one row per data point",
 )
 
@@ -159,7 +176,24 @@ sync_run = sa.Table(
     sa.Column("unchanged", sa.Integer, nullable=False),
     sa.Column("deleted", sa.Integer, nullable=False, server_default="0", comment="rows marked deleted"),
     sa.Column("finished_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Index("ix_sync_run_source_finished_at", "source", "finished_at"),
     comment="one row per loaded batch: what each run did",
+)
+
+api_rate_limit = sa.Table(
+    "api_rate_limit",
+    metadata,
+    sa.Column("api", sa.Text, primary_key=True, comment="the hook's connection type, e.g. strava"),
+    sa.Column("bucket", sa.Text, primary_key=True, comment="read (X-ReadRateLimit) or overall (X-RateLimit)"),
+    sa.Column("window_usage", sa.Integer, nullable=False, comment="requests used in the short window"),
+    sa.Column("window_limit", sa.Integer, nullable=False),
+    sa.Column("daily_usage", sa.Integer, nullable=False, comment="requests used today (UTC)"),
+    sa.Column("daily_limit", sa.Integer, nullable=False),
+    sa.Column("window_seconds", sa.Integer, comment="length of the short window (Strava: 900)"),
+    sa.Column("seen_at", sa.DateTime(timezone=True), nullable=False,
+              comment="when the response carrying these headers arrived"),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    comment="the rate-limit usage an API's response headers last showed, per bucket (no personal data)",
 )
 
 raw_record = sa.Table(

@@ -6,7 +6,7 @@ import datetime as dt
 import math
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import requests
@@ -39,6 +39,8 @@ class RateLimitUsage:
     daily_usage: int
     window_index: int  # which window (since the epoch) the usage was read in
     day_index: int
+    #: when the response carrying the headers arrived (UTC); not part of what the usage is
+    seen_at: dt.datetime | None = field(default=None, compare=False)
 
     @classmethod
     def from_headers(cls, headers: Mapping[str, str], prefix: str, bucket: str, now: float,
@@ -49,7 +51,7 @@ class RateLimitUsage:
         except (KeyError, ValueError):
             return None
         return cls(bucket, window_limit, window_usage, daily_limit, daily_usage,
-                   int(now // window_seconds), int(now // DAY))
+                   int(now // window_seconds), int(now // DAY), dt.datetime.fromtimestamp(now, dt.UTC))
 
     def reset_at(self, now: float, window_seconds: int) -> float | None:
         """When requests are allowed again (epoch seconds), or None when they are now."""
@@ -166,6 +168,11 @@ class StravaHook(OAuthApiHook):
             f"{response.request.method} {response.url.split('?')[0]}", status=response.status_code)
 
     # --- rate limits ------------------------------------------------------------------------
+
+    def last_rate_limit_usage(self) -> list[RateLimitUsage]:
+        """The usage of each bucket as the last response showing it said (with ``seen_at``); empty before
+        any response, and right after waiting for a reset (the usage it showed is no longer current)."""
+        return list(self._usage.values())
 
     def after_response(self, response: requests.Response) -> None:
         if response.status_code != 429:

@@ -13,11 +13,12 @@ from contextlib import closing
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg
 
 from fitness_pipeline import sources
 from fitness_pipeline.db import FITNESS_DB_CONN_ID, connect, copy_rows, execute, transaction
 from fitness_pipeline.handover import Extracted, ReconcileRange
-from fitness_pipeline.schema import raw_record
+from fitness_pipeline.schema import api_rate_limit, raw_record
 from fitness_pipeline.sources import SourceSpec, resolve
 from fitness_pipeline.windows import Window
 
@@ -46,9 +47,39 @@ def extract(source_id: str, run_id: str, window: Window, conn_id: str | None = N
     except Exception as error:
         raise_for_airflow(error)
     finally:
-        hook.close()
+        try:
+            record_rate_limit_usage(db_conn_id, hook)  # also after a failure: a limit reached is worth seeing
+        finally:
+            hook.close()
     log.info("%s: landed %d records for [%s, %s)", spec.id, landed, window.start, window.end)
     return Extracted(spec.id, batch, landed, window, listed_range(spec, window))
+
+
+def record_rate_limit_usage(db_conn_id: str, hook: Any) -> int:
+    """Upsert the rate-limit usage ``hook`` last saw (if it tracks any: ``last_rate_limit_usage()``) into
+    ``api_rate_limit``, in its own short transaction after the listing. Never fails the extract: a problem
+    is logged as a warning (without the values). Returns the buckets written."""
+    usages = [u for u in getattr(hook, "last_rate_limit_usage", list)() if u.seen_at is not None]
+    if not usages:
+        return 0
+    api = str(getattr(hook, "conn_type", None) or type(hook).__name__)
+    rows = [{"api": api, "bucket": u.bucket, "window_usage": u.window_usage, "window_limit": u.window_limit,
+             "daily_usage": u.daily_usage, "daily_limit": u.daily_limit, "seen_at": u.seen_at,
+             "window_seconds": getattr(hook, "window_seconds", None)} for u in usages]
+    insert = pg.insert(api_rate_limit).values(rows)
+    statement = insert.on_conflict_do_update(
+        index_elements=[api_rate_limit.c.api, api_rate_limit.c.bucket],
+        set_={**{c: insert.excluded[c] for c in ("window_usage", "window_limit", "daily_usage", "daily_limit",
+                                                  "seen_at", "window_seconds")}, "updated_at": sa.func.now()},
+        where=insert.excluded.seen_at >= api_rate_limit.c.seen_at)  # an older try's report never wins
+    try:
+        with closing(connect(db_conn_id)) as conn, transaction(conn) as cur:
+            execute(cur, statement)
+    except Exception as error:  # the usage is for the calendar's health panel, never worth a failed extract
+        log.warning("Could not record the %s rate-limit usage (%s); the extract goes on", api,
+                    type(error).__name__)
+        return 0
+    return len(rows)
 
 
 def listed_range(spec: SourceSpec, window: Window) -> ReconcileRange | None:
