@@ -51,6 +51,7 @@ bench: $(VENV)/.dev
 	$(BIN)/python bench/parse_time.py
 	$(BIN)/python bench/api_calls.py
 	$(BIN)/python bench/history_import.py
+	$(BIN)/python bench/dashboard.py
 
 ## lock: rewrite constraints.txt from the current virtualenv
 lock:

@@ -62,6 +62,10 @@ def test_make_airflow_runs_fitness_sync_and_stops_cleanly(tmp_path: Path) -> Non
         start, end = (dt.datetime.fromisoformat(recorded[key]) for key in ("start_date", "end_date"))
         assert triggered - dt.timedelta(seconds=1) <= start <= end <= dt.datetime.now(dt.UTC)
         assert run["data_interval_start"] is None  # an Airflow 3 manual run without a logical date
+        # the training page it prints, with the data that run loaded (make airflow: everyone is admin)
+        assert requests.get(f"{api}/training/", timeout=10).status_code == 200
+        calendar = requests.get(f"{api}/training/api/calendar", timeout=10).json()
+        assert calendar["empty"] is False and len(calendar["weeks"]) >= 4
     finally:
         if script.poll() is None:
             script.send_signal(signal.SIGTERM)
