@@ -3,7 +3,8 @@
 Starts PostgreSQL (pgserver, data in .local/pgdata, shared with `make demo`), the API emulator,
 and Airflow's API server, scheduler and DAG processor (SQLite metadata in .local/airflow,
 LocalExecutor), points the connections at the emulator and the fitness database, creates the
-pools, unpauses fitness_sync and prints the URL. Ctrl-C (or SIGTERM) stops everything it started.
+pools, unpauses fitness_sync and prints the URLs of the UI and of the training page
+(`<api base>/plugin/training`). Ctrl-C (or SIGTERM) stops everything it started.
 
     --port 8080          the API server / UI port
     --no-schedule        the scheduler runs only triggered runs (tests use this)
@@ -69,6 +70,7 @@ def main() -> int:
             airflow.wait_for_dag("fitness_sync", timeout=120)
             airflow.request("PATCH", "/api/v2/dags/fitness_sync", json={"is_paused": False})
             print(f"\nAirflow is up: {airflow.url}  (no login: simple auth manager, everyone is admin)")
+            print(f"The training page (Browse > Training): {airflow.url}/plugin/training")
             print(f"fitness_sync is unpaused; API emulator {emulator.url}; PostgreSQL {postgres.socket_dir} "
                   f"(database {DATABASE!r}); logs in {airflow.workdir}. Ctrl-C stops everything.", flush=True)
             if args.ready_file:
