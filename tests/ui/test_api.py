@@ -18,6 +18,7 @@ import pytest
 
 from tests.helpers import query
 from tests.ui.conftest import TrainingServer
+from tests.ui.truth import WEEK_TRUTH_SQL
 
 AIRFLOW_MAJOR = int(version("apache-airflow").split(".")[0])
 pytestmark = pytest.mark.skipif(AIRFLOW_MAJOR < 3, reason="the training page is Airflow 3's")
@@ -169,22 +170,11 @@ def test_hostile_parameters_change_nothing(training_server: TrainingServer, toke
 
 # --- the numbers ------------------------------------------------------------------------------------------
 
-WEEKS_SQL = """
-WITH a AS (SELECT date_trunc('week', start_date_local)::date AS week, count(*) AS activities,
-                  sum(distance) / 1000 AS km, sum(moving_time) AS moving, sum(total_elevation_gain) AS elevation
-           FROM strava_activity WHERE deleted_at IS NULL GROUP BY 1),
-     w AS (SELECT date_trunc('week', record_date)::date AS week, avg(weight) AS weight
-           FROM fitbit_weight WHERE deleted_at IS NULL GROUP BY 1),
-     c AS (SELECT date_trunc('week', record_date)::date AS week, avg(calories) AS kcal, count(*) AS logged
-           FROM fitbit_calories WHERE deleted_at IS NULL GROUP BY 1)
-SELECT week, a.activities, a.km, a.moving, a.elevation, w.weight, c.kcal, c.logged
-FROM a JOIN w USING (week) JOIN c USING (week) ORDER BY week
-"""
 
 
 def two_weeks(conn: Any) -> list[tuple[Any, ...]]:
     """Two weeks of the demo athlete with activities, weigh-ins and nutrition logs, by hand-written SQL."""
-    weeks = query(conn, WEEKS_SQL)
+    weeks = query(conn, WEEK_TRUTH_SQL)
     assert len(weeks) >= 6, "the demo athlete should have several complete weeks"
     return [weeks[-2], weeks[-6]]
 

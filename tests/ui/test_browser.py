@@ -32,6 +32,7 @@ import pytest
 
 from tests.helpers import query
 from tests.ui.conftest import TrainingServer
+from tests.ui.truth import WEEK_TRUTH_SQL
 
 AIRFLOW_MAJOR = int(version("apache-airflow").split(".")[0])
 pytestmark = [pytest.mark.skipif(AIRFLOW_MAJOR < 3, reason="the training page is Airflow 3's"), pytest.mark.slow]
@@ -47,20 +48,6 @@ DESKTOP = {"width": 1280, "height": 900}
 PHONE = {"width": 375, "height": 812}
 TIMEOUT_MS = 30_000
 
-# Per ISO week (Monday of start_date_local, the athlete's wall clock), straight from the tables.
-WEEK_TRUTH_SQL = """
-WITH a AS (SELECT date_trunc('week', start_date_local)::date AS week, count(*) AS activities,
-                  sum(distance) / 1000.0 AS km, sum(moving_time) AS moving_s, sum(total_elevation_gain) AS climb_m
-           FROM strava_activity WHERE deleted_at IS NULL GROUP BY 1),
-     w AS (SELECT date_trunc('week', record_date)::date AS week, avg(weight) AS weight_kg
-           FROM fitbit_weight WHERE deleted_at IS NULL GROUP BY 1),
-     c AS (SELECT date_trunc('week', record_date)::date AS week, avg(calories) AS kcal, count(*) AS logged_days
-           FROM fitbit_calories WHERE deleted_at IS NULL GROUP BY 1)
-SELECT week, a.activities, a.km, a.moving_s, a.climb_m, w.weight_kg, c.kcal, c.logged_days
-FROM a JOIN w USING (week) JOIN c USING (week)
-WHERE week < date_trunc('week', now())::date  -- complete weeks
-ORDER BY week
-"""
 
 
 @pytest.fixture(scope="session")
