@@ -2,7 +2,8 @@
 
 What it measures: the page's FastAPI app (``fitness_pipeline.ui.app.create_app``) **in-process**, through
 Starlette's ``TestClient``, with Airflow's login dependency overridden (``app.dependency_overrides``: no
-JWT check, no metadata-database lookup; on a real API server those add about a millisecond). Each timed
+JWT check and the metadata-database lookup of the DAG's team, not measured here: ``tests/ui`` runs
+the real one). Each timed
 request is the whole server side: routing, parameter validation, ``fitness_db.connect()`` (a new
 ``PostgresHook`` connection per request, as the server does), the read-only transaction with its
 statement timeout, the queries over the views and the JSON response. No network, no browser.

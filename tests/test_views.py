@@ -271,6 +271,45 @@ def test_a_view_whose_columns_changed_is_recreated_with_the_views_reading_it(sch
     assert not ensure_schema(schema)
 
 
+def test_a_recreated_view_keeps_its_grants(schema: Any, fitness_db: str) -> None:
+    """A BI tool's read-only role was granted our views: dropping and creating one again must not lose it."""
+    role = f"bi_{fitness_db}"
+    with transaction(schema) as cur:
+        cur.execute(f"CREATE ROLE {role}")
+        cur.execute(f"GRANT SELECT ON training_activity, training_day, training_week TO {role}")
+        cur.execute("DROP VIEW training_week_sport, training_week, training_day, training_activity")
+        cur.execute("CREATE VIEW training_activity AS SELECT 1::bigint AS id, 2 AS old_column")
+        cur.execute(f"GRANT SELECT ON training_activity TO {role}")
+        cur.execute("CREATE VIEW training_day AS SELECT id FROM training_activity")
+        cur.execute(f"GRANT SELECT ON training_day TO {role} WITH GRANT OPTION")
+    try:
+        changes = ensure_schema(schema)
+        assert changes.views[:2] == ["training_activity: recreated", "training_day: recreated"]
+        granted = query(schema, "SELECT table_name, privilege_type, is_grantable FROM "
+                                "information_schema.role_table_grants WHERE grantee = %s ORDER BY 1", (role,))
+        assert granted == [("training_activity", "SELECT", "NO"), ("training_day", "SELECT", "YES")]
+    finally:
+        with transaction(schema) as cur:
+            cur.execute(f"DROP OWNED BY {role}")
+            cur.execute(f"DROP ROLE {role}")
+
+
+def test_a_view_of_someone_elses_on_a_view_that_must_be_recreated_stops_the_upgrade_with_a_message(
+        schema: Any) -> None:
+    from fitness_pipeline.ddl import DependentViewError
+
+    with transaction(schema) as cur:
+        cur.execute("DROP VIEW training_week_sport, training_week, training_day, training_activity")
+        cur.execute("CREATE VIEW training_activity AS SELECT 1::bigint AS id, 2 AS old_column")
+        cur.execute("CREATE VIEW my_dashboard AS SELECT id FROM training_activity")
+    with pytest.raises(DependentViewError, match="my_dashboard read training_activity"):
+        ensure_schema(schema)
+    schema.rollback()
+    # untouched: the transaction rolled back, the old training_activity and the user's view are still there
+    assert query(schema, "SELECT id FROM my_dashboard") == [(1,)]
+    assert query(schema, "SELECT old_column FROM training_activity") == [(2,)]
+
+
 def test_a_column_type_upgrade_under_the_views_drops_and_recreates_them(schema: Any) -> None:
     """PostgreSQL refuses to retype a column a view reads: ensure_schema takes its views down for it."""
     with transaction(schema) as cur:  # the seed's float seconds, under today's views

@@ -24,6 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy.schema import CreateColumn, CreateIndex, CreateTable
 
 from fitness_pipeline.db import DIALECT, transaction
+from fitness_pipeline.errors import NeedsPersonError
 from fitness_pipeline.schema import STAGING, metadata
 from fitness_pipeline.views import VIEWS, View
 
@@ -84,6 +85,7 @@ def ensure_schema(conn: Any, meta: sa.MetaData = metadata, tables: list[sa.Table
         primary_keys = _existing_primary_keys(cur)
         type_names: dict[str, str] = {}  # compiled type -> udt_name, asked of the server once each
         dropped_views: list[str] = []  # a column type cannot change under a view: ours go first, come back below
+        grants: dict[str, list[str]] = {}  # the GRANTs of the views dropped, given again once they are back
         for table in tables if tables is not None else meta.sorted_tables:
             if table.name not in existing:
                 cur.execute(str(CreateTable(table).compile(dialect=DIALECT)))
@@ -93,7 +95,7 @@ def ensure_schema(conn: Any, meta: sa.MetaData = metadata, tables: list[sa.Table
                     changes.created_indexes.append(str(index.name))
                 continue
             _upgrade_table(cur, table, existing[table.name], changes, type_names,
-                           before_type_change=lambda: _drop_views(cur, list(views), dropped_views))
+                           before_type_change=lambda: _drop_views(cur, list(views), dropped_views, grants))
             key = [c.name for c in table.primary_key.columns]
             if key and primary_keys.get(table.name) != key:
                 # an older table keyed otherwise (the seed's fitbit_calories had id): the loader's
@@ -111,7 +113,7 @@ def ensure_schema(conn: Any, meta: sa.MetaData = metadata, tables: list[sa.Table
         staging = {t.name for t in STAGING.values()}
         _tune_staging(cur, [t.name for t in (tables if tables is not None else meta.sorted_tables)
                             if t.name in staging], changes)
-        _ensure_views(cur, list(views), changes)
+        _ensure_views(cur, list(views), changes, grants)
     if changes:
         log.info("Schema updated: %s", changes)
     return changes
@@ -148,7 +150,7 @@ def _upgrade_table(cur: Any, table: sa.Table, columns: dict[str, str], changes: 
         changes.altered_columns.append(f"{table.name}.{column.name}: {have} -> {want}")
 
 
-def _drop_views(cur: Any, views: list[View], dropped: list[str]) -> None:
+def _drop_views(cur: Any, views: list[View], dropped: list[str], grants: dict[str, list[str]]) -> None:
     """Drop the existing ones of ``views`` (dependents first), once; :func:`_ensure_views` creates them again."""
     if dropped or not views:
         return
@@ -157,7 +159,7 @@ def _drop_views(cur: Any, views: list[View], dropped: list[str]) -> None:
     existing = {row[0] for row in cur.fetchall()}
     for view in reversed(views):
         if view.name in existing:
-            cur.execute(f"DROP VIEW {DIALECT.identifier_preparer.quote(view.name)}")
+            grants[view.name] = _drop_view(cur, view.name, {v.name for v in views})
             dropped.append(view.name)
     dropped.append("")  # done, even when there was none
 
@@ -167,7 +169,7 @@ def view_sql(view: View) -> str:
     return str(view.select.compile(dialect=DIALECT, compile_kwargs={"literal_binds": True}))
 
 
-def _ensure_views(cur: Any, views: list[View], changes: SchemaChanges) -> None:
+def _ensure_views(cur: Any, views: list[View], changes: SchemaChanges, grants: dict[str, list[str]]) -> None:
     """Create, replace or recreate ``views`` (in dependency order) whose definition differs from the database's."""
     if not views:
         return
@@ -184,22 +186,55 @@ def _ensure_views(cur: Any, views: list[View], changes: SchemaChanges) -> None:
                 cur.execute(f"CREATE OR REPLACE VIEW {name} AS {sql}")
             elif change == "recreated":
                 # columns renamed, retyped, reordered or removed: CREATE OR REPLACE cannot; those of our views
-                # that read this one (listed after it) go first and are created again below. Another object
-                # depending on it (a user's view) makes DROP fail: the transaction rolls back, nothing changes.
+                # that read this one (listed after it) go first and are created again below, with their GRANTs
                 readers = _reading_views(cur, view.name)
                 for later in reversed(views[position:]):
                     if later.name in readers | {view.name} and later.name in existing and later.name not in dropped:
-                        cur.execute(f"DROP VIEW {quote(later.name)}")
+                        grants[later.name] = _drop_view(cur, later.name, {v.name for v in views})
                         dropped.add(later.name)
                 cur.execute(f"CREATE VIEW {name} AS {sql}")
+                _grant(cur, grants.pop(view.name, []))
             if change is None and _view_comment(cur, view.name) == view.comment:
                 continue
             _comment_view(cur, view)
             changes.views.append(f"{view.name}: {change or 'commented'}")
             continue
         cur.execute(f"CREATE VIEW {name} AS {sql}")
+        _grant(cur, grants.pop(view.name, []))
         _comment_view(cur, view)
         changes.views.append(f"{view.name}: {'recreated' if view.name in dropped else 'created'}")
+
+
+class DependentViewError(NeedsPersonError):
+    """A view that is not ours reads one of ours that an upgrade must drop and create again."""
+
+
+def _drop_view(cur: Any, name: str, ours: set[str]) -> list[str]:
+    """Drop our view ``name``; returns the GRANT statements that give its privileges again once it is back.
+
+    A view of someone else's reading it (a BI tool's) is not dropped with it (``CASCADE`` would do that
+    silently): :class:`DependentViewError` says which, and the schema stays as it was.
+    """
+    foreign = sorted(_reading_views(cur, name) - ours)
+    if foreign:
+        raise DependentViewError(
+            f"The view(s) {', '.join(foreign)} read {name}, which this upgrade must drop and create again (its "
+            f"columns change). Drop them, let ensure_schema run (trigger fitness_sync), then create them again.")
+    cur.execute(
+        "SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END, "
+        "a.privilege_type, a.is_grantable FROM pg_class c, aclexplode(c.relacl) a "
+        "WHERE c.relname = %(name)s AND c.relnamespace = current_schema()::regnamespace AND a.grantee <> c.relowner",
+        {"name": name})
+    quoted = DIALECT.identifier_preparer.quote(name)
+    statements = [f"GRANT {privilege} ON {quoted} TO {grantee}{' WITH GRANT OPTION' if grantable else ''}"
+                  for grantee, privilege, grantable in cur.fetchall()]
+    cur.execute(f"DROP VIEW {quoted}")
+    return statements
+
+
+def _grant(cur: Any, statements: list[str]) -> None:
+    for statement in statements:
+        cur.execute(statement)
 
 
 def _reading_views(cur: Any, name: str) -> set[str]:

@@ -22,15 +22,20 @@ def ensure_schema(conn_id: str = FITNESS_DB_CONN_ID) -> dict[str, Any]:
     clear landing/staging rows of long-dead batches.
 
     Returns what changed (``created_tables``, ``added_columns``, ``altered_columns``,
-    ``created_indexes``, ``altered_tables``: lists of names, empty when the schema was current).
+    ``created_indexes``, ``altered_tables``, ``views``: lists of names, empty when the schema was current).
     """
     from fitness_pipeline.ddl import ensure_schema as apply_schema
+    from fitness_pipeline.errors import raise_for_airflow
 
     for spec in sources.REGISTRY:  # a source added after the built-in ones brings its own table
         for table in (spec.target, *spec.companion_tables()):
             staging_for(table)
+
     with closing(connect(conn_id)) as conn:
-        changes = apply_schema(conn)
+        try:
+            changes = apply_schema(conn)
+        except Exception as error:  # a view of the user's in the way needs a person: no retries
+            raise_for_airflow(error)
         with transaction(conn) as cur:
             cutoff = sa.func.now() - STALE_AFTER
             for table in (raw_record, extract_cursor, *STAGING.values()):

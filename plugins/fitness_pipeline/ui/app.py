@@ -184,4 +184,14 @@ def create_app() -> Any:
     def sync() -> JSONResponse:
         return data(run_query(queries.sync))
 
+    # last: any other path or method is a 404/405 only after the login check (an anonymous request learns
+    # nothing about which routes exist), and no trailing-slash redirect answers before it either
+    @app.api_route("/{path:path}", methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
+                   include_in_schema=False)
+    def elsewhere(path: str, request: Request) -> JSONResponse:
+        known = {route.path for route in app.routes if getattr(route, "path", "") != "/{path:path}"}
+        if f"/{path}" in known:
+            return JSONResponse({"detail": "Method Not Allowed"}, status_code=405, headers=NO_STORE)
+        return JSONResponse({"detail": "Not Found"}, status_code=404, headers=NO_STORE)
+
     return app
