@@ -2,10 +2,23 @@
 
 Strava rotates refresh tokens: once a refresh returns a new one, the old one is
 dead. Airflow 3 tasks cannot write Connections, so the newest tokens are kept in
-the fitness database (table ``oauth_token``). A refresh happens while the row is
-locked (``SELECT ... FOR UPDATE``): concurrent tasks queue behind the lock and
-then reuse the fresh access token, so the athlete is refreshed exactly once and
-never presented with a dead refresh token.
+the fitness database (table ``oauth_token``).
+
+A refresh happens under a session-level advisory lock of the fitness database,
+held on the store's connection with no transaction open across the HTTP request:
+concurrent tasks (threads, processes, workers) queue behind the lock and then
+reuse the fresh access token, so the athlete is refreshed exactly once and never
+presented with a dead refresh token.
+
+The moment a token response is received, it is written to a spool file (mode
+0600, fsync'ed, under ``$FITNESS_TOKEN_SPOOL_DIR`` or
+``$AIRFLOW_HOME/fitness-token-spool``) before the short transaction that stores
+it in ``oauth_token``; the file is removed once the row is committed. If that
+transaction fails (PostgreSQL restarting, the connection dropped, the process
+killed), the next ``get_token`` on the same machine replays the spooled tokens
+into the database under the lock before it reads the row, so the new refresh
+token is not lost. A replay is a compare-and-set: it applies only over the row it
+was refreshed from, never over a newer one.
 
 The Connection's refresh token only seeds the row. When a user re-authorizes and
 puts a new refresh token in the Connection, its fingerprint changes and the store
@@ -16,18 +29,25 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
+import logging
 import math
+import os
 import threading
 from collections.abc import Callable
-from contextlib import closing
+from contextlib import closing, suppress
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 
 from fitness_pipeline.db import execute, transaction
+from fitness_pipeline.errors import RetriableError
 from fitness_pipeline.schema import oauth_token
+
+log = logging.getLogger(__name__)
 
 
 def utcnow() -> dt.datetime:
@@ -87,21 +107,109 @@ class MemoryTokenStore:
             return stored[1]
 
 
+def spool_directory() -> Path:
+    """Where token responses wait until the database has them: ``$FITNESS_TOKEN_SPOOL_DIR``, else
+    ``$AIRFLOW_HOME/fitness-token-spool`` (``~/airflow`` when ``AIRFLOW_HOME`` is not set)."""
+    configured = os.environ.get("FITNESS_TOKEN_SPOOL_DIR")
+    if configured:
+        return Path(configured)
+    return Path(os.environ.get("AIRFLOW_HOME") or Path.home() / "airflow") / "fitness-token-spool"
+
+
+class TokenSpool:
+    """Token responses kept on the local disk until they are committed in ``oauth_token``.
+
+    One file per (database, token key), replaced atomically and fsync'ed (file and directory), mode
+    0600 in a 0700 directory. Its contents are never logged.
+    """
+
+    def __init__(self, directory: Path | None = None) -> None:
+        self._directory = directory
+
+    @property
+    def directory(self) -> Path:
+        return self._directory or spool_directory()
+
+    def path(self, database: str, key: str) -> Path:
+        return self.directory / f"{hashlib.sha256(f'{database}|{key}'.encode()).hexdigest()[:32]}.json"
+
+    def write(self, database: str, entry: dict[str, Any]) -> Path:
+        directory = self.directory
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path = self.path(database, entry["key"])
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(descriptor, json.dumps({**entry, "database": database}).encode())
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+        os.replace(temporary, path)
+        _fsync_directory(directory)
+        return path
+
+    def read(self, database: str, key: str) -> dict[str, Any] | None:
+        try:
+            entry = json.loads(self.path(database, key).read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):  # a torn file cannot be: writes are atomic; say so without contents
+            log.warning("Unreadable token spool file %s: left in place for a person to look at",
+                        self.path(database, key))
+            return None
+        return entry if isinstance(entry, dict) else None
+
+    def pending(self, database: str, key: str) -> bool:
+        return self.path(database, key).exists()
+
+    def remove(self, database: str, key: str, entry: dict[str, Any]) -> None:
+        """Remove the spool file if it still holds ``entry`` (a newer response is kept)."""
+        if self.read(database, key) == {**entry, "database": database}:
+            with suppress(FileNotFoundError):
+                self.path(database, key).unlink()
+                _fsync_directory(self.directory)
+
+
+def _fsync_directory(directory: Path) -> None:
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def advisory_lock_id(key: str) -> int:
+    """The 64-bit advisory lock that serializes refreshes of ``key`` across processes and workers."""
+    digest = hashlib.sha256(f"fitness_pipeline.oauth_token:{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+class TokenStoreUnavailableError(RetriableError):
+    """New tokens were received but could not be stored in the database yet (they are spooled)."""
+
+
 class PostgresTokenStore:
-    """Tokens in the fitness database's ``oauth_token`` table, refreshed under a row lock."""
+    """Tokens in the fitness database's ``oauth_token`` table, refreshed under an advisory lock, each
+    token response spooled to the local disk until its row is committed (see the module docstring)."""
 
     _tables_checked: ClassVar[set[str]] = set()
 
-    def __init__(self, postgres_conn_id: str) -> None:
+    def __init__(self, postgres_conn_id: str, spool: TokenSpool | None = None) -> None:
         self.postgres_conn_id = postgres_conn_id
+        self.spool = spool or TokenSpool()
+
+    def _database(self) -> str:
+        from airflow.providers.postgres.hooks.postgres import PostgresHook
+
+        info = PostgresHook(postgres_conn_id=self.postgres_conn_id).get_connection(self.postgres_conn_id)
+        return f"{info.host}:{info.port}/{info.schema}"
 
     def _connect(self) -> Any:
         from airflow.providers.postgres.hooks.postgres import PostgresHook
 
         hook = PostgresHook(postgres_conn_id=self.postgres_conn_id)
         conn = hook.get_conn()
-        info = hook.get_connection(self.postgres_conn_id)
-        database = f"{info.host}:{info.port}/{info.schema}"
+        database = self._database()
         if database not in self._tables_checked:
             # the hooks may be used outside fitness_sync, before its ensure_schema task ever ran
             from fitness_pipeline.ddl import ensure_schema
@@ -112,23 +220,94 @@ class PostgresTokenStore:
 
     def get_token(self, key: str, seed_refresh_token: str, refresh: Refresher, min_valid_seconds: float) -> TokenSet:
         seed = fingerprint(seed_refresh_token)
-        with closing(self._connect()) as conn, transaction(conn) as cur:
+        database = self._database()
+        with closing(self._connect()) as conn:
+            if not self.spool.pending(database, key):  # the common case: no lock, one short transaction
+                current, _ = self._read(conn, key, seed_refresh_token, seed)
+                if current.valid_for(min_valid_seconds):
+                    return current
+            with transaction(conn) as cur:  # session-level: held after this commit, until unlocked
+                cur.execute("SELECT pg_advisory_lock(%(lock)s)", {"lock": advisory_lock_id(key)})
+            try:
+                return self._refresh_locked(conn, database, key, seed_refresh_token, seed, refresh,
+                                            min_valid_seconds)
+            finally:
+                with suppress(Exception), transaction(conn) as cur:  # a dead session released it already
+                    cur.execute("SELECT pg_advisory_unlock(%(lock)s)", {"lock": advisory_lock_id(key)})
+
+    def _refresh_locked(self, conn: Any, database: str, key: str, seed_refresh_token: str, seed: str,
+                        refresh: Refresher, min_valid_seconds: float) -> TokenSet:
+        """Under the advisory lock: replay a spooled response, reuse a valid token, or refresh once."""
+        self._replay(conn, database, key)
+        current, stored_refresh = self._read(conn, key, seed_refresh_token, seed)
+        if current.valid_for(min_valid_seconds):
+            return current
+        fresh = refresh(current.refresh_token)  # no transaction is open during the HTTP request
+        entry = {"key": key, "seed_fingerprint": seed, "replaces": fingerprint(stored_refresh),
+                 "access_token": fresh.access_token, "refresh_token": fresh.refresh_token,
+                 "expires_at": fresh.expires_at.isoformat() if fresh.expires_at else None}
+        # the provider has killed the old refresh token: to disk before anything else can fail
+        try:
+            self.spool.write(database, entry)
+        except OSError as error:  # never lose the response for want of a spool: the database may still take it
+            log.warning("Could not spool the new OAuth tokens of %r in %s (%s): a failed database write now "
+                        "would lose them", key, self.spool.directory, type(error).__name__)
+        try:
+            self._store(conn, entry)
+        except Exception as first:
+            try:  # the connection may be all that died: once more on a new one
+                with closing(self._connect()) as retry:
+                    self._store(retry, entry)  # a compare-and-set: harmless if the first write did commit
+            except Exception as second:
+                raise TokenStoreUnavailableError(
+                    f"New OAuth tokens of {key!r} were received but could not be stored in the fitness "
+                    f"database (connection {self.postgres_conn_id!r}): {type(second).__name__}. They are "
+                    f"kept in {self.spool.directory} and stored by the next task on this machine; "
+                    "do not delete that directory.") from first
+        self.spool.remove(database, key, entry)
+        return fresh
+
+    @staticmethod
+    def _read(conn: Any, key: str, seed_refresh_token: str, seed: str) -> tuple[TokenSet, str]:
+        """The token set to use (the seed's, if the Connection was re-authorized) and the row's refresh token."""
+        with transaction(conn) as cur:
             insert = pg.insert(oauth_token).values(
                 token_key=key, refresh_token=seed_refresh_token, seed_fingerprint=seed
             ).on_conflict_do_nothing(index_elements=[oauth_token.c.token_key])
             execute(cur, insert)
             execute(cur, sa.select(oauth_token.c.access_token, oauth_token.c.refresh_token,
                                    oauth_token.c.expires_at, oauth_token.c.seed_fingerprint)
-                    .where(oauth_token.c.token_key == key).with_for_update())
+                    .where(oauth_token.c.token_key == key))
             access, refresh_token, expires_at, stored_seed = cur.fetchone()
-            current = TokenSet(access, refresh_token, expires_at)
-            if stored_seed != seed:  # the user put a new refresh token in the Connection
-                current = TokenSet(None, seed_refresh_token, None)
-            if current.valid_for(min_valid_seconds) and stored_seed == seed:
-                return current
-            fresh = refresh(current.refresh_token)
-            # the provider may have killed the old refresh token already: store before anything else
-            execute(cur, sa.update(oauth_token).where(oauth_token.c.token_key == key).values(
-                access_token=fresh.access_token, refresh_token=fresh.refresh_token,
-                expires_at=fresh.expires_at, seed_fingerprint=seed, updated_at=sa.func.now()))
-            return fresh
+        if stored_seed != seed:  # the user put a new refresh token in the Connection
+            return TokenSet(None, seed_refresh_token, None), refresh_token
+        return TokenSet(access, refresh_token, expires_at), refresh_token
+
+    def _replay(self, conn: Any, database: str, key: str) -> None:
+        entry = self.spool.read(database, key)
+        if entry is None:
+            return
+        entry = {name: value for name, value in entry.items() if name != "database"}
+        if self._store(conn, entry):
+            log.warning("Stored the OAuth tokens of %r that a failed earlier refresh left in the token spool", key)
+        else:
+            log.warning("Dropped spooled OAuth tokens of %r: the database holds newer ones", key)
+        self.spool.remove(database, key, entry)
+
+    @staticmethod
+    def _store(conn: Any, entry: dict[str, Any]) -> bool:
+        """Write a token response over the row it was refreshed from (compare-and-set); False if the row
+        has moved on to other tokens since (a stale spool entry)."""
+        key = entry["key"]
+        with transaction(conn) as cur:
+            execute(cur, sa.select(oauth_token.c.refresh_token).where(oauth_token.c.token_key == key)
+                    .with_for_update())
+            row = cur.fetchone()
+            if row is not None and fingerprint(row[0]) != entry["replaces"] and row[0] != entry["refresh_token"]:
+                return False
+            expires_at = dt.datetime.fromisoformat(entry["expires_at"]) if entry["expires_at"] else None
+            values = {"access_token": entry["access_token"], "refresh_token": entry["refresh_token"],
+                      "expires_at": expires_at, "seed_fingerprint": entry["seed_fingerprint"]}
+            execute(cur, pg.insert(oauth_token).values(token_key=key, **values).on_conflict_do_update(
+                index_elements=[oauth_token.c.token_key], set_={**values, "updated_at": sa.func.now()}))
+        return True
