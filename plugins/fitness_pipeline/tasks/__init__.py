@@ -7,8 +7,7 @@ step live in :mod:`.strava` and :mod:`.fitbit`, mirroring ``hooks/``.
 
 Data moves between tasks through the fitness database, never through XCom: each task returns a
 small typed summary (:mod:`fitness_pipeline.handover`). Every step can be retried: it first removes
-what an earlier try of the same batch left behind. No transaction stays open while a hook lists
-records or waits out a rate limit; the one exception is a token refresh, which keeps its
-``oauth_token`` row locked for that one request so that two processes never refresh (and so
-rotate) one refresh token at once.
+what an earlier try of the same batch left behind. No transaction stays open across an HTTP request
+or a rate-limit wait (a token refresh is serialized by a session-level advisory lock, not a row lock:
+see :mod:`fitness_pipeline.tokens`).
 """
