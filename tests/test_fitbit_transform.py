@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from fitness_pipeline.transforms.fields import RecordError
+from fitness_pipeline.transforms.bounds import BOUNDS
+from fitness_pipeline.transforms.fields import MAX_DEPTH, RecordError
 from fitness_pipeline.transforms.fitbit import (
     BODY_FAT_MATCH_SECONDS,
     HeightHistory,
@@ -18,6 +19,7 @@ from fitness_pipeline.transforms.fitbit import (
     fitbit_height_row,
     fitbit_weight_batch,
     fitbit_weight_row,
+    rollup_key,
     sample,
 )
 from fitness_pipeline.transforms.records import transform_batch
@@ -113,7 +115,7 @@ def test_documented_weight_item() -> None:
     assert json.loads(row["raw"]) == DOCUMENTED_WEIGHT
 
 
-@pytest.mark.parametrize(("grams", "kilograms"), [(90200, 90.2), (72575, 72.575), (88904.0, 88.904), (1, 0.001)])
+@pytest.mark.parametrize(("grams", "kilograms"), [(90200, 90.2), (72575, 72.575), (88904.0, 88.904), (10001, 10.001)])
 def test_grams_to_kilograms(grams: float, kilograms: float) -> None:
     assert fitbit_weight_row(weight(1, "2026-09-25T14:00:00Z", grams), {}, no_heights())["weight"] == \
         pytest.approx(kilograms)
@@ -302,7 +304,7 @@ def test_calories_one_row_per_logged_day() -> None:
 
 
 @pytest.mark.parametrize(("day", "epoch"), [(dt.date(2026, 9, 25), 1790294400), (dt.date(2024, 2, 29), 1709164800),
-                                            (dt.date(1970, 1, 1), 0)])
+                                            (dt.date(2000, 1, 1), 946684800)])
 def test_calories_id_is_midnight_utc_in_epoch_seconds(day: dt.date, epoch: int) -> None:
     assert fitbit_calories_row(rollup(day, 1500))["id"] == epoch
 
@@ -338,10 +340,10 @@ def test_malformed_points_are_quarantined_while_the_rest_loads() -> None:
     bad_instant["weight"]["sampleTime"]["physicalTime"] = "yesterday at 7"
     bad = {
         "weightGrams must be a number, got str": weight(4, "2026-09-25T14:00:00Z", "ninety kilos"),
-        "weightGrams must be between 0 and 1,000,000": weight(5, "2026-09-25T14:00:00Z", -72500),
+        "weightGrams must be between 10 and 700 kg": weight(5, "2026-09-25T14:00:00Z", -72500),
         "weight.sampleTime is missing": no_sample_time,
         "the data point id is not an unsigned 64-bit number": weight("x93f0-77", "2026-09-25T14:00:00Z"),
-        "bodyFat.percentage must be between 0 and 100": fat_out_of_range,
+        "bodyFat.percentage must be between 1 and 80 %": fat_out_of_range,
         "physicalTime is not an ISO 8601 date-time": bad_instant,
     }
     records = [*envelopes(*good, *bad.values()), {"dataType": "steps", "point": {"steps": 8123}}]
@@ -353,7 +355,7 @@ def test_malformed_points_are_quarantined_while_the_rest_loads() -> None:
     keys = {reason: by_reason[reason].record_key for reason in bad}
     # the key is the id as fitbit_weight.id holds it, so a quarantined weight counts as present upstream;
     # body-fat points are keyed apart; an id that cannot be read falls back to a hash
-    assert keys.pop("bodyFat.percentage must be between 0 and 100") == "body-fat/102"
+    assert keys.pop("bodyFat.percentage must be between 1 and 80 %") == "body-fat/102"
     assert keys.pop("the data point id is not an unsigned 64-bit number").startswith("sha256:")
     assert keys == {reason: bad[reason]["name"].rsplit("/", 1)[1] for reason in keys}
     for reason, point in bad.items():
@@ -387,3 +389,141 @@ def test_a_height_with_a_non_ascii_digit_is_quarantined_not_fatal() -> None:
                              fitbit_height_row)
     assert [row["id"] for row in result.rows] == [10]
     assert [r.reason for r in result.quarantined] == ["heightMillimeters must be an integer, got str"]
+
+
+# --- deep nesting (issue 10, defect 2) ------------------------------------------------------------
+
+
+def nested(levels: int, leaf: Any = 1) -> Any:
+    value = leaf
+    for level in range(levels):
+        value = {"x": value} if level % 2 else [value]
+    return value
+
+
+TOO_DEEP = f"nested deeper than {MAX_DEPTH} levels"
+
+
+@pytest.mark.parametrize("levels", [MAX_DEPTH, 900, 5_000])
+def test_a_deeply_nested_weight_is_quarantined_and_the_rest_loads(levels: int) -> None:
+    deep = weight(2, WEIGHED_AT)
+    deep["dataSource"]["device"] = nested(levels)
+    result = fitbit_weight_batch(envelopes(weight(1, WEIGHED_AT), deep, weight(3, WEIGHED_AT)))
+    assert [row["id"] for row in result.rows] == [1, 3]
+    (bad,) = result.quarantined
+    assert (bad.record_key, bad.reason) == ("2", TOO_DEEP)
+    assert json.loads(bad.payload)["name"] == deep["name"]
+
+
+def test_a_weight_just_within_the_nesting_limit_loads() -> None:
+    point = weight(2, WEIGHED_AT)
+    point["dataSource"]["device"] = nested(MAX_DEPTH - 2)  # point (1) > dataSource (2) > device (3...)
+    assert fitbit_weight_row(point, {}, no_heights())["id"] == 2
+
+
+def test_deep_heights_rollups_and_envelopes_are_one_record_each() -> None:
+    deep_height = height(9, "2024-01-10T04:15:05Z")
+    deep_height["extra"] = nested(900)
+    heights = transform_batch([deep_height, height(10, "2024-01-10T04:15:05Z")], fitbit_height_row)
+    assert [row["id"] for row in heights.rows] == [10] and heights.quarantined[0].reason == TOO_DEEP
+    deep_rollup = rollup(dt.date(2026, 9, 25), 2191.0)
+    deep_rollup["nutritionLog"]["more"] = nested(900)
+    calories = transform_batch([deep_rollup, rollup(dt.date(2026, 9, 24), 1900.0)], fitbit_calories_row,
+                               key=rollup_key)
+    assert [r["record_date"] for r in calories.rows] == [dt.date(2026, 9, 24)]
+    assert (calories.quarantined[0].record_key, calories.quarantined[0].reason) == ("2026-09-25", TOO_DEEP)
+    weights = fitbit_weight_batch([nested(5_000), *envelopes(weight(1, WEIGHED_AT))])
+    assert [row["id"] for row in weights.rows] == [1]
+    assert weights.quarantined[0].record_key.startswith("sha256:")
+
+
+# --- plausibility bounds (issue 10, defect 6) -----------------------------------------------------
+
+
+@pytest.mark.parametrize(("grams", "ok"), [(9_999, False), (10_000, True), (700_000, True), (700_001, False),
+                                           (-72_500, False), (0, False)])
+def test_weight_bounds(grams: float, ok: bool) -> None:
+    result = fitbit_weight_batch(envelopes(weight(1, WEIGHED_AT, grams)))
+    assert bool(result.rows) is ok
+    if not ok:
+        assert [r.reason for r in result.quarantined] == ["weightGrams must be between 10 and 700 kg"]
+
+
+@pytest.mark.parametrize(("percentage", "fat"), [(0.5, None), (1, 1.0), (80, 80.0), (80.5, None), (-3, None)])
+def test_body_fat_bounds(percentage: float, fat: float | None) -> None:
+    result = fitbit_weight_batch(envelopes(weight(1, WEIGHED_AT), body_fat(101, WEIGHED_AT, percentage)))
+    assert [row["fat"] for row in result.rows] == [fat]
+    assert [r.reason for r in result.quarantined] == ([] if fat else ["bodyFat.percentage must be between 1 and 80 %"])
+
+
+@pytest.mark.parametrize(("millimetres", "ok"), [("499", False), ("500", True), ("2800", True), ("2801", False)])
+def test_height_bounds(millimetres: str, ok: bool) -> None:
+    result = transform_batch([height(9, "2024-01-10T04:15:05Z", millimetres)], fitbit_height_row)
+    assert bool(result.rows) is ok
+    if not ok:
+        assert [r.reason for r in result.quarantined] == ["heightMillimeters must be between 500 and 2,800 mm"]
+
+
+@pytest.mark.parametrize(("kcal", "ok"), [(0, True), (30_000, True), (30_001, False), (1e300, False)])
+def test_calorie_bounds(kcal: float, ok: bool) -> None:
+    result = transform_batch([rollup(dt.date(2026, 9, 25), kcal)], fitbit_calories_row)
+    assert bool(result.rows) is ok
+    if not ok:
+        assert [r.reason for r in result.quarantined] == [
+            "nutritionLog.energy.kcalSum must be between 0 and 30,000 kcal"]
+
+
+DATES = "must be between 2000-01-01 and 2099-12-31"
+
+
+@pytest.mark.parametrize(("physical", "ok"), [("1999-12-31T12:00:00Z", False), ("2000-01-01T12:00:00Z", True),
+                                              ("2099-12-31T00:00:00Z", True), ("9999-06-01T00:00:00Z", False),
+                                              ("1970-01-01T00:00:00Z", False)])
+def test_dates_of_data_points_are_bounded(physical: str, ok: bool) -> None:
+    weights = fitbit_weight_batch(envelopes(weight(1, physical, offset=0)))
+    heights = transform_batch([height(9, physical)], fitbit_height_row)
+    fat = fitbit_weight_batch(envelopes(body_fat(101, physical, 20.0, offset=0)))
+    assert (bool(weights.rows), bool(heights.rows), bool(fat.quarantined)) == (ok, ok, not ok)
+    if not ok:
+        reason = f"sampleTime.physicalTime {DATES}"
+        assert [r.reason for r in weights.quarantined + heights.quarantined + fat.quarantined] == [reason] * 3
+
+
+def test_a_civil_date_out_of_bounds_is_quarantined() -> None:
+    point = weight(1, "2000-01-01T02:00:00Z", offset=-4 * 3600)  # the civil date is 1999-12-31
+    assert [r.reason for r in fitbit_weight_batch(envelopes(point)).quarantined] == [f"civilTime.date {DATES}"]
+
+
+@pytest.mark.parametrize(("day", "ok"), [(dt.date(1999, 12, 31), False), (dt.date(2000, 1, 1), True),
+                                         (dt.date(2099, 12, 31), True), (dt.date(9999, 6, 1), False)])
+def test_calorie_dates_are_bounded(day: dt.date, ok: bool) -> None:
+    result = transform_batch([rollup(day, 1500)], fitbit_calories_row)
+    assert bool(result.rows) is ok
+    if not ok:
+        assert [r.reason for r in result.quarantined] == [f"civilStartTime.date {DATES}"]
+
+
+@pytest.mark.parametrize(("where", "reason"), [
+    ("platform", "dataSource.platform must be at most 100 characters long"),
+    ("recordingMethod", "dataSource.recordingMethod must be at most 100 characters long"),
+])
+def test_megabyte_texts_are_quarantined(where: str, reason: str) -> None:
+    point = weight(1, WEIGHED_AT)
+    point["dataSource"][where] = "M" * 1_000_000
+    result = fitbit_weight_batch(envelopes(point))
+    assert result.rows == [] and [r.reason for r in result.quarantined] == [reason]
+
+
+def test_a_megabyte_data_point_name_is_quarantined() -> None:
+    point = weight(1, WEIGHED_AT)
+    point["name"] = f"{USER}/dataTypes/weight/{'x' * 1_000_000}/dataPoints/1"
+    result = fitbit_weight_batch(envelopes(point))
+    assert result.rows == []
+    assert [r.reason for r in result.quarantined] == ["name must be at most 1,000 characters long"]
+
+
+def test_every_fitbit_bound_is_a_column() -> None:
+    point = weight(1, WEIGHED_AT)
+    assert set(BOUNDS["fitbit_weight"]) <= set(fitbit_weight_row(point, {}, no_heights()))
+    assert set(BOUNDS["fitbit_height"]) <= set(fitbit_height_row(height(9, "2024-01-10T04:15:05Z")))
+    assert set(BOUNDS["fitbit_calories"]) <= set(fitbit_calories_row(rollup(dt.date(2026, 9, 25), 1)))

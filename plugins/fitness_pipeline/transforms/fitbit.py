@@ -9,6 +9,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from fitness_pipeline.transforms.bounds import check_bounds
 from fitness_pipeline.transforms.fields import (
     DIGITS,
     RecordError,
@@ -116,8 +117,9 @@ def fitbit_height_row(point: Any) -> Row:
     height_mm = as_int(s.body, "heightMillimeters", required=True, maximum=3000)  # int64 sent as a string
     if not height_mm:
         raise RecordError("heightMillimeters must be positive")
-    return {"id": s.point_id, "height_mm": height_mm, "measured_at": s.measured_at, "data_point_name": s.name,
-            "raw": checked_json(point)}
+    row = {"id": s.point_id, "height_mm": height_mm, "measured_at": s.measured_at, "data_point_name": s.name}
+    check_bounds("fitbit_height", row)
+    return {**row, "raw": checked_json(point)}
 
 
 @dataclass(frozen=True)
@@ -148,9 +150,11 @@ def body_fat_by_instant(points: Iterable[Any]) -> tuple[dict[dt.datetime, float]
 def _body_fat(point: Any) -> Row:
     s = sample(point, "bodyFat")
     percentage = as_float(s.body, "percentage")
-    if percentage is None or not 0 < percentage < 100:
-        raise RecordError("bodyFat.percentage must be between 0 and 100")
-    return {"measured_at": s.measured_at, "percentage": percentage}
+    if percentage is None:
+        raise RecordError("bodyFat.percentage is missing")
+    row = {"measured_at": s.measured_at, "percentage": percentage}
+    check_bounds("fitbit_body_fat", row)
+    return row
 
 
 def google_point_key(point: Any) -> str:
@@ -168,12 +172,12 @@ def fitbit_weight_row(point: Any, body_fat: Mapping[dt.datetime, float], heights
     body-fat point closest in time within 60 s) and BMI from the height in force then."""
     s = sample(point, "weight")
     grams = as_float(s.body, "weightGrams")
-    if grams is None or not 0 < grams < 1_000_000:
-        raise RecordError("weightGrams must be between 0 and 1,000,000")
+    if grams is None:
+        raise RecordError("weightGrams is missing")
     kilograms = grams / 1000
     height_mm = heights.at(s.measured_at)
     source = point.get("dataSource") if isinstance(point.get("dataSource"), Mapping) else {}
-    return {
+    row = {
         "id": s.point_id,
         "weight": kilograms,
         "bmi": kilograms / (height_mm / 1000) ** 2 if height_mm else None,
@@ -185,8 +189,10 @@ def fitbit_weight_row(point: Any, body_fat: Mapping[dt.datetime, float], heights
         "platform": as_text(source, "platform"),
         "recording_method": as_text(source, "recordingMethod"),
         "data_point_name": s.name,
-        "raw": checked_json(point),
     }
+    check_bounds("fitbit_weight", row)
+    row["raw"] = checked_json(point)
+    return row
 
 
 def _closest(values: Mapping[dt.datetime, float], instant: dt.datetime, within_seconds: float) -> float | None:
@@ -236,4 +242,6 @@ def fitbit_calories_row(rollup: Any) -> Row:
     if kcal is None or kcal < 0:
         raise RecordError("nutritionLog.energy.kcalSum must be a non-negative number")
     midnight = dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC)
-    return {"record_date": day, "id": int(midnight.timestamp()), "calories": kcal, "raw": checked_json(rollup)}
+    row = {"record_date": day, "id": int(midnight.timestamp()), "calories": kcal}
+    check_bounds("fitbit_calories", row)
+    return {**row, "raw": checked_json(rollup)}

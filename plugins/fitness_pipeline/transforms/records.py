@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from fitness_pipeline.transforms.fields import RecordError, as_int
+from fitness_pipeline.transforms.fields import MAX_DEPTH, TOO_DEEP, RecordError, as_int, nesting_depth
 
 #: one row of a target table: its data columns by name
 Row = dict[str, Any]
@@ -53,6 +53,9 @@ def transform_batch(records: Iterable[Any], transform: Callable[[Any], Row],
         except (ValueError, OverflowError, TypeError, ArithmeticError) as error:
             # values no reader foresaw (a 5,000-digit number, the year 10**20): still one record, not the batch
             result.quarantined.append(quarantine_entry(record, f"unreadable value ({type(error).__name__})", key))
+        except RecursionError:
+            # the readers are iterative and check the depth first; this is the net for anything that is not
+            result.quarantined.append(quarantine_entry(record, f"{TOO_DEEP} (RecursionError)", key))
     return result
 
 
@@ -61,7 +64,8 @@ def quarantine_entry(record: Any, reason: str, key: Callable[[Any], str] | None 
     try:
         record_id = (key or record_key)(record)
         record_id.encode("utf-8")
-    except (RecordError, ValueError, OverflowError, TypeError, AttributeError, KeyError, UnicodeEncodeError):
+    except (RecordError, ValueError, OverflowError, TypeError, AttributeError, KeyError, UnicodeEncodeError,
+            RecursionError):
         record_id = _hash_key(record)
     return QuarantineEntry(record_id, reason, quarantine_json(record))
 
@@ -82,6 +86,30 @@ def _hash_key(record: Any) -> str:
     return "sha256:" + hashlib.sha256(quarantine_json(record).encode("ascii")).hexdigest()
 
 
+#: what stands in the quarantine payload for the part of a record nested below :data:`MAX_DEPTH`
+CUT = f"<cut: {TOO_DEEP}>"
+
+
 def quarantine_json(record: Any) -> str:
-    """JSON text for the quarantine: ASCII, so even lone surrogates and NUL are stored (escaped)."""
-    return json.dumps(record, ensure_ascii=True, separators=(",", ":"))
+    """JSON text for the quarantine: ASCII, so even lone surrogates and NUL are stored (escaped).
+
+    A record nested deeper than :data:`~fitness_pipeline.transforms.fields.MAX_DEPTH` levels is stored
+    down to that level, each deeper object or array replaced by the string :data:`CUT`
+    (``json.dumps`` of the whole would raise ``RecursionError``)."""
+    if nesting_depth(record) > MAX_DEPTH:
+        record = _cut(record, MAX_DEPTH)
+    try:
+        return json.dumps(record, ensure_ascii=True, separators=(",", ":"))
+    except (RecursionError, ValueError, TypeError) as error:  # cannot happen for decoded JSON; never sink the batch
+        return json.dumps(f"<not stored: {type(error).__name__}>")
+
+
+def _cut(value: Any, levels: int) -> Any:
+    """``value`` down to ``levels`` levels of nesting (recursion at most ``levels`` deep)."""
+    if not isinstance(value, (Mapping, list, tuple)):
+        return value
+    if levels <= 0:
+        return CUT
+    if isinstance(value, Mapping):
+        return {k: _cut(v, levels - 1) for k, v in value.items()}
+    return [_cut(v, levels - 1) for v in value]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from fitness_pipeline.transforms.bounds import check_bounds
 from fitness_pipeline.transforms.fields import (
     RecordError,
     as_bool,
@@ -21,13 +22,13 @@ from fitness_pipeline.transforms.records import Row
 UPLOAD_ID_MAX = 10**30 - 1  # numeric(30, 0)
 
 
-
 def strava_activity_row(activity: Any) -> Row:
     """One ``strava_activity`` row from a Strava SummaryActivity (JSON object).
 
     Unknown ``sport_type`` values pass through; ``upload_id`` is read from
     ``upload_id_str`` when present (the integer can overflow BIGINT);
-    ``start_date_local`` keeps the athlete's wall clock.
+    ``start_date_local`` keeps the athlete's wall clock. A value outside its plausibility bound
+    (:data:`~fitness_pipeline.transforms.bounds.BOUNDS`) quarantines the record.
     """
     if not isinstance(activity, Mapping):
         raise RecordError(f"record must be a JSON object, got {type(activity).__name__}")
@@ -36,7 +37,7 @@ def strava_activity_row(activity: Any) -> Row:
         raise RecordError("athlete must be an object")
     upload_key = "upload_id_str" if activity.get("upload_id_str") is not None else "upload_id"
     sport_type = as_text(activity, "sport_type")
-    return {
+    row = {
         "id": as_int(activity, "id", required=True),
         "owner": as_int(athlete, "id") if athlete else None,
         "activity_type": as_text(activity, "type") or sport_type,
@@ -67,5 +68,7 @@ def strava_activity_row(activity: Any) -> Row:
         "trainer": as_bool(activity, "trainer"),
         "commute": as_bool(activity, "commute"),
         "workout_type": as_int(activity, "workout_type", maximum=2**31 - 1),
-        "raw": checked_json(activity),  # last: a field's own, more precise reason comes first
     }
+    check_bounds("strava_activity", row)
+    row["raw"] = checked_json(activity)  # last: a field's own, more precise reason comes first
+    return row
