@@ -10,13 +10,15 @@ fast and leaves the same data.
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import logging
 import os
 import secrets
 import sys
 import time
 import warnings
-from contextlib import closing
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +27,39 @@ sys.path[:0] = [str(REPO / "plugins"), str(REPO / "devtools")]
 
 from fitness_devtools.embedded_stack import airflow_env, emulator_connection_env, prepare_airflow_db, start_postgres  # noqa: E402
 
-LOCAL = REPO / ".local"
+#: the demo's state (PostgreSQL data, Airflow's SQLite, the lock); FITNESS_DEMO_DIR moves it (tests)
+LOCAL = Path(os.environ.get("FITNESS_DEMO_DIR") or REPO / ".local")
 DATABASE = "fitness"
 LOOKBACK_DAYS = 120
 
 
 
+@contextmanager
+def demo_lock(local: Path) -> Iterator[None]:
+    """One demo at a time per state dir: a second one waits for the first (two at once share one PostgreSQL data
+    directory and one Airflow SQLite database, and crash each other with Airflow-internal errors)."""
+    local.mkdir(parents=True, exist_ok=True)
+    with open(local / "demo.lock", "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "?"
+            print(f"another make demo is running (pid {holder}); waiting...", flush=True)
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released by the kernel when the other one ends, however it ends
+        lock.seek(0)
+        lock.truncate()
+        lock.write(str(os.getpid()))
+        lock.flush()
+        yield
+
+
 def main() -> int:
+    with demo_lock(LOCAL):
+        return demo()
+
+
+def demo() -> int:
     started = time.monotonic()
     os.environ.update(airflow_env(LOCAL / "airflow"))
     os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")  # the summary below says what happened

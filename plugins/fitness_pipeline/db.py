@@ -17,6 +17,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 
+from fitness_pipeline.errors import RetriableError
+
 #: the fitness database's Airflow connection unless a task is told otherwise
 FITNESS_DB_CONN_ID = "fitness_db"
 
@@ -24,11 +26,44 @@ FITNESS_DB_CONN_ID = "fitness_db"
 DIALECT = pg.psycopg2.dialect()
 
 
+class DatabaseUnavailableError(RetriableError):
+    """The fitness database could not be reached (down, restarting, wrong host/port): a later try may succeed."""
+
+
 def connect(conn_id: str = FITNESS_DB_CONN_ID) -> Any:
-    """A DB-API connection to the fitness database through ``PostgresHook`` (the caller closes it)."""
+    """A DB-API connection to the fitness database through ``PostgresHook`` (the caller closes it).
+
+    A server that cannot be reached raises :class:`DatabaseUnavailableError` naming the Airflow connection
+    and the driver's error class, never the password or the DSN.
+    """
     from airflow.providers.postgres.hooks.postgres import PostgresHook
 
-    return PostgresHook(postgres_conn_id=conn_id).get_conn()
+    hook = PostgresHook(postgres_conn_id=conn_id)
+    try:
+        return hook.get_conn()
+    except Exception as error:
+        if type(error).__name__ != "OperationalError":  # psycopg's and psycopg2's (no driver imported here)
+            raise
+        raise DatabaseUnavailableError(_unreachable_message(hook, conn_id, error)) from None
+
+
+def _unreachable_message(hook: Any, conn_id: str, error: BaseException) -> str:
+    """What went wrong and what to do: host, port and database, the driver's error class and libpq's reason
+    (its last line, the password masked should it appear), never the DSN."""
+    where, password = "", None
+    try:
+        conn = hook.get_connection(conn_id)
+        password = conn.password
+        where = f" at {conn.host or 'localhost'}:{conn.port or 5432}, database {conn.schema or '(default)'!r},"
+    except Exception:  # the message must not fail on a connection that cannot be read
+        pass
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    reason = lines[-1] if lines else ""
+    if password:
+        reason = reason.replace(password, "***")
+    cause = f"{type(error).__module__.split('.')[0]}.{type(error).__name__}" + (f": {reason}" if reason else "")
+    return (f"PostgreSQL (connection {conn_id!r}){where} could not be reached ({cause}): check the {conn_id} "
+            "connection's host/port and that PostgreSQL is running; the task retries.")
 
 
 def compile_sql(statement: sa.sql.ClauseElement) -> tuple[str, dict[str, Any]]:

@@ -10,9 +10,19 @@ from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3 import exceptions as urllib3_exceptions
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    MaxRetryError,
+    NewConnectionError,
+    ProtocolError,
+    ReadTimeoutError,
+    ResponseError,
+)
 from urllib3.util.retry import Retry
 
 from fitness_pipeline.apis import OAuthApi
@@ -31,10 +41,12 @@ from fitness_pipeline.errors import (
 from fitness_pipeline.tokens import MemoryTokenStore, PostgresTokenStore, TokenSet, TokenStore
 
 __all__ = [
+    "DEFAULT_MAX_REQUEST_SECONDS",
     "DEFAULT_TOKEN_STORE_CONN_ID",
     "RENAMED_EXTRAS",
     "ApiError",
     "AuthorizationError",
+    "DeadlineRetry",
     "FatalApiError",
     "HttpSettings",
     "OAuthApiHook",
@@ -44,6 +56,8 @@ __all__ = [
     "RetriableApiError",
     "current_extra",
     "error_class_for_status",
+    "max_request_seconds",
+    "transport_error",
 ]
 
 #: Where the token store lives unless the Connection's extra says otherwise.
@@ -152,6 +166,119 @@ class PageGuard:
         self._seen.add(key)
 
 
+#: the longest one request may take with all its retries (extra ``max_request_seconds``), unless one attempt alone
+#: takes longer (connect_timeout + read_timeout); see :class:`DeadlineRetry` and the README's "Rate limits, retries
+#: and errors"
+DEFAULT_MAX_REQUEST_SECONDS = 300.0
+
+
+def max_request_seconds(extra: Mapping[str, Any]) -> float:
+    """The extra ``max_request_seconds`` (a request's deadline, retries included), else the default."""
+    value = extra.get("max_request_seconds")
+    return DEFAULT_MAX_REQUEST_SECONDS if value in ("", None) else float(value)
+
+
+class DeadlineRetry(Retry):
+    """``urllib3.Retry`` that also gives up when another attempt could not end before ``deadline``.
+
+    urllib3 counts retries, not time: with ``max_retries`` 5 and the default timeouts a hung endpoint would hold
+    the worker (5+1) x (10+60) s plus the backoff. Here a retry is only made when its wait (backoff or
+    ``Retry-After``) plus one whole attempt (``attempt_seconds`` = connect_timeout + read_timeout) still ends before
+    the deadline; otherwise the last error stands (a 5xx answer is returned as is, for the hook's own error).
+    ``progress`` (shared by the copies urllib3 makes) counts the attempts and says whether the deadline stopped them.
+    """
+
+    deadline: float | None = None
+    attempt_seconds: float = 0.0
+    progress: dict[str, Any]
+
+    def until(self, deadline: float, attempt_seconds: float) -> DeadlineRetry:
+        """A fresh copy for one request that must end by ``deadline`` (``time.monotonic()``)."""
+        retry = self.new()
+        retry.deadline, retry.attempt_seconds = deadline, attempt_seconds
+        retry.progress = {"attempts": 1, "deadline_hit": False}
+        return retry
+
+    def new(self, **kw: Any) -> DeadlineRetry:
+        retry: DeadlineRetry = super().new(**kw)  # type: ignore[assignment]
+        retry.deadline, retry.attempt_seconds = self.deadline, self.attempt_seconds
+        retry.progress = getattr(self, "progress", {"attempts": 1, "deadline_hit": False})
+        return retry
+
+    def increment(self, method: str | None = None, url: str | None = None, response: Any = None,
+                  error: Exception | None = None, _pool: Any = None, _stacktrace: Any = None) -> DeadlineRetry:
+        retry: DeadlineRetry = super().increment(method, url, response, error, _pool, _stacktrace)  # type: ignore[assignment]
+        if self.deadline is not None:
+            wait = retry.get_backoff_time() + retry.backoff_jitter
+            if response is not None and retry.respect_retry_after_header:
+                wait = max(wait, retry.get_retry_after(response) or 0.0)
+            if time.monotonic() + wait + self.attempt_seconds > self.deadline:
+                self.progress["deadline_hit"] = True
+                raise MaxRetryError(_pool, url or "", error or ResponseError("deadline (max_request_seconds)"))
+        self.progress["attempts"] += 1
+        return retry
+
+
+def transport_error(error: requests.RequestException, *, api: str, conn_id: str, method: str, path: str,
+                    settings: HttpSettings, budget: float | None = None, attempts: int | None = None,
+                    elapsed: float | None = None, deadline_hit: bool = False) -> RetriableApiError:
+    """A clear :class:`RetriableApiError` for a request that got no (whole) answer: which connection, what
+    happened, which extras govern it and what to do. ``path`` is the URL's path only (its query may hold
+    personal data, e.g. dates); ``attempts``/``elapsed``: how often and how long it was tried."""
+    tried = ""
+    if attempts is not None and elapsed is not None:
+        tried = f", {attempts} attempt{'s' if attempts != 1 else ''} in {elapsed:.1f} s"
+        if deadline_hit:
+            tried += " (no time left for another within max_request_seconds)"
+    extras = (f"extras connect_timeout={settings.connect_timeout:g}, read_timeout={settings.read_timeout:g}, "
+              f"max_retries={settings.max_retries}" + (f", max_request_seconds={budget:g}" if budget else ""))
+    # after urllib3's retries requests raises ConnectionError for most faults (a read timeout too): urllib3's reason
+    reason = error.args[0].reason if error.args and isinstance(error.args[0], MaxRetryError) else None
+    if isinstance(error, requests.exceptions.ConnectTimeout) or (
+            isinstance(reason, ConnectTimeoutError) and not isinstance(reason, NewConnectionError)):
+        what = (f"timed out connecting after {settings.connect_timeout:g} s{tried} ({extras}): the API root is "
+                "unreachable: check the connection's host and the network; the task retries")
+    elif isinstance(error, requests.exceptions.Timeout) or isinstance(reason, ReadTimeoutError):
+        what = (f"timed out reading after {settings.read_timeout:g} s{tried} ({extras}): the API is slow or down; "
+                "the task retries (raise read_timeout if the API is only slow)")
+    elif isinstance(error, requests.exceptions.SSLError) or isinstance(reason, urllib3_exceptions.SSLError):
+        what = (f"failed in TLS ({_cause(error)}){tried}: check that the connection's host is the API's "
+                "(its certificate was refused); the task retries")
+    elif isinstance(error, requests.exceptions.ChunkedEncodingError) or isinstance(reason, ProtocolError):
+        what = (f"broke off while the answer was read ({_cause(error)}){tried} ({extras}): a network or API "
+                "fault; the task retries")
+    elif isinstance(error, requests.exceptions.RetryError):
+        what = f"failed on every retry ({_cause(error)}){tried} ({extras}): the API is failing; the task retries"
+    elif isinstance(error, requests.exceptions.ConnectionError):
+        what = (f"could not connect ({_cause(error)}){tried} ({extras}): check the connection's host and port "
+                "and that the API is up; the task retries")
+    else:
+        what = f"failed ({_cause(error)}){tried}: the task retries"
+    return RetriableApiError(f"{where_of(api, conn_id, method, path)} {what}")
+
+
+def where_of(api: str, conn_id: str, method: str, path: str) -> str:
+    return f"{api} (connection {conn_id!r}): {method} {path}"
+
+
+def _cause(error: BaseException) -> str:
+    """The innermost cause (a socket error rather than urllib3's wrappers, whose text holds the whole URL)."""
+    inner, seen = error, {id(error)}
+    while True:
+        reason = getattr(inner, "reason", None)
+        nxt = reason if isinstance(reason, BaseException) else None
+        if nxt is None and inner.args and isinstance(inner.args[0], BaseException):
+            nxt = inner.args[0]
+        nxt = nxt or inner.__cause__ or inner.__context__
+        if nxt is None or id(nxt) in seen:
+            break
+        seen.add(id(nxt))
+        inner = nxt
+    if type(inner).__module__ == "builtins" and str(inner):  # ConnectionRefusedError: [Errno 111] ...
+        return f"{type(inner).__name__}: {inner}"
+    return type(inner).__name__
+
+
 class OAuthApiHook(BaseHook):
     """Base for hooks whose Connection holds an OAuth client and a refresh token.
 
@@ -229,10 +356,11 @@ class OAuthApiHook(BaseHook):
     # --- HTTP ----------------------------------------------------------------------------
 
     def get_conn(self) -> requests.Session:
-        """A ``requests.Session`` that retries connection errors, timeouts and 5xx with backoff."""
+        """A ``requests.Session`` that retries connection errors, timeouts and 5xx with backoff, each request
+        within its deadline (:class:`DeadlineRetry`, extra ``max_request_seconds``)."""
         if self._session is None:
             session = requests.Session()
-            retry = Retry(
+            retry = DeadlineRetry(
                 total=self.settings.max_retries,
                 backoff_factor=self.settings.backoff_factor,
                 backoff_jitter=self.settings.backoff_factor,
@@ -296,11 +424,29 @@ class OAuthApiHook(BaseHook):
         """Send an authorized request to ``base_url + path``; returns a successful response or raises."""
         url = f"{self.base_url}{path}"
         session = self.get_conn()
+        budget = max_request_seconds(self.extra)
         refreshed = False
         while True:
             self.before_request()
-            headers = {"Authorization": f"Bearer {self.access_token(force_refresh=refreshed)}"}
-            response = session.request(method, url, headers=headers, timeout=self.settings.timeout, **kwargs)
+            try:
+                headers = {"Authorization": f"Bearer {self.access_token(force_refresh=refreshed)}"}
+            except requests.RequestException as error:  # the token endpoint did not answer
+                raise transport_error(error, api=self.api.name, conn_id=self.conn_id, method="POST",
+                                      path=urlsplit(self.token_url).path, settings=self.settings) from error
+            started, retry = time.monotonic(), None
+            try:
+                # each send (with urllib3's retries inside it) gives up once another attempt could not end in time
+                adapter = session.get_adapter(url)
+                if isinstance(adapter, HTTPAdapter) and isinstance(adapter.max_retries, DeadlineRetry):
+                    retry = adapter.max_retries = adapter.max_retries.until(
+                        time.monotonic() + budget, sum(self.settings.timeout))
+                response = session.request(method, url, headers=headers, timeout=self.settings.timeout, **kwargs)
+            except requests.RequestException as error:
+                raise transport_error(error, api=self.api.name, conn_id=self.conn_id, method=method,
+                                      path=urlsplit(path).path, settings=self.settings, budget=budget,
+                                      attempts=retry.progress["attempts"] if retry is not None else None,
+                                      deadline_hit=retry is not None and retry.progress["deadline_hit"],
+                                      elapsed=time.monotonic() - started) from error
             self.after_response(response)
             if response.status_code == 401 and not refreshed and self.refresh_may_help(response):
                 # a token revoked early or a clock skew: one forced refresh, then give up
@@ -314,15 +460,44 @@ class OAuthApiHook(BaseHook):
             return response
 
     @staticmethod
-    def json_body(response: requests.Response) -> Any:
-        """The decoded JSON body; a clear error (without the body, which may hold personal data) otherwise."""
+    def json_body(response: requests.Response, *, max_bytes: int = 64 * 2**20) -> Any:
+        """The decoded JSON body; a clear error (without the body, which may hold personal data) otherwise.
+
+        A body larger than ``max_bytes`` (64 MiB; a page of 200 Strava activities is under 1 MB) or
+        nested too deeply for Python's JSON decoder (about its recursion limit, 1,000 levels) fails
+        with :class:`FatalApiError`: the same page answers the same on every try (its records stay in
+        the lookback), so retries would only spend the rate limit. A body that is not valid JSON is
+        :class:`RetriableApiError`: a body cut short or a proxy's error page usually passes.
+        """
+        import sys
+
+        from fitness_pipeline.transforms.fields import MAX_DEPTH
+
+        endpoint = f"{response.request.method} {response.url.split('?')[0]}"
+        size = len(response.content)
+        if size > max_bytes:
+            raise FatalApiError(
+                f"{endpoint} answered {response.status_code} with a body of {size:,} bytes, more than the "
+                f"limit of {max_bytes:,} bytes the pipeline decodes; the same request will answer the same on "
+                f"every try: look at what this endpoint returns for the window (or shorten the window)",
+                status=response.status_code,
+            )
         try:
             return response.json()
+        except RecursionError:
+            raise FatalApiError(
+                f"{endpoint} answered {response.status_code} with a JSON body nested deeper than Python's JSON "
+                f"decoder can read (its recursion limit, {sys.getrecursionlimit():,} levels; {size:,} bytes); "
+                f"the same request will answer the same on every try: find the record in the API (a record "
+                f"nested deeper than {MAX_DEPTH} levels is quarantined once the page decodes) and edit or "
+                f"delete it there",
+                status=response.status_code,
+            ) from None
         except ValueError:
             # retriable: a body cut short or a proxy's error page is more often a passing fault than a change of API
             raise RetriableApiError(
-                f"{response.request.method} {response.url.split('?')[0]} answered {response.status_code} with a body "
-                f"that is not valid JSON ({len(response.content)} bytes, "
+                f"{endpoint} answered {response.status_code} with a body "
+                f"that is not valid JSON ({size} bytes, "
                 f"content-type {response.headers.get('Content-Type')!r})",
                 status=response.status_code,
             ) from None
