@@ -30,7 +30,7 @@ import sys
 import time
 import webbrowser
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TextIO
 from urllib.parse import parse_qs, urlencode, urlsplit
 
@@ -50,33 +50,49 @@ class AuthorizeError(RuntimeError):
 
 @dataclass(frozen=True)
 class Service:
-    """One API's OAuth details (from :mod:`fitness_pipeline.apis`) and the connection its hook reads."""
+    """One API's OAuth details (its :class:`fitness_pipeline.apis.OAuthApi`) and the connection its hook reads."""
 
     conn_type: str
     label: str
     env_prefix: str
-    authorize_url: str
-    token_url: str
-    api_root: str
-    scopes: tuple[str, ...]
-    scope_separator: str
-    consent_params: Mapping[str, str] = field(default_factory=dict)
+    api: apis.OAuthApi
 
     @property
     def default_conn_id(self) -> str:
         return f"{self.conn_type}_default"
 
+    @property
+    def authorize_url(self) -> str:
+        return self.api.authorize_url
+
+    @property
+    def token_url(self) -> str:
+        return self.api.default_token_url()
+
+    @property
+    def api_root(self) -> str:
+        return self.api.default_host
+
+    @property
+    def scopes(self) -> tuple[str, ...]:
+        return self.api.scopes
+
+    @property
+    def scope_separator(self) -> str:
+        return self.api.scope_separator
+
+    @property
+    def consent_params(self) -> Mapping[str, str]:
+        return self.api.consent_params
+
     def hook_token_url(self, api_root: str) -> str:
         """The token URL the hook uses when the connection's extra names none."""
-        return apis.API_OF[self.conn_type].default_token_url(api_root)
+        return self.api.default_token_url(api_root)
 
     @classmethod
     def of(cls, conn_type: str, label: str, env_prefix: str) -> Service:
         """The service of the hook of ``conn_type``, its OAuth details from :data:`fitness_pipeline.apis.API_OF`."""
-        api = apis.API_OF[conn_type]
-        return cls(conn_type=conn_type, label=label, env_prefix=env_prefix, authorize_url=api.authorize_url,
-                   token_url=api.default_token_url(), api_root=api.default_host, scopes=api.scopes,
-                   scope_separator=api.scope_separator, consent_params=dict(api.consent_params))
+        return cls(conn_type=conn_type, label=label, env_prefix=env_prefix, api=apis.API_OF[conn_type])
 
 
 SERVICES = {
