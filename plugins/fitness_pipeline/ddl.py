@@ -150,13 +150,18 @@ def _upgrade_table(cur: Any, table: sa.Table, columns: dict[str, str], changes: 
         changes.altered_columns.append(f"{table.name}.{column.name}: {have} -> {want}")
 
 
+def _existing_views(cur: Any, views: list[View]) -> set[str]:
+    """Which of ``views`` exist in the current schema."""
+    cur.execute("SELECT c.relname FROM pg_class c WHERE c.relnamespace = current_schema()::regnamespace "
+                "AND c.relkind = 'v' AND c.relname = ANY(%(names)s)", {"names": [v.name for v in views]})
+    return {row[0] for row in cur.fetchall()}
+
+
 def _drop_views(cur: Any, views: list[View], dropped: list[str], grants: dict[str, list[str]]) -> None:
     """Drop the existing ones of ``views`` (dependents first), once; :func:`_ensure_views` creates them again."""
     if dropped or not views:
         return
-    cur.execute("SELECT c.relname FROM pg_class c WHERE c.relnamespace = current_schema()::regnamespace "
-                "AND c.relkind = 'v' AND c.relname = ANY(%(names)s)", {"names": [v.name for v in views]})
-    existing = {row[0] for row in cur.fetchall()}
+    existing = _existing_views(cur, views)
     for view in reversed(views):
         if view.name in existing:
             grants[view.name] = _drop_view(cur, view.name, {v.name for v in views})
@@ -174,9 +179,7 @@ def _ensure_views(cur: Any, views: list[View], changes: SchemaChanges, grants: d
     if not views:
         return
     quote = DIALECT.identifier_preparer.quote
-    cur.execute("SELECT c.relname FROM pg_class c WHERE c.relnamespace = current_schema()::regnamespace "
-                "AND c.relkind = 'v' AND c.relname = ANY(%(names)s)", {"names": [v.name for v in views]})
-    existing = {row[0] for row in cur.fetchall()}
+    existing = _existing_views(cur, views)
     dropped: set[str] = set()
     for position, view in enumerate(views):
         name, sql = quote(view.name), view_sql(view)
