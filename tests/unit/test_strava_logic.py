@@ -264,3 +264,21 @@ def test_hook_follows_airflow_conventions() -> None:
     assert StravaHook.conn_type == "strava"
     assert StravaHook().strava_conn_id == "strava_default"
     assert issubclass(RateLimitError, ApiError)
+
+
+def test_a_resumed_listing_always_moves_its_cursor_forward() -> None:
+    from fitness_pipeline.tasks.strava import next_after
+
+    def page(*starts: int) -> list[dict[str, Any]]:
+        return [{"id": s, "start_date": dt.datetime.fromtimestamp(s, dt.UTC).isoformat()} for s in starts]
+
+    # normally one second before the newest start: more activities of that second may follow
+    assert next_after(100, page(150, 160, 170)) == 169
+    # only the seam (the second the last try stopped at) on a short page: all of that second is in, move past it
+    assert next_after(169, page(170)) == 170
+    assert next_after(169, page(170, 170)) == 170
+    # a full page of that one second: more of it may follow, so the cursor stays
+    assert next_after(169, page(*[170] * apis.STRAVA_MAX_PER_PAGE)) == 169
+    # a page out of order or without readable dates never moves it
+    assert next_after(100, page(170, 150)) == 100
+    assert next_after(100, [{"id": 1}]) == 100
