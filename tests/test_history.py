@@ -75,7 +75,7 @@ def test_mass_deletion_is_refused_and_the_other_sources_still_load(db_conn: Any,
     assert succeeded(run_dag(hour, lookback_hours=24 * 14))
     ids = emulator_activity_ids(emulator, hour - 14 * DAY - dt.timedelta(hours=1), hour)
     assert len(ids) > 4
-    for activity_id in ids:  # the API suddenly returns nothing for the window
+    for activity_id in ids[1:]:  # the API suddenly returns almost nothing for the window
         emulator.state.strava.activities.delete(activity_id)
 
     dag_run = run_dag(hour, lookback_hours=24 * 14)
@@ -84,10 +84,18 @@ def test_mass_deletion_is_refused_and_the_other_sources_still_load(db_conn: Any,
     assert states["strava_activity.load"] == "failed"
     assert states["fitbit_weight.load"] == states["fitbit_calories.load"] == "success"
     assert query(db_conn, "SELECT count(*) FROM strava_activity WHERE deleted_at IS NOT NULL") == [(0,)]
+    # the refused load rolled back: its batch is still in raw_record and staging
+    assert query(db_conn, "SELECT count(*) > 0 FROM raw_record WHERE batch_id = %s",
+                 (f"{dag_run.run_id}/strava_activity",)) == [(True,)]
 
     # the athlete really deleted them: allow it for one run
     assert succeeded(run_dag(hour, lookback_hours=24 * 14, max_deleted_share=1.0))
-    assert query(db_conn, "SELECT count(*) FROM strava_activity WHERE deleted_at IS NOT NULL") == [(len(ids),)]
+    assert query(db_conn, "SELECT count(*) FROM strava_activity WHERE deleted_at IS NOT NULL") == [(len(ids) - 1,)]
+    # the failed run's batch is finished: the successful one removed what it left behind
+    leftovers = [query(db_conn, f"SELECT count(*) FROM {table}")[0][0]
+                 for table in ("raw_record", "extract_cursor", "stage_strava_activity", "stage_fitbit_weight",
+                               "stage_fitbit_height", "stage_fitbit_calories")]
+    assert leftovers == [0] * 6
 
 
 def test_daily_run_reconciles_the_whole_history(db_conn: Any, all_connections: Any) -> None:
@@ -138,7 +146,8 @@ extract("strava_activity", "import",
 """
 
 
-def test_killed_import_resumes_without_duplicates_or_losses(schema: Any, all_connections: Any) -> None:
+@pytest.mark.parametrize("next_run", ["the same run's next try", "a new run of the same import"])
+def test_killed_import_resumes_without_duplicates_or_losses(schema: Any, all_connections: Any, next_run: str) -> None:
     from fitness_pipeline.tasks.extract import extract
     from fitness_pipeline.tasks.load import load
     from fitness_pipeline.tasks.transform import transform
@@ -160,16 +169,23 @@ def test_killed_import_resumes_without_duplicates_or_losses(schema: Any, all_con
     child.wait()
     (landed,), = query(db_conn, "SELECT count(*) FROM raw_record")
     assert landed > 0 and query(db_conn, "SELECT landed FROM extract_cursor") == [(landed,)]
+    listed_before = emulator.stats()["requests"]["GET /api/v3/athlete/activities"]
 
-    # the task's next try (same batch) continues after what was landed, then transform and load
-    extracted = extract("strava_activity", "import", Window(start, hour))
+    # the task's next try (same batch), or a new run of the same import (a new batch), continues after what
+    # was landed, then transform and load
+    run_id = "import" if next_run.startswith("the same") else "import-again"
+    extracted = extract("strava_activity", run_id, Window(start, hour))
     loaded = load(transform(extracted))
     ids = [r[0] for r in query(db_conn, "SELECT id FROM strava_activity")]
     expected = emulator_activity_ids(emulator, start, hour)
     assert len(ids) == len(set(ids)) and sorted(ids) == sorted(expected)
     assert loaded.inserted == len(expected)
     assert extracted.extracted - landed < len(expected)  # the resumed try did not start over
+    listed_after = emulator.stats()["requests"]["GET /api/v3/athlete/activities"] - listed_before
+    assert listed_after <= math.ceil((len(expected) - landed) / 200) + 2  # the rest, the empty page, the seam
+    # nothing left behind: the killed batch's pages became this batch's and were loaded
     assert query(db_conn, "SELECT count(*) FROM extract_cursor") == [(0,)]
+    assert query(db_conn, "SELECT count(*) FROM raw_record") == [(0,)]
 
 
 def reschedules(dag_run: Any, task_id: str) -> int:

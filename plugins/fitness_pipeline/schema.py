@@ -215,7 +215,11 @@ extract_cursor = sa.Table(
               comment="a resumed try lists from here (the newest landed start, minus one second)"),
     sa.Column("landed", sa.Integer, nullable=False, comment="records landed so far"),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
-    comment="progress of an unfinished extract, so a retried or rescheduled try continues where it stopped",
+    sa.Column("window_start", sa.DateTime(timezone=True),
+              comment="the listing's window: a new run of the same window may take this progress over"),
+    sa.Column("window_end", sa.DateTime(timezone=True)),
+    comment="progress of an unfinished extract, so a retried or rescheduled try (or a new run of the same window) "
+            "continues where it stopped",
 )
 
 

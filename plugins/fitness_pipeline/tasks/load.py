@@ -13,17 +13,20 @@ from fitness_pipeline import sources
 from fitness_pipeline.db import FITNESS_DB_CONN_ID, connect, execute, transaction
 from fitness_pipeline.errors import NeedsPersonError, RetriableError, raise_for_airflow
 from fitness_pipeline.handover import Loaded, ReconcileRange, RunParams, Staged
-from fitness_pipeline.schema import raw_record, staging_for, sync_run
+from fitness_pipeline.schema import extract_cursor, raw_record, staging_for, sync_run
 from fitness_pipeline.sources import SourceSpec
 
 log = logging.getLogger(__name__)
 
 
 def load(staged: Staged, max_deleted_share: float = RunParams.max_deleted_share,
-         db_conn_id: str = FITNESS_DB_CONN_ID) -> Loaded:
+         db_conn_id: str = FITNESS_DB_CONN_ID, dag_id: str | None = None) -> Loaded:
     """Merge the staged batch into its table (companion tables first), mark what vanished upstream
     inside the listed range as deleted, and record the run in ``sync_run``: all in one transaction,
     so a failure leaves every table as it was. Returns what the merge did.
+
+    Then, with ``dag_id`` (inside Airflow), the hand-over rows other batches of this source left behind
+    are removed once Airflow says their run has finished (:func:`clear_finished_batches`).
 
     Errors leave as Airflow outcomes (:func:`fitness_pipeline.errors.airflow_outcome`): a refused
     mass deletion, or a batch that is gone, fails the task without retries.
@@ -35,9 +38,42 @@ def load(staged: Staged, max_deleted_share: float = RunParams.max_deleted_share,
                 if (done := loaded_already(conn, staged)) is not None:
                     return done
                 staged = restage(conn, spec, staged, db_conn_id)
-            return _merge(conn, spec, staged, max_deleted_share)
+            loaded = _merge(conn, spec, staged, max_deleted_share)
+            if dag_id is not None:
+                clear_finished_batches(conn, spec, staged.batch_id, dag_id)
+            return loaded
     except Exception as error:
         raise_for_airflow(error)
+
+
+def clear_finished_batches(conn: Any, spec: SourceSpec, batch: str, dag_id: str) -> int:
+    """Remove what other batches of ``spec`` left in ``raw_record``, ``extract_cursor`` and the staging
+    tables (a killed import, a failed load), once Airflow knows their run as finished; a run still going
+    (a backfill next to this one) or unknown to Airflow keeps its rows. Never fails the load: a problem is
+    logged. Returns the rows removed."""
+    from fitness_pipeline.compat import dag_run_finished
+
+    suffix = f"/{spec.id}"
+    tables = [raw_record, extract_cursor, *(staging_for(t) for t in (spec.target, *spec.companion_tables()))]
+    removed = 0
+    try:
+        with transaction(conn) as cur:
+            others: set[str] = set()
+            for table in tables:
+                execute(cur, sa.select(table.c.batch_id).distinct().where(
+                    sa.func.right(table.c.batch_id, len(suffix)) == suffix, table.c.batch_id != batch))
+                others.update(row[0] for row in cur.fetchall())
+        for other in sorted(others):
+            if not dag_run_finished(dag_id, other[:-len(suffix)]):
+                continue
+            with transaction(conn) as cur:
+                for table in tables:
+                    execute(cur, sa.delete(table).where(table.c.batch_id == other))
+                    removed += cur.rowcount
+            log.info("%s: removed what the finished batch %s left behind", spec.id, other)
+    except Exception as error:  # housekeeping: the data is loaded, the 7-day cleanup remains
+        log.warning("%s: could not remove what finished batches left behind (%s)", spec.id, type(error).__name__)
+    return removed
 
 
 def loaded_already(conn: Any, staged: Staged) -> Loaded | None:
