@@ -86,28 +86,37 @@ def fitness_sync() -> None:
 
         return prepare.ensure_schema()
 
-    ensure_schema() >> [source_group(spec) for spec in REGISTRY]
+    schema = ensure_schema()
+    for spec in REGISTRY:
+        source_group(spec, schema)
 
 
-def source_group(spec: SourceSpec) -> Any:
-    """extract -> transform -> load for one source; groups are independent of each other.
+def source_group(spec: SourceSpec, schema: Any) -> Any:
+    """extract -> transform -> load for one source; groups are independent of each other (a source whose
+    tables could not be upgraded fails its own extract, with ``schema``'s message).
     Extract tasks share an Airflow pool per API, so parallel runs and backfills stay inside its rate limit."""
     source = spec.id
 
     @task_group(group_id=source, tooltip=spec.description)
     def group() -> None:
         @task(task_id="extract", pool=spec.pool)
-        def extract(params: dict[str, Any] | None = None, data_interval_start: dt.datetime | None = None,
-                    data_interval_end: dt.datetime | None = None, dag_run: Any = None) -> dict[str, Any]:
+        def extract(schema_report: dict[str, Any] | None, params: dict[str, Any] | None = None,
+                    data_interval_start: dt.datetime | None = None, data_interval_end: dt.datetime | None = None,
+                    dag_run: Any = None) -> dict[str, Any]:
             from fitness_pipeline import sources
             from fitness_pipeline.compat import AirflowSkipException
+            from fitness_pipeline.errors import raise_for_airflow
             from fitness_pipeline.tasks import extract as step
-            from fitness_pipeline.tasks import plan
+            from fitness_pipeline.tasks import plan, prepare
 
             run = RunParams.from_params(params)
             spec = sources.get(source)
             if not plan.wanted(spec, run):
                 raise AirflowSkipException(f"{source} is not in this run's sources")
+            try:
+                prepare.check_source_schema(source, schema_report)
+            except Exception as error:
+                raise_for_airflow(error)
             window = plan.window_for_run(spec, run, data_interval_start, data_interval_end, dag_run)
             return step.extract(source, dag_run.run_id, window).to_xcom()
 
@@ -119,14 +128,15 @@ def source_group(spec: SourceSpec) -> Any:
             return step.transform(Extracted.from_xcom(extracted)).to_xcom()
 
         @task(task_id="load")
-        def load(staged: dict[str, Any], params: dict[str, Any] | None = None) -> dict[str, Any]:
+        def load(staged: dict[str, Any], params: dict[str, Any] | None = None, dag_run: Any = None) -> dict[str, Any]:
             from fitness_pipeline.handover import Staged
             from fitness_pipeline.tasks import load as step
 
             run = RunParams.from_params(params)
-            return step.load(Staged.from_xcom(staged), max_deleted_share=run.max_deleted_share).to_xcom()
+            return step.load(Staged.from_xcom(staged), max_deleted_share=run.max_deleted_share,
+                             dag_id=dag_run.dag_id).to_xcom()
 
-        load(transform(extract()))
+        load(transform(extract(schema)))
 
     return group()
 

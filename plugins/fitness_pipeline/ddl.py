@@ -10,13 +10,16 @@ Then the views of :mod:`fitness_pipeline.views`: created when missing, replaced 
 created again (with the views of ours that read them) when it changed otherwise. A view is compared
 as PostgreSQL itself prints it (``pg_get_viewdef``), so an unchanged view is not touched.
 Everything runs in one transaction under an advisory lock, so concurrent runs
-(a backfill) neither race nor see a half-made schema.
+(a backfill) neither race nor see a half-made schema. A column with no safe cast, or rows that
+would break a unique key and differ, raise :class:`SchemaError` with what to do (identical
+duplicates are one record stored twice: one is kept); with ``groups`` (the DAG passes one per
+source) such a problem leaves only that group's tables as they were.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +28,7 @@ from sqlalchemy.schema import CreateColumn, CreateIndex, CreateTable
 
 from fitness_pipeline.db import DIALECT, transaction
 from fitness_pipeline.errors import NeedsPersonError
-from fitness_pipeline.schema import STAGING, metadata
+from fitness_pipeline.schema import MANAGED_COLUMNS, STAGING, metadata
 from fitness_pipeline.views import VIEWS, View
 
 log = logging.getLogger(__name__)
@@ -64,59 +67,181 @@ class SchemaChanges:
     altered_tables: list[str] = field(default_factory=list)
     #: views created or changed, as ``"<name>: created|replaced|recreated|commented"``
     views: list[str] = field(default_factory=list)
+    #: duplicate rows removed before a unique index could be made, as ``"<table>: <n> identical rows"``
+    removed_duplicates: list[str] = field(default_factory=list)
+    #: the groups (sources, or ``"views"``) whose schema could not be brought up to date -> what to do; their
+    #: tables were left as they were, everything else was applied
+    problems: dict[str, str] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
         return bool(self.created_tables or self.added_columns or self.altered_columns or self.created_indexes
-                    or self.altered_tables or self.views)
+                    or self.altered_tables or self.views or self.removed_duplicates or self.problems)
+
+    def _mark(self) -> dict[str, int]:
+        return {name: len(value) for name, value in vars(self).items() if isinstance(value, list)}
+
+    def _undo(self, mark: dict[str, int]) -> None:
+        """Forget what was recorded since ``mark`` (its savepoint was rolled back)."""
+        for name, length in mark.items():
+            del getattr(self, name)[length:]
+
+
+class SchemaError(NeedsPersonError):
+    """A table cannot be brought up to date without a person: the message says which table and column,
+    what was found, what was expected and how to fix it."""
 
 
 def ensure_schema(conn: Any, meta: sa.MetaData = metadata, tables: list[sa.Table] | None = None,
-                  views: Sequence[View] | None = None) -> SchemaChanges:
+                  views: Sequence[View] | None = None,
+                  groups: Mapping[str, Sequence[sa.Table]] | None = None) -> SchemaChanges:
     """Bring the database reached by DB-API ``conn`` up to ``meta`` (or only ``tables``), then ``views``
     (default: :data:`fitness_pipeline.views.VIEWS` when the whole default schema is applied, none otherwise).
-    Returns what changed."""
+    Returns what changed.
+
+    ``groups`` (name -> tables, e.g. each source's tables) isolates problems: each group is applied under
+    a SAVEPOINT, and one that fails (:class:`SchemaError`, or PostgreSQL refusing a statement) is rolled
+    back and reported in ``problems`` while the other groups, the tables in no group and the views still
+    are applied (a view that cannot be made is reported as problem ``"views"``). Without ``groups`` the
+    first problem raises: :class:`SchemaError` (or PostgreSQL's error), and nothing is changed.
+    """
     if views is None:
         views = VIEWS if meta is metadata and tables is None else []
+    wanted = list(tables if tables is not None else meta.sorted_tables)
+    grouped = {name: [t for t in wanted if t in set(members)] for name, members in (groups or {}).items()}
+    in_groups = {t.name for members in grouped.values() for t in members}
     changes = SchemaChanges()
     with transaction(conn) as cur:
         cur.execute("SELECT pg_advisory_xact_lock(%(key)s)", {"key": _LOCK_KEY})
-        existing = _existing_columns(cur)
-        existing_indexes = _existing_indexes(cur)
-        primary_keys = _existing_primary_keys(cur)
-        type_names: dict[str, str] = {}  # compiled type -> udt_name, asked of the server once each
-        dropped_views: list[str] = []  # a column type cannot change under a view: ours go first, come back below
-        grants: dict[str, list[str]] = {}  # the GRANTs of the views dropped, given again once they are back
-        for table in tables if tables is not None else meta.sorted_tables:
-            if table.name not in existing:
-                cur.execute(str(CreateTable(table).compile(dialect=DIALECT)))
-                changes.created_tables.append(table.name)
-                for index in table.indexes:
-                    cur.execute(str(CreateIndex(index).compile(dialect=DIALECT)))
-                    changes.created_indexes.append(str(index.name))
-                continue
-            _upgrade_table(cur, table, existing[table.name], changes, type_names,
-                           before_type_change=lambda: _drop_views(cur, list(views), dropped_views, grants))
-            key = [c.name for c in table.primary_key.columns]
-            if key and primary_keys.get(table.name) != key:
-                # an older table keyed otherwise (the seed's fitbit_calories had id): the loader's
-                # ON CONFLICT needs a unique index on our key; duplicates make this fail, loudly
-                name = f"uq_{table.name}_{'_'.join(key)}"
-                if name not in existing_indexes:
-                    columns = ", ".join(DIALECT.identifier_preparer.quote(c) for c in key)
-                    cur.execute(f"CREATE UNIQUE INDEX {name} ON {DIALECT.identifier_preparer.quote(table.name)} "
-                                f"({columns})")
-                    changes.created_indexes.append(name)
-            for index in table.indexes:
-                if index.name not in existing_indexes:
-                    cur.execute(str(CreateIndex(index).compile(dialect=DIALECT)))
-                    changes.created_indexes.append(str(index.name))
+        state = _SchemaState(cur, list(views), changes)
+        for table in wanted:
+            if table.name not in in_groups:
+                state.apply(table)
+        for name, members in grouped.items():
+            if members:
+                _isolated(cur, changes, name, state, lambda members=members: [state.apply(t) for t in members])
         staging = {t.name for t in STAGING.values()}
-        _tune_staging(cur, [t.name for t in (tables if tables is not None else meta.sorted_tables)
-                            if t.name in staging], changes)
-        _ensure_views(cur, list(views), changes, grants)
+        _tune_staging(cur, [t.name for t in wanted if t.name in staging and t.name in state.applied], changes)
+        if groups is None:
+            _ensure_views(cur, list(views), changes, state.grants)
+        elif views:
+            _isolated(cur, changes, "views", state, lambda: _ensure_views(cur, list(views), changes, state.grants))
+    if changes.problems:
+        log.error("Schema: left as they were: %s", "; ".join(f"{k}: {v}" for k, v in changes.problems.items()))
     if changes:
         log.info("Schema updated: %s", changes)
     return changes
+
+
+class _SchemaState:
+    """What :func:`ensure_schema` knows of the database while it applies tables one by one."""
+
+    def __init__(self, cur: Any, views: list[View], changes: SchemaChanges) -> None:
+        self.cur, self.views, self.changes = cur, views, changes
+        self.existing = _existing_columns(cur)
+        self.existing_indexes = _existing_indexes(cur)
+        self.primary_keys = _existing_primary_keys(cur)
+        self.type_names: dict[str, str] = {}  # compiled type -> udt_name, asked of the server once each
+        self.dropped_views: list[str] = []  # a column type cannot change under a view: ours go first, come back
+        self.grants: dict[str, list[str]] = {}  # the GRANTs of the views dropped, given again once they are back
+        self.applied: set[str] = set()
+
+    def snapshot(self) -> Any:
+        return list(self.dropped_views), dict(self.grants), set(self.applied), set(self.existing_indexes)
+
+    def restore(self, snapshot: Any) -> None:
+        self.dropped_views, self.grants, self.applied, self.existing_indexes = (
+            list(snapshot[0]), dict(snapshot[1]), set(snapshot[2]), set(snapshot[3]))
+
+    def apply(self, table: sa.Table) -> None:
+        cur, changes = self.cur, self.changes
+        if table.name not in self.existing:
+            cur.execute(str(CreateTable(table).compile(dialect=DIALECT)))
+            changes.created_tables.append(table.name)
+            for index in table.indexes:
+                cur.execute(str(CreateIndex(index).compile(dialect=DIALECT)))
+                changes.created_indexes.append(str(index.name))
+            self.applied.add(table.name)
+            return
+        _upgrade_table(cur, table, self.existing[table.name], changes, self.type_names,
+                       before_type_change=lambda: _drop_views(cur, self.views, self.dropped_views, self.grants))
+        key = [c.name for c in table.primary_key.columns]
+        if key and self.primary_keys.get(table.name) != key:
+            # an older table keyed otherwise (the seed's fitbit_calories had id): the loader's
+            # ON CONFLICT needs a unique index on our key
+            name = f"uq_{table.name}_{'_'.join(key)}"
+            if name not in self.existing_indexes:
+                _remove_identical_duplicates(cur, table, key, self.existing[table.name], changes)
+                columns = ", ".join(DIALECT.identifier_preparer.quote(c) for c in key)
+                cur.execute(f"CREATE UNIQUE INDEX {name} ON {DIALECT.identifier_preparer.quote(table.name)} "
+                            f"({columns})")
+                changes.created_indexes.append(name)
+                self.existing_indexes.add(name)
+        for index in table.indexes:
+            if index.name not in self.existing_indexes:
+                cur.execute(str(CreateIndex(index).compile(dialect=DIALECT)))
+                changes.created_indexes.append(str(index.name))
+                self.existing_indexes.add(str(index.name))
+        self.applied.add(table.name)
+
+
+def _isolated(cur: Any, changes: SchemaChanges, group: str, state: _SchemaState, apply: Any) -> None:
+    """Run ``apply`` under a SAVEPOINT; on failure roll it back and record the problem of ``group``."""
+    mark, snapshot = changes._mark(), state.snapshot()
+    cur.execute("SAVEPOINT fitness_schema_group")
+    try:
+        apply()
+    except Exception as error:
+        try:
+            cur.execute("ROLLBACK TO SAVEPOINT fitness_schema_group")
+        except Exception:
+            raise error from None  # the connection itself is gone: not a problem of this group
+        changes._undo(mark)
+        state.restore(snapshot)
+        changes.problems[group] = _describe(error)
+        return
+    cur.execute("RELEASE SAVEPOINT fitness_schema_group")
+
+
+def _describe(error: Exception) -> str:
+    """What a person needs to know of ``error``: our own message, or PostgreSQL's primary message and
+    SQLSTATE (never its detail, which quotes row values)."""
+    if isinstance(error, NeedsPersonError):
+        return str(error)
+    diag = getattr(error, "diag", None)
+    primary = getattr(diag, "message_primary", None) or type(error).__name__
+    state = getattr(error, "sqlstate", None) or getattr(error, "pgcode", None)
+    return f"PostgreSQL refused the upgrade: {primary}{f' (SQLSTATE {state})' if state else ''}"
+
+
+def _remove_identical_duplicates(cur: Any, table: sa.Table, key: list[str], columns: dict[str, str],
+                                 changes: SchemaChanges) -> None:
+    """Before a unique index on ``key``: rows sharing a key and equal in every column the schema keeps
+    (apart from the key, columns unique of their own such as the seed's id, and the load timestamps) are
+    one record stored twice: keep one. Rows sharing a key but differing raise :class:`SchemaError`."""
+    quote = DIALECT.identifier_preparer.quote
+    unique = {c.name for c in table.columns if c.unique}
+    compared = [c.name for c in table.columns if c.name in columns and c.name not in {*key, *unique, *MANAGED_COLUMNS}]
+    keys = ", ".join(quote(c) for c in key)
+    row = f"ROW({', '.join(quote(c) for c in compared)})" if compared else "1"
+    name = quote(table.name)
+    cur.execute(f"SELECT count(*), coalesce(sum(n - 1), 0), count(*) FILTER (WHERE variants > 1) FROM ("
+                f"SELECT count(*) AS n, count(DISTINCT {row}) AS variants FROM {name} GROUP BY {keys} "
+                f"HAVING count(*) > 1) d")
+    groups, surplus, differing = cur.fetchone()
+    if not groups:
+        return
+    if differing:
+        raise SchemaError(
+            f"Table {table.name}: {differing} value(s) of ({', '.join(key)}) appear on several rows that differ "
+            f"(in {', '.join(compared) or 'no column'}); {', '.join(key)} must be unique for the loader. Found: "
+            f"{groups} duplicated key(s); expected: one row each. Fix: keep the right row of each and delete "
+            f"the others (SELECT {keys}, count(*) FROM {name} GROUP BY {keys} HAVING count(*) > 1 lists them), "
+            "then trigger fitness_sync again.")
+    matching = " AND ".join(f"a.{quote(c)} = b.{quote(c)}" for c in key)
+    cur.execute(f"DELETE FROM {name} a USING {name} b WHERE {matching} AND a.ctid > b.ctid")
+    changes.removed_duplicates.append(f"{table.name}: {int(surplus)} identical rows")
+    log.warning("Table %s: removed %d rows identical to another row of the same %s (one record stored twice)",
+                table.name, int(surplus), ", ".join(key))
 
 
 def _upgrade_table(cur: Any, table: sa.Table, columns: dict[str, str], changes: SchemaChanges,
@@ -137,9 +262,12 @@ def _upgrade_table(cur: Any, table: sa.Table, columns: dict[str, str], changes: 
             continue
         using = _SAFE_CASTS.get((have, want))
         if using is None:
-            log.warning("Column %s.%s is %s, expected %s: left as it is (migrate it by hand)",
-                        table.name, column.name, have, want)
-            continue
+            wanted_type = column.type.compile(dialect=DIALECT)
+            raise SchemaError(
+                f"Column {table.name}.{column.name} is {have}, expected {want} ({wanted_type}), and there is no "
+                f"cast that cannot lose data. Fix: convert it yourself (ALTER TABLE {quote(table.name)} ALTER "
+                f"COLUMN {quote(column.name)} TYPE {wanted_type} USING <expression>), or rename the old column "
+                f"to keep it (ALTER TABLE ... RENAME COLUMN), then trigger fitness_sync again.")
         col = quote(column.name)
         if before_type_change is not None:
             before_type_change()

@@ -11,33 +11,65 @@ import sqlalchemy as sa
 
 from fitness_pipeline import sources
 from fitness_pipeline.db import FITNESS_DB_CONN_ID, connect, execute, transaction
-from fitness_pipeline.schema import STAGING, extract_cursor, raw_record, staging_for
+from fitness_pipeline.schema import extract_cursor, raw_record, staging_for
 
 #: raw and staged rows of batches that never finished are removed after this long
 STALE_AFTER = dt.timedelta(days=7)
+
+
+def source_tables(spec: sources.SourceSpec) -> list[sa.Table]:
+    """The tables one source writes: its target, its companions and their staging tables."""
+    tables = [spec.target, *spec.companion_tables()]
+    return [*tables, *(staging_for(table) for table in tables)]
 
 
 def ensure_schema(conn_id: str = FITNESS_DB_CONN_ID) -> dict[str, Any]:
     """Create or upgrade the tables (with the staging table of every registered source's tables), and
     clear landing/staging rows of long-dead batches.
 
+    Each source's tables are applied on their own (``ddl.ensure_schema``'s ``groups``): a table that
+    needs a person (an old column without a safe cast, differing duplicate keys) leaves that source's
+    tables as they were and is reported under ``problems`` (source id -> what to do); the other sources
+    are upgraded and load as usual, and that source's extract fails with the message
+    (:func:`check_source_schema`).
+
     Returns what changed (``created_tables``, ``added_columns``, ``altered_columns``,
-    ``created_indexes``, ``altered_tables``, ``views``: lists of names, empty when the schema was current).
+    ``created_indexes``, ``altered_tables``, ``views``, ``removed_duplicates``: lists of names, empty
+    when the schema was current; ``problems``: a dict).
     """
     from fitness_pipeline.ddl import ensure_schema as apply_schema
     from fitness_pipeline.errors import raise_for_airflow
 
-    for spec in sources.REGISTRY:  # a source added after the built-in ones brings its own table
-        for table in (spec.target, *spec.companion_tables()):
-            staging_for(table)
-
+    groups = {spec.id: source_tables(spec) for spec in sources.REGISTRY}  # a later source brings its own table
     with closing(connect(conn_id)) as conn:
         try:
-            changes = apply_schema(conn)
-        except Exception as error:  # a view of the user's in the way needs a person: no retries
+            changes = apply_schema(conn, groups=groups)
+        except Exception as error:  # the shared tables cannot be made: no source can run
             raise_for_airflow(error)
         with transaction(conn) as cur:
             cutoff = sa.func.now() - STALE_AFTER
-            for table in (raw_record, extract_cursor, *STAGING.values()):
+            ready = [staging_for(t) for spec in sources.REGISTRY if spec.id not in changes.problems
+                     for t in (spec.target, *spec.companion_tables())]
+            for table in (raw_record, extract_cursor, *ready):
                 execute(cur, sa.delete(table).where(table.c.created_at < cutoff))
     return dataclasses.asdict(changes)
+
+
+def check_source_schema(source_id: str, report: dict[str, Any] | None, conn_id: str = FITNESS_DB_CONN_ID) -> None:
+    """Fail ``source_id``'s extract when the ``ensure_schema`` task's ``report`` says its tables could not be
+    upgraded, unless they can be now (a person fixed them and cleared this task only).
+
+    Raises :class:`~fitness_pipeline.ddl.SchemaError` (needs a person: no retries) with what to do.
+    """
+    from fitness_pipeline.ddl import SchemaError
+    from fitness_pipeline.ddl import ensure_schema as apply_schema
+
+    problem = ((report or {}).get("problems") or {}).get(source_id)
+    if problem is None:
+        return
+    with closing(connect(conn_id)) as conn:
+        again = apply_schema(conn, tables=source_tables(sources.get(source_id)), views=[],
+                             groups={source_id: source_tables(sources.get(source_id))})
+    if source_id in again.problems:
+        raise SchemaError(f"{source_id}: its tables could not be upgraded, so it does not sync (the other sources "
+                          f"do). {again.problems[source_id]}")
