@@ -35,7 +35,7 @@ airflow: $(VENV)/.runtime
 ## test: lint, the whole suite on its own embedded PostgreSQL and emulator, then the Airflow 2.11 check
 test: $(VENV)/.dev $(VENV2)/.runtime
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2
 	$(BIN)/python devtools/scripts/airflow2_check.py --airflow2-python $(VENV2)/bin/python
 
 ## test-unit: the fast tier, tests/unit: the hooks' and errors' pure logic, no PostgreSQL, emulator or Airflow DB
