@@ -1,0 +1,282 @@
+"""The fault matrix, API part (issue 10): a fault of one API in a real ``dag.test()`` run is either retried
+and correct, or a clear failure of that API's sources only; after the next clean run the tables equal a
+fault-free reference run's (digest over every column but the load timestamps), nothing is left in the
+hand-over tables, and no secret or token used appears in any log.
+
+Strava and Google are served by two emulators, so a fault of one cannot touch the other. The reference
+run goes first, into a database of its own, against the same emulators; both databases share one token
+store (connection extra ``credential_store_conn_id``), so a rotated refresh token serves both.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from contextlib import closing
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import requests
+
+from fitness_devtools.table_digest import leftover_handover_rows, table_digests
+from tests.test_dag import run_dag, this_hour
+from tests.test_history import succeeded, task_states
+
+pytestmark = pytest.mark.usefixtures("airflow_db")
+
+SOURCES_OF = {"strava": ("strava_activity",), "google": ("fitbit_weight", "fitbit_calories")}
+LOOKBACK_HOURS = 24 * 10
+TOKEN_STORE = "fitness_tokens"
+
+
+@dataclass(frozen=True)
+class ApiFault:
+    """Emulator fault switches (``/_emulator/faults``) and what the run they hit must do."""
+
+    name: str
+    switches: dict[str, Any]
+    #: "retried": the run succeeds; "fails alone": the API's sources may fail, every other source loads
+    outcome: str
+    extra: dict[str, Any] = field(default_factory=dict)  # connection extras for the faulty API
+
+
+FAULTS = [
+    ApiFault("5xx burst shorter than the retries", {"fail_next": 2, "fail_status": 503}, "retried"),
+    ApiFault("5xx burst longer than the retries", {"fail_next": 200, "fail_status": 502}, "fails alone"),
+    ApiFault("truncated JSON body", {"malformed_next": 1}, "fails alone"),
+    ApiFault("answer slower than the read timeout", {"slow_next": 1, "slow_seconds": 2.5}, "retried",
+             {"read_timeout": 1}),
+    ApiFault("token endpoint 5xx longer than the retries", {"token_fail_next": 50, "token_fail_status": 503},
+             "fails alone"),
+]
+
+
+def connect_database(postgres: Any, name: str) -> Any:
+    import psycopg
+
+    return psycopg.connect(postgres.dsn(name))
+
+
+def secrets_of(emulators: list[Any], postgres: Any, token_db: str) -> set[str]:
+    """Every client secret, refresh token and access token the runs used."""
+    found: set[str] = set()
+    for emulator in emulators:
+        for side in ("strava", "fitbit"):
+            conn = requests.get(f"{emulator.url}/_emulator/{side}/connection", timeout=10).json()
+            found |= {conn.get("password") or "", str(conn.get("extra", {}).get("refresh_token") or "")}
+    with closing(connect_database(postgres, token_db)) as conn, conn.cursor() as cur:
+        cur.execute("SELECT refresh_token, coalesce(access_token, '') FROM oauth_token")
+        for refresh, access in cur.fetchall():
+            found |= {refresh, access}
+    return {s for s in found if len(s) >= 8}
+
+
+@pytest.mark.parametrize("fault", FAULTS, ids=[f.name for f in FAULTS])
+@pytest.mark.parametrize("api", ["strava", "google"])
+def test_an_api_fault_is_retried_or_fails_that_api_alone_and_nothing_is_lost(
+        api: str, fault: ApiFault, postgres: Any, fitness_db: str, make_emulator: Any, connect_strava: Any,
+        connect_fitbit: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    caplog.set_level(logging.DEBUG)
+    reference_db = f"t_ref_{uuid.uuid4().hex[:10]}"
+    postgres.create_database(reference_db)
+    try:
+        monkeypatch.setenv(f"AIRFLOW_CONN_{TOKEN_STORE.upper()}", postgres.connection_env(reference_db))
+        strava, google = make_emulator(), make_emulator()
+        store = {"credential_store_conn_id": TOKEN_STORE}
+        connect_strava(strava, **store, **(fault.extra if api == "strava" else {}))
+        connect_fitbit(google, **store, **(fault.extra if api == "google" else {}))
+        hour = this_hour()
+
+        # the reference: fault-free, into its own database (its ensure_schema makes the token store's table)
+        monkeypatch.setenv("AIRFLOW_CONN_FITNESS_DB", postgres.connection_env(reference_db))
+        assert succeeded(run_dag(hour, lookback_hours=LOOKBACK_HOURS))
+        monkeypatch.setenv("AIRFLOW_CONN_FITNESS_DB", postgres.connection_env(fitness_db))
+
+        with closing(connect_database(postgres, reference_db)) as tokens, tokens.cursor() as cur:
+            cur.execute("UPDATE oauth_token SET expires_at = now() - interval '1 minute'")  # the next run refreshes
+            tokens.commit()
+        faulty = strava if api == "strava" else google
+        before = faulty.stats()["faults_injected"]
+        requests.post(f"{faulty.url}/_emulator/faults", json=fault.switches, timeout=5).raise_for_status()
+        hit = run_dag(hour, lookback_hours=LOOKBACK_HOURS)
+        assert faulty.stats()["faults_injected"] > before, "the fault was never injected"
+        states = task_states(hit)
+        if fault.outcome == "retried":
+            assert succeeded(hit), states
+        else:
+            others = [s for other, sources in SOURCES_OF.items() if other != api for s in sources]
+            assert all(states[f"{s}.load"] == "success" for s in others), states
+            assert any(states[f"{s}.extract"] == "failed" for s in SOURCES_OF[api]), states
+        requests.delete(f"{faulty.url}/_emulator/faults", timeout=5).raise_for_status()
+
+        assert succeeded(run_dag(hour, lookback_hours=LOOKBACK_HOURS))  # the next run, fault gone
+        with closing(connect_database(postgres, fitness_db)) as after, \
+                closing(connect_database(postgres, reference_db)) as reference:
+            assert table_digests(after) == table_digests(reference)
+            assert leftover_handover_rows(after) == {}
+
+        logged = caplog.text + "".join(capsys.readouterr())
+        secrets = secrets_of([strava, google], postgres, reference_db)
+        assert secrets, "no secret found to look for"
+        assert [s[:4] + "..." for s in secrets if s in logged] == []
+    finally:
+        postgres.drop_database(reference_db)
+
+
+# --- PostgreSQL killed during a step ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Crash:
+    """A lock that makes the step wait inside PostgreSQL, so the crash lands while it is there."""
+
+    step: str
+    held: str  # what the lock holds, for the test's id
+    lock: str
+    mode: str  # KillablePostgres.kill mode
+
+
+CRASHES = [
+    Crash("ensure_schema", "its advisory lock", "SELECT pg_advisory_lock(x'66697473'::int)", "sigkill"),
+    Crash("an extract page commit", "raw_record", "LOCK TABLE raw_record IN EXCLUSIVE MODE", "immediate"),
+    Crash("a transform", "stage_strava_activity", "LOCK TABLE stage_strava_activity IN EXCLUSIVE MODE", "sigkill"),
+    Crash("a load", "strava_activity", "LOCK TABLE strava_activity IN EXCLUSIVE MODE", "immediate"),
+    Crash("a load", "fitbit_weight", "LOCK TABLE fitbit_weight IN EXCLUSIVE MODE", "sigkill"),
+]
+
+
+def crash_when_blocked(server: Any, database: str, lock: str, mode: str, report: dict[str, Any]) -> Any:
+    """Hold ``lock`` on ``server``; once another session waits for a lock, crash the server and start it
+    again on the same data directory (in a thread). Returns the thread; ``report["waited"]`` says what waited."""
+    import threading
+    import time
+
+    import psycopg
+
+    holder = psycopg.connect(server.embedded.dsn(database))
+    holder.execute(lock)  # held until the crash ends the session
+
+    def watch() -> None:
+        deadline = time.monotonic() + 120
+        try:
+            with psycopg.connect(server.embedded.dsn(database), autocommit=True) as monitor:
+                while time.monotonic() < deadline:
+                    row = monitor.execute("SELECT query FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                          "AND pid <> %s LIMIT 1", (holder.info.backend_pid,)).fetchone()
+                    if row:
+                        report["waited"] = row[0][:80]
+                        break
+                    time.sleep(0.05)
+        finally:
+            server.kill(mode)  # also when nothing waited: the run must not hang on the lock
+            time.sleep(1.0)
+            server.restart()
+
+    thread = threading.Thread(target=watch, name="crash-when-blocked", daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize("crash", CRASHES, ids=[f"{c.step} ({c.held}, {c.mode})" for c in CRASHES])
+def test_postgresql_killed_during_a_step_loses_nothing(
+        crash: Crash, postgres: Any, fitness_db: str, all_connections: Any, monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Any) -> None:
+    from fitness_devtools.killable_postgres import KillablePostgres
+    from fitness_pipeline.ddl import ensure_schema
+
+    emulator = all_connections
+    hour = this_hour()
+    # the reference (and the token store) on the test session's server, which is never killed
+    monkeypatch.setenv(f"AIRFLOW_CONN_{TOKEN_STORE.upper()}", postgres.connection_env(fitness_db))
+    for side, connect in (("strava", "AIRFLOW_CONN_STRAVA_DEFAULT"), ("fitbit", "AIRFLOW_CONN_FITBIT_DEFAULT")):
+        from fitness_devtools.embedded_stack import emulator_connection_env
+
+        monkeypatch.setenv(connect, emulator_connection_env(emulator.url, side, backoff_factor=0.05,
+                                                            credential_store_conn_id=TOKEN_STORE))
+    assert succeeded(run_dag(hour, lookback_hours=LOOKBACK_HOURS))
+
+    server = KillablePostgres(tmp_path / "pgdata")
+    try:
+        server.embedded.create_database("crashed")
+        monkeypatch.setenv("AIRFLOW_CONN_FITNESS_DB", server.embedded.connection_env("crashed"))
+        if crash.step != "ensure_schema":  # the tables to lock must exist
+            with closing(connect_database(server.embedded, "crashed")) as conn:
+                ensure_schema(conn)
+        report: dict[str, Any] = {}
+        watcher = crash_when_blocked(server, "crashed", crash.lock, crash.mode, report)
+        hit = run_dag(hour, lookback_hours=LOOKBACK_HOURS)
+        watcher.join(timeout=180)
+        assert report.get("waited"), "no step waited for the lock: the crash did not land inside a step"
+        assert not succeeded(hit), task_states(hit)  # a task lost its database: it failed (Airflow retries it)
+
+        assert succeeded(run_dag(hour, lookback_hours=LOOKBACK_HOURS))  # the next run, on the restarted server
+        with closing(connect_database(server.embedded, "crashed")) as after, \
+                closing(connect_database(postgres, fitness_db)) as reference:
+            assert table_digests(after) == table_digests(reference)
+            assert leftover_handover_rows(after) == {}
+    finally:
+        server.stop()
+
+
+# --- the task process SIGKILLed during transform or load of a history import ------------------------------
+
+STEP_IN_A_PROCESS = """
+import json, sys
+from fitness_pipeline.handover import Extracted, Staged
+from fitness_pipeline.tasks.load import load
+from fitness_pipeline.tasks.transform import transform
+step, handed_over = sys.argv[1], json.loads(sys.argv[2])
+if step == "transform":
+    transform(Extracted.from_xcom(handed_over))
+else:
+    load(Staged.from_xcom(handed_over))
+"""
+
+
+@pytest.mark.parametrize("step", ["transform", "load"])
+def test_task_killed_during_transform_or_load_of_an_import_then_retried(step: str, postgres: Any, fitness_db: str,
+                                                                         schema: Any, all_connections: Any) -> None:
+    """The step waits inside PostgreSQL (a lock held on its table) when its process is SIGKILLed; the retry of
+    that step then loads exactly the emulator's activities, once each, and leaves no hand-over rows."""
+    import datetime as dt
+    import json
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import psycopg
+
+    from fitness_pipeline.tasks.extract import extract
+    from fitness_pipeline.tasks.load import load
+    from fitness_pipeline.tasks.transform import transform
+    from fitness_pipeline.windows import Window
+    from tests.helpers import query
+    from tests.test_dag import emulator_activity_ids
+
+    hour = this_hour()
+    start = hour - dt.timedelta(days=360)
+    extracted = extract("strava_activity", "import", Window(start, hour))
+    staged = transform(extracted) if step == "load" else None
+    handed_over = (staged or extracted).to_xcom()
+    table = "strava_activity" if step == "load" else "stage_strava_activity"
+    with psycopg.connect(postgres.dsn(fitness_db)) as holder:
+        holder.execute(f"LOCK TABLE {table} IN EXCLUSIVE MODE")
+        child = subprocess.Popen([sys.executable, "-c", STEP_IN_A_PROCESS, step, json.dumps(handed_over)],
+                                 env=os.environ.copy())
+        deadline = time.monotonic() + 60
+        while not query(schema, "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")[0][0]:
+            assert time.monotonic() < deadline and child.poll() is None, "the step never reached its table"
+            time.sleep(0.05)
+        child.kill()  # SIGKILL while it waits inside PostgreSQL: no cleanup, like an OOM kill
+        child.wait()
+        holder.rollback()
+
+    loaded = load(transform(extracted)) if step == "transform" else load(staged)  # the task's next try
+    expected = emulator_activity_ids(all_connections, start, hour)
+    ids = [r[0] for r in query(schema, "SELECT id FROM strava_activity")]
+    assert len(ids) == len(set(ids)) and sorted(ids) == sorted(expected) and len(expected) > 200
+    assert loaded.inserted == len(expected)
+    with closing(connect_database(postgres, fitness_db)) as conn:
+        assert leftover_handover_rows(conn) == {}
