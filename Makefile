@@ -7,7 +7,7 @@ VENV2 := .venv-airflow2
 PIP2 := $(VENV2)/bin/python -m pip install --disable-pip-version-check -q -c constraints-airflow2.txt
 export PYTHONPATH := $(CURDIR)/plugins:$(CURDIR)/devtools
 
-.PHONY: demo test test-unit lint bench lock clean authorize-strava authorize-fitbit airflow test-airflow2 lock-airflow2
+.PHONY: demo test test-unit soak lint bench lock clean authorize-strava authorize-fitbit airflow test-airflow2 lock-airflow2
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,11 @@ test: $(VENV)/.dev $(VENV2)/.runtime
 ## test-unit: the fast tier, tests/unit: the hooks' and errors' pure logic, no PostgreSQL, emulator or Airflow DB
 test-unit: $(VENV)/.dev
 	$(BIN)/python -m pytest -q tests/unit
+
+## soak: 300 simulated hourly runs (seeded) with random faults, then the tables against a fault-free import;
+##   not part of make test (~20 min); SOAK_ARGS="--seed 7 --hours 300 --fault-rate 0.2"
+soak: $(VENV)/.dev
+	$(BIN)/python devtools/scripts/soak.py $(SOAK_ARGS)
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .

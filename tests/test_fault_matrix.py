@@ -134,7 +134,7 @@ class Crash:
     step: str
     held: str  # what the lock holds, for the test's id
     lock: str
-    mode: str  # KillablePostgres.kill mode
+    mode: Any  # KillablePostgres.kill mode
 
 
 CRASHES = [
@@ -146,43 +146,11 @@ CRASHES = [
 ]
 
 
-def crash_when_blocked(server: Any, database: str, lock: str, mode: str, report: dict[str, Any]) -> Any:
-    """Hold ``lock`` on ``server``; once another session waits for a lock, crash the server and start it
-    again on the same data directory (in a thread). Returns the thread; ``report["waited"]`` says what waited."""
-    import threading
-    import time
-
-    import psycopg
-
-    holder = psycopg.connect(server.embedded.dsn(database))
-    holder.execute(lock)  # held until the crash ends the session
-
-    def watch() -> None:
-        deadline = time.monotonic() + 120
-        try:
-            with psycopg.connect(server.embedded.dsn(database), autocommit=True) as monitor:
-                while time.monotonic() < deadline:
-                    row = monitor.execute("SELECT query FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                                          "AND pid <> %s LIMIT 1", (holder.info.backend_pid,)).fetchone()
-                    if row:
-                        report["waited"] = row[0][:80]
-                        break
-                    time.sleep(0.05)
-        finally:
-            server.kill(mode)  # also when nothing waited: the run must not hang on the lock
-            time.sleep(1.0)
-            server.restart()
-
-    thread = threading.Thread(target=watch, name="crash-when-blocked", daemon=True)
-    thread.start()
-    return thread
-
-
 @pytest.mark.parametrize("crash", CRASHES, ids=[f"{c.step} ({c.held}, {c.mode})" for c in CRASHES])
 def test_postgresql_killed_during_a_step_loses_nothing(
         crash: Crash, postgres: Any, fitness_db: str, all_connections: Any, monkeypatch: pytest.MonkeyPatch,
         tmp_path: Any) -> None:
-    from fitness_devtools.killable_postgres import KillablePostgres
+    from fitness_devtools.killable_postgres import KillablePostgres, crash_when_blocked
     from fitness_pipeline.ddl import ensure_schema
 
     emulator = all_connections

@@ -13,9 +13,10 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import threading
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from fitness_devtools.embedded_stack import EmbeddedPostgres, start_postgres
 
@@ -90,3 +91,40 @@ class KillablePostgres:
         if not self.is_running():
             self.restart()  # pgserver's cleanup stops a running server before deleting its data
         self.embedded.stop()
+
+
+def crash_when_blocked(server: KillablePostgres, database: str, lock: str, mode: KillMode,
+                       report: dict[str, Any] | None = None, *, timeout: float = 120) -> threading.Thread:
+    """Take ``lock`` (SQL: ``LOCK TABLE ...``, ``SELECT pg_advisory_lock(...)``) in ``database`` and hold it;
+    once another session waits for a lock there, crash the server (``mode``) and start it again on the same
+    data directory. Runs in a thread, which is returned; the crash comes after ``timeout`` s at the latest,
+    so nothing hangs on the lock. ``report["waited"]``: the start of the waiting query, when one waited.
+
+    A step blocked on the lock is inside PostgreSQL when the server dies: a crash in the middle of that
+    step, wherever its statements are, without timing guesses.
+    """
+    import psycopg
+
+    holder = psycopg.connect(server.embedded.dsn(database))
+    holder.execute(lock)  # held until the crash ends the session
+
+    def watch() -> None:
+        deadline = time.monotonic() + timeout
+        try:
+            with psycopg.connect(server.embedded.dsn(database), autocommit=True) as monitor:
+                while time.monotonic() < deadline:
+                    row = monitor.execute("SELECT query FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                          "AND pid <> %s LIMIT 1", (holder.info.backend_pid,)).fetchone()
+                    if row:
+                        if report is not None:
+                            report["waited"] = str(row[0])[:80]
+                        break
+                    time.sleep(0.05)
+        finally:
+            server.kill(mode)
+            time.sleep(1.0)
+            server.restart()
+
+    thread = threading.Thread(target=watch, name="crash-when-blocked", daemon=True)
+    thread.start()
+    return thread

@@ -33,7 +33,6 @@ import os
 import random
 import sys
 import tempfile
-import threading
 import time
 from contextlib import closing
 from pathlib import Path
@@ -53,8 +52,10 @@ API_FAULTS: dict[str, dict[str, Any]] = {
     "answer slower than the read timeout": {"slow_next": 1, "slow_seconds": 2.5},
     "token endpoint 5xx": {"token_fail_next": 40, "token_fail_status": 503},
 }
-CRASH_KINDS = {"PostgreSQL SIGKILLed inside a load": "sigkill",
-               "PostgreSQL stopped -m immediate inside a load": "immediate"}
+CRASH_KINDS: dict[str, Any] = {
+    "PostgreSQL SIGKILLed inside a load": "sigkill",
+    "PostgreSQL stopped -m immediate inside a load": "immediate",
+}
 
 
 def main() -> int:
@@ -73,7 +74,7 @@ def main() -> int:
 
     import requests
 
-    from fitness_devtools.killable_postgres import KillablePostgres
+    from fitness_devtools.killable_postgres import KillablePostgres, crash_when_blocked
     from fitness_emulator import EmulatorSettings, GoogleSettings, StravaSettings, start_emulator
     from fitness_pipeline import tokens
     from fitness_pipeline.db import connect
@@ -109,7 +110,9 @@ def main() -> int:
             if fault in API_FAULTS:
                 requests.post(f"{emulator.url}/_emulator/faults", json=API_FAULTS[fault], timeout=5).raise_for_status()
             elif fault in CRASH_KINDS:
-                watcher = crash_inside_a_load(server, "soak", CRASH_KINDS[fault])
+                # the load waits for this lock when PostgreSQL dies
+                watcher = crash_when_blocked(server, "soak", "LOCK TABLE strava_activity IN EXCLUSIVE MODE",
+                                             CRASH_KINDS[fault])
             run = dag.test(logical_date=interval_end, run_conf={"daily_full_reconcile": True})
             if watcher is not None:
                 watcher.join(timeout=180)
@@ -176,31 +179,6 @@ def athlete_acts(rng: random.Random, emulator: Any, at: dt.datetime) -> None:
         requests.post(f"{base}/google/weight", timeout=5, json={
             "physicalTime": (at - dt.timedelta(minutes=rng.randrange(5, 50))).isoformat().replace("+00:00", "Z"),
             "utcOffset": rng.choice([-25200, 0, 3600, 32400]), "grams": rng.randrange(70000, 95000)})
-
-
-def crash_inside_a_load(server: Any, database: str, mode: str) -> threading.Thread:
-    """Hold a lock on strava_activity; once the load waits for it, crash PostgreSQL and start it again."""
-    import psycopg
-
-    holder = psycopg.connect(server.embedded.dsn(database))
-    holder.execute("LOCK TABLE strava_activity IN EXCLUSIVE MODE")
-
-    def watch() -> None:
-        deadline = time.monotonic() + 120
-        try:
-            with psycopg.connect(server.embedded.dsn(database), autocommit=True) as monitor:
-                while time.monotonic() < deadline and not monitor.execute(
-                        "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND pid <> %s",
-                        (holder.info.backend_pid,)).fetchone():
-                    time.sleep(0.05)
-        finally:
-            server.kill(mode)
-            time.sleep(1.0)
-            server.restart()
-
-    thread = threading.Thread(target=watch, name="soak-crash", daemon=True)
-    thread.start()
-    return thread
 
 
 def failed_task_count(run: Any) -> int:
