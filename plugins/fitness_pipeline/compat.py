@@ -24,21 +24,36 @@ except ImportError:  # Airflow 2
 
 def dag_run_finished(dag_id: str, run_id: str) -> bool | None:
     """Whether run ``run_id`` of ``dag_id`` is over: finished (success or failed) or no longer known to
-    Airflow (deleted); None when it cannot tell (not inside a task, the API unreachable)."""
+    Airflow (deleted); None when it cannot tell (not inside a task, the API unreachable).
+
+    On Airflow 3 through the Execution API's run counts (a state lookup of a deleted run would answer 404,
+    which the task supervisor logs as an error); on Airflow 2 through the ORM."""
     try:
         if AIRFLOW_3:
             from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
 
-            state = RuntimeTaskInstance.get_dagrun_state(dag_id, run_id)
-        else:
-            from airflow.models import DagRun
+            if not RuntimeTaskInstance.get_dr_count(dag_id=dag_id, run_ids=[run_id]):
+                return True
+            return bool(RuntimeTaskInstance.get_dr_count(dag_id=dag_id, run_ids=[run_id],
+                                                         states=["success", "failed"]))
+        from airflow.models import DagRun
 
-            runs = DagRun.find(dag_id=dag_id, run_id=run_id)
-            state = runs[0].state if runs else "deleted"
-    except Exception as error:
-        detail = getattr(error, "detail", None)  # Airflow 3's execution API: {"reason": "not_found", ...}
-        return True if isinstance(detail, dict) and detail.get("reason") == "not_found" else None
-    return str(state).split(".")[-1].lower() in {"success", "failed", "deleted"}
+        runs = DagRun.find(dag_id=dag_id, run_id=run_id)
+        return not runs or str(runs[0].state).split(".")[-1].lower() in {"success", "failed"}
+    except Exception:
+        return None
+
+
+def current_dag_id() -> str | None:
+    """The id of the DAG whose task is running here; None outside a task."""
+    try:
+        try:
+            from airflow.sdk import get_current_context
+        except ImportError:  # Airflow 2
+            from airflow.operators.python import get_current_context  # type: ignore[no-redef]
+        return str(get_current_context()["dag"].dag_id)
+    except Exception:
+        return None
 
 
 __all__ = [
@@ -47,6 +62,7 @@ __all__ = [
     "AirflowRescheduleException",
     "AirflowSkipException",
     "BaseHook",
+    "current_dag_id",
     "dag_run_finished",
     "mask_secret",
 ]

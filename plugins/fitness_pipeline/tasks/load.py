@@ -47,14 +47,18 @@ def load(staged: Staged, max_deleted_share: float = RunParams.max_deleted_share,
 
 
 def clear_finished_batches(conn: Any, spec: SourceSpec, batch: str, dag_id: str) -> int:
-    """Remove what other batches of ``spec`` left in ``raw_record``, ``extract_cursor`` and the staging
-    tables (a killed import, a failed load), once Airflow knows their run as finished; a run still going
-    (a backfill next to this one) or unknown to Airflow keeps its rows. Never fails the load: a problem is
-    logged. Returns the rows removed."""
+    """Remove what other batches of ``spec`` left in ``extract_cursor``, ``raw_record`` and the staging tables
+    (a killed import, a failed load) once Airflow reports their run finished, or no longer knows it (deleted).
+    A run still going (a backfill next to this one) keeps its rows, and so, when Airflow cannot be asked, does
+    every run. An unfinished extract's landed pages stay for :data:`~fitness_pipeline.tasks.strava.ADOPT_WITHIN`
+    so that a new run of its window can take them over. Never fails the load: a problem is logged.
+    Returns the rows removed."""
     from fitness_pipeline.compat import dag_run_finished
+    from fitness_pipeline.tasks.strava import ADOPT_WITHIN
 
     suffix = f"/{spec.id}"
-    tables = [raw_record, extract_cursor, *(staging_for(t) for t in (spec.target, *spec.companion_tables()))]
+    # the cursor first: a take-over (adopt_progress) locks it before the landed rows, so must this
+    tables = [extract_cursor, raw_record, *(staging_for(t) for t in (spec.target, *spec.companion_tables()))]
     removed = 0
     try:
         with transaction(conn) as cur:
@@ -63,6 +67,9 @@ def clear_finished_batches(conn: Any, spec: SourceSpec, batch: str, dag_id: str)
                 execute(cur, sa.select(table.c.batch_id).distinct().where(
                     sa.func.right(table.c.batch_id, len(suffix)) == suffix, table.c.batch_id != batch))
                 others.update(row[0] for row in cur.fetchall())
+            execute(cur, sa.select(extract_cursor.c.batch_id).where(
+                extract_cursor.c.created_at > sa.func.now() - ADOPT_WITHIN))
+            others -= {row[0] for row in cur.fetchall()}  # may still be taken over
         for other in sorted(others):
             if not dag_run_finished(dag_id, other[:-len(suffix)]):
                 continue

@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 
 from fitness_pipeline.apis import STRAVA_MAX_PER_PAGE as MAX_PER_PAGE
+from fitness_pipeline.compat import current_dag_id, dag_run_finished
 from fitness_pipeline.db import connect, execute, transaction
 from fitness_pipeline.schema import extract_cursor, raw_record
 from fitness_pipeline.sources import SourceSpec
@@ -68,8 +69,9 @@ def adopt_progress(cur: Any, spec: SourceSpec, batch: str, window: Window) -> tu
     cursor become ``batch``'s. Returns its ``(after_epoch, landed)``, or None when there is none.
 
     Only when still valid for this listing: the same window start, nothing landed at or beyond this
-    window's end, at most :data:`ADOPT_WITHIN` old, and its landed records all there. ``SKIP LOCKED``:
-    two new runs never take over the same batch.
+    window's end, at most :data:`ADOPT_WITHIN` old, and its landed records all there; and inside Airflow
+    only when Airflow reports that batch's run finished or deleted (never from a run that goes on).
+    ``SKIP LOCKED``: two new runs never take over the same batch.
     """
     suffix = f"/{spec.id}"
     execute(cur, sa.select(extract_cursor.c.batch_id, extract_cursor.c.after_epoch, extract_cursor.c.landed)
@@ -83,6 +85,9 @@ def adopt_progress(cur: Any, spec: SourceSpec, batch: str, window: Window) -> tu
     if found is None:
         return None
     other, after_epoch, landed = found
+    dag_id = current_dag_id()
+    if dag_id is not None and not dag_run_finished(dag_id, other[:-len(suffix)]):
+        return None  # its run goes on (a backfill, the same import triggered twice): never take from it
     execute(cur, sa.select(sa.func.count()).select_from(raw_record).where(raw_record.c.batch_id == other))
     if cur.fetchone()[0] != landed:  # not all there (cleared by hand?): start afresh
         return None
