@@ -191,6 +191,10 @@ def _isolated(cur: Any, changes: SchemaChanges, group: str, state: _SchemaState,
     try:
         apply()
     except Exception as error:
+        if group == "views" and any(state.dropped_views):
+            # a group dropped our views to change a column under them: without them back (and their GRANTs)
+            # nothing may be kept; the whole upgrade rolls back and says why
+            raise
         try:
             cur.execute("ROLLBACK TO SAVEPOINT fitness_schema_group")
         except Exception:
@@ -224,9 +228,10 @@ def _remove_identical_duplicates(cur: Any, table: sa.Table, key: list[str], colu
     keys = ", ".join(quote(c) for c in key)
     row = f"ROW({', '.join(quote(c) for c in compared)})" if compared else "1"
     name = quote(table.name)
+    not_null = " AND ".join(f"{quote(c)} IS NOT NULL" for c in key)  # NULLs never clash in a unique index
     cur.execute(f"SELECT count(*), coalesce(sum(n - 1), 0), count(*) FILTER (WHERE variants > 1) FROM ("
-                f"SELECT count(*) AS n, count(DISTINCT {row}) AS variants FROM {name} GROUP BY {keys} "
-                f"HAVING count(*) > 1) d")
+                f"SELECT count(*) AS n, count(DISTINCT {row}) AS variants FROM {name} WHERE {not_null} "
+                f"GROUP BY {keys} HAVING count(*) > 1) d")
     groups, surplus, differing = cur.fetchone()
     if not groups:
         return

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import logging
 from contextlib import closing
 from typing import Any
 
@@ -12,6 +13,8 @@ import sqlalchemy as sa
 from fitness_pipeline import sources
 from fitness_pipeline.db import FITNESS_DB_CONN_ID, connect, execute, transaction
 from fitness_pipeline.schema import extract_cursor, raw_record, staging_for
+
+log = logging.getLogger(__name__)
 
 #: raw and staged rows of batches that never finished are removed after this long
 STALE_AFTER = dt.timedelta(days=7)
@@ -46,13 +49,25 @@ def ensure_schema(conn_id: str = FITNESS_DB_CONN_ID) -> dict[str, Any]:
             changes = apply_schema(conn, groups=groups)
         except Exception as error:  # the shared tables cannot be made: no source can run
             raise_for_airflow(error)
-        with transaction(conn) as cur:
-            cutoff = sa.func.now() - STALE_AFTER
-            ready = [staging_for(t) for spec in sources.REGISTRY if spec.id not in changes.problems
-                     for t in (spec.target, *spec.companion_tables())]
-            for table in (raw_record, extract_cursor, *ready):
-                execute(cur, sa.delete(table).where(table.c.created_at < cutoff))
+        ready = [staging_for(t) for spec in sources.REGISTRY if spec.id not in changes.problems
+                 for t in (spec.target, *spec.companion_tables())]
+        remove_stale_rows(conn, [raw_record, extract_cursor, *ready])
     return dataclasses.asdict(changes)
+
+
+def remove_stale_rows(conn: Any, tables: list[sa.Table]) -> None:
+    """Delete the hand-over rows older than :data:`STALE_AFTER` from ``tables``. Housekeeping never waits for
+    a table another session has locked (a long load, a person's maintenance): that table is left for the next
+    run (``lock_timeout``), and the run goes on."""
+    for table in tables:
+        try:
+            with transaction(conn) as cur:
+                cur.execute("SET LOCAL lock_timeout = '2s'")
+                execute(cur, sa.delete(table).where(table.c.created_at < sa.func.now() - STALE_AFTER))
+        except Exception as error:
+            if (getattr(error, "sqlstate", None) or getattr(error, "pgcode", None)) != "55P03":  # lock_not_available
+                raise
+            log.warning("Stale rows of %s left for the next run: the table is locked", table.name)
 
 
 def check_source_schema(source_id: str, report: dict[str, Any] | None, conn_id: str = FITNESS_DB_CONN_ID) -> None:
@@ -63,13 +78,15 @@ def check_source_schema(source_id: str, report: dict[str, Any] | None, conn_id: 
     """
     from fitness_pipeline.ddl import SchemaError
     from fitness_pipeline.ddl import ensure_schema as apply_schema
+    from fitness_pipeline.views import VIEWS
 
     problem = ((report or {}).get("problems") or {}).get(source_id)
     if problem is None:
         return
+    tables = source_tables(sources.get(source_id))
     with closing(connect(conn_id)) as conn:
-        again = apply_schema(conn, tables=source_tables(sources.get(source_id)), views=[],
-                             groups={source_id: source_tables(sources.get(source_id))})
+        # with the views: a column type cannot change under one of ours, so they are dropped and made again
+        again = apply_schema(conn, tables=tables, views=VIEWS, groups={source_id: tables})
     if source_id in again.problems:
         raise SchemaError(f"{source_id}: its tables could not be upgraded, so it does not sync (the other sources "
                           f"do). {again.problems[source_id]}")
