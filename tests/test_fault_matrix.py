@@ -11,6 +11,7 @@ store (connection extra ``credential_store_conn_id``), so a rotated refresh toke
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from contextlib import closing
 from dataclasses import dataclass, field
@@ -39,6 +40,8 @@ class ApiFault:
     #: "retried": the run succeeds; "fails alone": the API's sources may fail, every other source loads
     outcome: str
     extra: dict[str, Any] = field(default_factory=dict)  # connection extras for the faulty API
+    #: the API's clock this many seconds off the worker's, from the fault's run on
+    skew_seconds: float = 0
 
 
 FAULTS = [
@@ -49,6 +52,11 @@ FAULTS = [
              {"read_timeout": 1}),
     ApiFault("token endpoint 5xx longer than the retries", {"token_fail_next": 50, "token_fail_status": 503},
              "fails alone"),
+    ApiFault("200 with an HTML page for a body", {"html_next": 1}, "fails alone"),
+    ApiFault("the right JSON under a wrong content type", {"wrong_type_next": 2}, "retried"),
+    ApiFault("connection closed mid-body", {"cut_next": 1}, "fails alone"),
+    ApiFault("API clock 10 minutes ahead", {}, "retried", skew_seconds=600),
+    ApiFault("API clock 10 minutes behind", {}, "retried", skew_seconds=-600),
 ]
 
 
@@ -84,6 +92,9 @@ def test_an_api_fault_is_retried_or_fails_that_api_alone_and_nothing_is_lost(
     try:
         monkeypatch.setenv(f"AIRFLOW_CONN_{TOKEN_STORE.upper()}", postgres.connection_env(reference_db))
         strava, google = make_emulator(), make_emulator()
+        frozen = time.time()  # the emulated athlete logs no meal between the reference run and the last one
+        for emulator in (strava, google):
+            emulator.state.clock = lambda: frozen
         store = {"credential_store_conn_id": TOKEN_STORE}
         connect_strava(strava, **store, **(fault.extra if api == "strava" else {}))
         connect_fitbit(google, **store, **(fault.extra if api == "google" else {}))
@@ -100,8 +111,10 @@ def test_an_api_fault_is_retried_or_fails_that_api_alone_and_nothing_is_lost(
         faulty = strava if api == "strava" else google
         before = faulty.stats()["faults_injected"]
         requests.post(f"{faulty.url}/_emulator/faults", json=fault.switches, timeout=5).raise_for_status()
+        if fault.skew_seconds:
+            faulty.state.clock = lambda: frozen + fault.skew_seconds
         hit = run_dag(hour, lookback_hours=LOOKBACK_HOURS)
-        assert faulty.stats()["faults_injected"] > before, "the fault was never injected"
+        assert fault.skew_seconds or faulty.stats()["faults_injected"] > before, "the fault was never injected"
         states = task_states(hit)
         if fault.outcome == "retried":
             assert succeeded(hit), states
@@ -118,6 +131,7 @@ def test_an_api_fault_is_retried_or_fails_that_api_alone_and_nothing_is_lost(
             assert leftover_handover_rows(after) == {}
 
         logged = caplog.text + "".join(capsys.readouterr())
+        assert "strava_activity: landed" in logged  # the tasks' logs are in what is searched
         secrets = secrets_of([strava, google], postgres, reference_db)
         assert secrets, "no secret found to look for"
         assert [s[:4] + "..." for s in secrets if s in logged] == []
@@ -135,14 +149,20 @@ class Crash:
     held: str  # what the lock holds, for the test's id
     lock: str
     mode: Any  # KillablePostgres.kill mode
+    #: the statement of that step that must be the one waiting (SQL LIKE), not housekeeping on the same table
+    waiting: str = "%"
 
 
 CRASHES = [
-    Crash("ensure_schema", "its advisory lock", "SELECT pg_advisory_lock(x'66697473'::int)", "sigkill"),
-    Crash("an extract page commit", "raw_record", "LOCK TABLE raw_record IN EXCLUSIVE MODE", "immediate"),
-    Crash("a transform", "stage_strava_activity", "LOCK TABLE stage_strava_activity IN EXCLUSIVE MODE", "sigkill"),
-    Crash("a load", "strava_activity", "LOCK TABLE strava_activity IN EXCLUSIVE MODE", "immediate"),
-    Crash("a load", "fitbit_weight", "LOCK TABLE fitbit_weight IN EXCLUSIVE MODE", "sigkill"),
+    Crash("ensure_schema", "its advisory lock", "SELECT pg_advisory_lock(x'66697473'::int)", "sigkill",
+          "%pg_advisory_xact_lock%"),
+    Crash("an extract page commit", "raw_record", "LOCK TABLE raw_record IN EXCLUSIVE MODE", "immediate",
+          "%raw_record%batch_id%"),
+    Crash("a transform", "stage_strava_activity", "LOCK TABLE stage_strava_activity IN EXCLUSIVE MODE", "sigkill",
+          "%stage_strava_activity%batch_id%"),
+    Crash("a load", "strava_activity", "LOCK TABLE strava_activity IN EXCLUSIVE MODE", "immediate",
+          "%strava_activity%"),
+    Crash("a load", "fitbit_weight", "LOCK TABLE fitbit_weight IN EXCLUSIVE MODE", "sigkill", "%fitbit_weight%"),
 ]
 
 
@@ -154,6 +174,8 @@ def test_postgresql_killed_during_a_step_loses_nothing(
     from fitness_pipeline.ddl import ensure_schema
 
     emulator = all_connections
+    frozen = time.time()  # the emulated athlete logs no meal between the reference run and the last one
+    emulator.state.clock = lambda: frozen
     hour = this_hour()
     # the reference (and the token store) on the test session's server, which is never killed
     monkeypatch.setenv(f"AIRFLOW_CONN_{TOKEN_STORE.upper()}", postgres.connection_env(fitness_db))
@@ -172,10 +194,10 @@ def test_postgresql_killed_during_a_step_loses_nothing(
             with closing(connect_database(server.embedded, "crashed")) as conn:
                 ensure_schema(conn)
         report: dict[str, Any] = {}
-        watcher = crash_when_blocked(server, "crashed", crash.lock, crash.mode, report)
+        watcher = crash_when_blocked(server, "crashed", crash.lock, crash.mode, report, waiting=crash.waiting)
         hit = run_dag(hour, lookback_hours=LOOKBACK_HOURS)
         watcher.join(timeout=180)
-        assert report.get("waited"), "no step waited for the lock: the crash did not land inside a step"
+        assert report.get("waited"), f"no statement like {crash.waiting} waited: the crash did not land in {crash.step}"
         assert not succeeded(hit), task_states(hit)  # a task lost its database: it failed (Airflow retries it)
 
         assert succeeded(run_dag(hour, lookback_hours=LOOKBACK_HOURS))  # the next run, on the restarted server

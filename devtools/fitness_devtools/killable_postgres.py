@@ -94,11 +94,13 @@ class KillablePostgres:
 
 
 def crash_when_blocked(server: KillablePostgres, database: str, lock: str, mode: KillMode,
-                       report: dict[str, Any] | None = None, *, timeout: float = 120) -> threading.Thread:
+                       report: dict[str, Any] | None = None, *, waiting: str = "%",
+                       timeout: float = 120) -> threading.Thread:
     """Take ``lock`` (SQL: ``LOCK TABLE ...``, ``SELECT pg_advisory_lock(...)``) in ``database`` and hold it;
-    once another session waits for a lock there, crash the server (``mode``) and start it again on the same
-    data directory. Runs in a thread, which is returned; the crash comes after ``timeout`` s at the latest,
-    so nothing hangs on the lock. ``report["waited"]``: the start of the waiting query, when one waited.
+    once another session waits for a lock there with a query ``LIKE waiting``, crash the server (``mode``)
+    and start it again on the same data directory. Runs in a thread, which is returned; the crash comes after
+    ``timeout`` s at the latest, so nothing hangs on the lock. ``report["waited"]``: the start of the waiting
+    query, when one waited.
 
     A step blocked on the lock is inside PostgreSQL when the server dies: a crash in the middle of that
     step, wherever its statements are, without timing guesses.
@@ -114,7 +116,8 @@ def crash_when_blocked(server: KillablePostgres, database: str, lock: str, mode:
             with psycopg.connect(server.embedded.dsn(database), autocommit=True) as monitor:
                 while time.monotonic() < deadline:
                     row = monitor.execute("SELECT query FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                                          "AND pid <> %s LIMIT 1", (holder.info.backend_pid,)).fetchone()
+                                          "AND pid <> %s AND query LIKE %s LIMIT 1",
+                                          (holder.info.backend_pid, waiting)).fetchone()
                     if row:
                         if report is not None:
                             report["waited"] = str(row[0])[:80]

@@ -89,6 +89,12 @@ class Faults:
     slow_next: int = 0
     slow_seconds: float = 0.0
     malformed_next: int = 0
+    #: the next data answers: 200 with an HTML page (a captive portal, a proxy's error page)
+    html_next: int = 0
+    #: the next data answers: the right JSON under ``Content-Type: text/plain``
+    wrong_type_next: int = 0
+    #: the next data answers: cut off mid-body, the connection closed (a reset after the headers)
+    cut_next: int = 0
     token_fail_next: int = 0
     token_fail_status: int = 500
 
@@ -168,6 +174,29 @@ async def apply_data_faults(faults: Faults, stats: Stats) -> None:
 def truncate_json(body: bytes) -> bytes:
     """A body that is cut off mid-document, as a dropped connection would leave it."""
     return body[: max(1, len(body) // 2)]
+
+
+HTML_PAGE = b"<!DOCTYPE html><html><head><title>502 Bad Gateway</title></head><body>nginx</body></html>"
+
+
+def data_response(faults: Faults, stats: Stats, body: bytes, headers: dict[str, str] | None = None) -> Response:
+    """A data answer (JSON ``body``), with the body faults armed in ``faults`` applied: truncated JSON, an HTML
+    page with status 200, the JSON under a wrong content type, or the connection closed mid-body."""
+    media_type = "application/json; charset=utf-8"
+    headers = dict(headers or {})
+    if faults.take_malformed():
+        body = truncate_json(body)
+    elif faults._take("html_next"):
+        body, media_type = HTML_PAGE, "text/html"
+    elif faults._take("wrong_type_next"):
+        media_type = "text/plain"
+    elif faults._take("cut_next"):
+        # the declared length is longer than what is sent: the server closes the connection mid-body
+        headers["content-length"] = str(len(body) * 2)
+    else:
+        return Response(body, headers=headers, media_type=media_type)
+    stats.incr("faults_injected")
+    return Response(body, headers=headers, media_type=media_type)
 
 
 async def read_params(request: Request, bad_json: Callable[[], Exception]) -> dict[str, str]:

@@ -35,12 +35,12 @@ from fitness_emulator.core import (
     Faults,
     ServiceState,
     Stats,
+    data_response,
     json_bytes,
     json_response,
     read_json_object,
     read_params,
     status_phrase,
-    truncate_json,
 )
 from fitness_emulator.google_data import (
     DATA_TYPES,
@@ -655,11 +655,7 @@ class GoogleState(ServiceState):
         return grant
 
     def respond(self, payload: Any) -> Response:
-        body = json_bytes(payload)
-        if self.faults.take_malformed():
-            self.stats.incr("faults_injected")
-            body = truncate_json(body)
-        return Response(body, media_type="application/json; charset=utf-8")
+        return data_response(self.faults, self.stats, json_bytes(payload))
 
     # ---- API bodies
 

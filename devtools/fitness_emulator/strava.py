@@ -23,12 +23,12 @@ from fitness_emulator.core import (
     ServiceState,
     Stats,
     apply_data_faults,
+    data_response,
     json_bytes,
     json_response,
     read_json_object,
     read_params,
     status_phrase,
-    truncate_json,
 )
 from fitness_emulator.strava_data import DEFAULT_ATHLETE_ID, ActivityStore, parse_iso_utc
 
@@ -444,11 +444,7 @@ async def list_activities(request: Request) -> Response:
     except ApiError as error:
         error.headers.update(headers)
         raise
-    body = json_bytes(strava.visible_page(params, grant))
-    if strava.faults.take_malformed():
-        strava.stats.incr("faults_injected")
-        body = truncate_json(body)
-    return Response(body, headers=headers, media_type="application/json; charset=utf-8")
+    return data_response(strava.faults, strava.stats, json_bytes(strava.visible_page(params, grant)), headers)
 
 
 # --------------------------------------------------------------------------- control
