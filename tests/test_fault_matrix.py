@@ -270,3 +270,53 @@ def test_task_killed_during_transform_or_load_of_an_import_then_retried(step: st
     assert loaded.inserted == len(expected)
     with closing(connect_database(postgres, fitness_db)) as conn:
         assert leftover_handover_rows(conn) == {}
+
+
+# --- two at once ---------------------------------------------------------------------------------------------
+
+def test_two_ensure_schema_at_once_on_a_new_database(fitness_db: str, db_conn: Any) -> None:
+    """Two runs starting together (a backfill next to the hourly run) both create the schema: the advisory
+    lock serializes them, neither fails, the second finds it made."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fitness_pipeline.tasks.prepare import ensure_schema as ensure_schema_task
+    from tests.helpers import query
+
+    with ThreadPoolExecutor(2) as pool:
+        reports = list(pool.map(lambda _: ensure_schema_task(), range(2)))
+    created = sorted(len(report["created_tables"]) for report in reports)
+    assert created[0] == 0 and created[1] > 10, created  # one made everything, the other nothing
+    assert all(report["problems"] == {} for report in reports)
+    assert query(db_conn, "SELECT count(*) FROM information_schema.views WHERE table_name = 'training_week'") \
+        == [(1,)]
+
+
+def test_two_runs_at_once_over_overlapping_windows(fitness_db: str, schema: Any, all_connections: Any) -> None:
+    """A backfill's run and the hourly run sync overlapping windows at the same time: every activity once,
+    none marked deleted, nothing left behind."""
+    import datetime as dt
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fitness_pipeline.tasks.extract import extract
+    from fitness_pipeline.tasks.load import load
+    from fitness_pipeline.tasks.transform import transform
+    from fitness_pipeline.windows import Window
+    from tests.helpers import query
+    from tests.test_dag import emulator_activity_ids
+
+    hour = this_hour()
+    day = dt.timedelta(days=1)
+    windows = {"backfill": Window(hour - 40 * day, hour - 10 * day), "hourly": Window(hour - 25 * day, hour)}
+
+    def sync(run_id: str) -> Any:
+        return load(transform(extract("strava_activity", run_id, windows[run_id])))
+
+    with ThreadPoolExecutor(2) as pool:
+        loaded = list(pool.map(sync, windows))
+    expected = emulator_activity_ids(all_connections, hour - 40 * day, hour)
+    ids = [r[0] for r in query(schema, "SELECT id FROM strava_activity WHERE deleted_at IS NULL")]
+    assert len(ids) == len(set(ids)) and sorted(ids) == sorted(expected) and expected
+    assert query(schema, "SELECT count(*) FROM strava_activity WHERE deleted_at IS NOT NULL") == [(0,)]
+    assert sum(result.inserted for result in loaded) == len(expected)  # the overlap inserted once
+    assert all(result.deleted == 0 for result in loaded)
+    assert query(schema, "SELECT count(*) FROM raw_record") == [(0,)]

@@ -62,9 +62,16 @@ def stage_rows(cursor: Any, target: sa.Table, batch_id: str, rows: Iterable[Mapp
     return copy_rows(cursor, staging.name, ["batch_id", "seq", *names], tuples)
 
 
+#: first key of the advisory lock that serializes merges into one table (the second: the table name's hash)
+MERGE_LOCK = 0x6D657267
+
+
 def merge_staged(cursor: Any, target: sa.Table, batch_id: str, staging: sa.Table | None = None) -> UpsertCounts:
     """Upsert one staged batch into ``target``; duplicates within the batch: the last one wins."""
     staging = staging if staging is not None else staging_for(target)
+    # one merge into a table at a time, until the caller's transaction ends: two runs at once (a backfill
+    # next to the hourly run) would otherwise both take an empty table for a first load and clash on a key
+    execute(cursor, sa.select(sa.func.pg_advisory_xact_lock(MERGE_LOCK, sa.func.hashtext(target.name))))
     batch = staging.c.batch_id == batch_id
     key_cols = [staging.c[c.name] for c in target.primary_key.columns]
     key = key_cols[0] if len(key_cols) == 1 else sa.tuple_(*key_cols)
@@ -75,8 +82,8 @@ def merge_staged(cursor: Any, target: sa.Table, batch_id: str, staging: sa.Table
     # the sort that picks the last row per key (spilled to disk for big batches) only when it has to
     dedupe = distinct_keys < staged
     if _is_empty(cursor, target):
-        # a first load (a new install's history import): nothing to compare with, so a plain INSERT; a
-        # concurrent first load makes it fail on a duplicate key, and the task's retry then merges
+        # a first load (a new install's history import): nothing to compare with, so a plain INSERT (the
+        # lock above keeps a concurrent load out until this one commits)
         execute(cursor, pg.insert(target).from_select(names := [c.name for c in data_columns(target)],
                                                       _latest(target, staging, names, dedupe=dedupe)),
                 {"batch_id": batch_id})
