@@ -55,6 +55,8 @@ FAULTS = [
     ApiFault("200 with an HTML page for a body", {"html_next": 1}, "fails alone"),
     ApiFault("the right JSON under a wrong content type", {"wrong_type_next": 2}, "retried"),
     ApiFault("connection closed mid-body", {"cut_next": 1}, "fails alone"),
+    ApiFault("429 without rate-limit headers", {"fail_next": 1, "fail_status": 429}, "retried",
+             {"rate_limit_window_seconds": 2}),
     ApiFault("API clock 10 minutes ahead", {}, "retried", skew_seconds=600),
     ApiFault("API clock 10 minutes behind", {}, "retried", skew_seconds=-600),
 ]
