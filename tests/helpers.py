@@ -12,3 +12,10 @@ def query(conn: Any, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
         rows = cur.fetchall()
     conn.rollback()
     return rows
+
+
+def connect_db(postgres: Any, name: str) -> Any:
+    """A psycopg 3 connection to database ``name`` of an embedded PostgreSQL (``EmbeddedPostgres``)."""
+    import psycopg
+
+    return psycopg.connect(postgres.dsn(name))

@@ -19,7 +19,7 @@ import pytest
 
 from fitness_devtools.embedded_stack import EmbeddedPostgres, airflow_env
 from fitness_pipeline import schema
-from tests.helpers import query
+from tests.helpers import connect_db, query
 from tests.test_dag import emulator_activity_ids, run_dag, this_hour
 
 AIRFLOW_MAJOR = int(version("apache-airflow").split(".")[0])
@@ -53,12 +53,6 @@ def table_contents(conn: Any) -> dict[str, list[tuple[Any, ...]]]:
         contents[table.name] = query(conn, f"SELECT {', '.join(columns)}{live} FROM {table.name} ORDER BY 1")
     contents["quarantine"] = query(conn, "SELECT source, record_key, reason FROM quarantine ORDER BY 1, 2")
     return contents
-
-
-def connect_db(postgres: EmbeddedPostgres, name: str) -> Any:
-    import psycopg
-
-    return psycopg.connect(postgres.dsn(name))
 
 
 def wait_for_backfill_runs(airflow: Any, count: int, timeout: float) -> list[dict[str, Any]]:

@@ -21,6 +21,7 @@ import pytest
 import requests
 
 from fitness_devtools.table_digest import leftover_handover_rows, table_digests
+from tests.helpers import connect_db
 from tests.test_dag import run_dag, this_hour
 from tests.test_history import succeeded, task_states
 
@@ -62,12 +63,6 @@ FAULTS = [
 ]
 
 
-def connect_database(postgres: Any, name: str) -> Any:
-    import psycopg
-
-    return psycopg.connect(postgres.dsn(name))
-
-
 def secrets_of(emulators: list[Any], postgres: Any, token_db: str) -> set[str]:
     """Every client secret, refresh token and access token the runs used."""
     found: set[str] = set()
@@ -75,7 +70,7 @@ def secrets_of(emulators: list[Any], postgres: Any, token_db: str) -> set[str]:
         for side in ("strava", "fitbit"):
             conn = requests.get(f"{emulator.url}/_emulator/{side}/connection", timeout=10).json()
             found |= {conn.get("password") or "", str(conn.get("extra", {}).get("refresh_token") or "")}
-    with closing(connect_database(postgres, token_db)) as conn, conn.cursor() as cur:
+    with closing(connect_db(postgres, token_db)) as conn, conn.cursor() as cur:
         cur.execute("SELECT refresh_token, coalesce(access_token, '') FROM oauth_token")
         for refresh, access in cur.fetchall():
             found |= {refresh, access}
@@ -107,7 +102,7 @@ def test_an_api_fault_is_retried_or_fails_that_api_alone_and_nothing_is_lost(
         assert succeeded(run_dag(hour, lookback_hours=LOOKBACK_HOURS))
         monkeypatch.setenv("AIRFLOW_CONN_FITNESS_DB", postgres.connection_env(fitness_db))
 
-        with closing(connect_database(postgres, reference_db)) as tokens, tokens.cursor() as cur:
+        with closing(connect_db(postgres, reference_db)) as tokens, tokens.cursor() as cur:
             cur.execute("UPDATE oauth_token SET expires_at = now() - interval '1 minute'")  # the next run refreshes
             tokens.commit()
         faulty = strava if api == "strava" else google
@@ -127,8 +122,8 @@ def test_an_api_fault_is_retried_or_fails_that_api_alone_and_nothing_is_lost(
         requests.delete(f"{faulty.url}/_emulator/faults", timeout=5).raise_for_status()
 
         assert succeeded(run_dag(hour, lookback_hours=LOOKBACK_HOURS))  # the next run, fault gone
-        with closing(connect_database(postgres, fitness_db)) as after, \
-                closing(connect_database(postgres, reference_db)) as reference:
+        with closing(connect_db(postgres, fitness_db)) as after, \
+                closing(connect_db(postgres, reference_db)) as reference:
             assert table_digests(after) == table_digests(reference)
             assert leftover_handover_rows(after) == {}
 
@@ -193,7 +188,7 @@ def test_postgresql_killed_during_a_step_loses_nothing(
         server.embedded.create_database("crashed")
         monkeypatch.setenv("AIRFLOW_CONN_FITNESS_DB", server.embedded.connection_env("crashed"))
         if crash.step != "ensure_schema":  # the tables to lock must exist
-            with closing(connect_database(server.embedded, "crashed")) as conn:
+            with closing(connect_db(server.embedded, "crashed")) as conn:
                 ensure_schema(conn)
         report: dict[str, Any] = {}
         watcher = crash_when_blocked(server, "crashed", crash.lock, crash.mode, report, waiting=crash.waiting)
@@ -203,8 +198,8 @@ def test_postgresql_killed_during_a_step_loses_nothing(
         assert not succeeded(hit), task_states(hit)  # a task lost its database: it failed (Airflow retries it)
 
         assert succeeded(run_dag(hour, lookback_hours=LOOKBACK_HOURS))  # the next run, on the restarted server
-        with closing(connect_database(server.embedded, "crashed")) as after, \
-                closing(connect_database(postgres, fitness_db)) as reference:
+        with closing(connect_db(server.embedded, "crashed")) as after, \
+                closing(connect_db(postgres, fitness_db)) as reference:
             assert table_digests(after) == table_digests(reference)
             assert leftover_handover_rows(after) == {}
     finally:
@@ -270,7 +265,7 @@ def test_task_killed_during_transform_or_load_of_an_import_then_retried(step: st
     ids = [r[0] for r in query(schema, "SELECT id FROM strava_activity")]
     assert len(ids) == len(set(ids)) and sorted(ids) == sorted(expected) and len(expected) > 200
     assert loaded.inserted == len(expected)
-    with closing(connect_database(postgres, fitness_db)) as conn:
+    with closing(connect_db(postgres, fitness_db)) as conn:
         assert leftover_handover_rows(conn) == {}
 
 

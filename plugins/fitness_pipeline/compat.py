@@ -21,7 +21,6 @@ except ImportError:  # Airflow 2
     from airflow.utils.log.secrets_masker import mask_secret  # type: ignore[no-redef]
 
 
-
 def dag_run_finished(dag_id: str, run_id: str) -> bool | None:
     """Whether run ``run_id`` of ``dag_id`` is over: finished (success or failed) or no longer known to
     Airflow (deleted); None when it cannot tell (not inside a task, the API unreachable).

@@ -118,13 +118,13 @@ def ensure_schema(conn: Any, meta: sa.MetaData = metadata, tables: list[sa.Table
                 state.apply(table)
         for name, members in grouped.items():
             if members:
-                _isolated(cur, changes, name, state, lambda members=members: [state.apply(t) for t in members])
+                _isolated(state, name, lambda members=members: [state.apply(t) for t in members])
         staging = {t.name for t in STAGING.values()}
         _tune_staging(cur, [t.name for t in wanted if t.name in staging and t.name in state.applied], changes)
         if groups is None:
             _ensure_views(cur, list(views), changes, state.grants)
         elif views:
-            _isolated(cur, changes, "views", state, lambda: _ensure_views(cur, list(views), changes, state.grants))
+            _isolated(state, "views", lambda: _ensure_views(cur, list(views), changes, state.grants))
     if changes.problems:
         log.error("Schema: left as they were: %s", "; ".join(f"{k}: {v}" for k, v in changes.problems.items()))
     if changes:
@@ -184,8 +184,9 @@ class _SchemaState:
         self.applied.add(table.name)
 
 
-def _isolated(cur: Any, changes: SchemaChanges, group: str, state: _SchemaState, apply: Any) -> None:
+def _isolated(state: _SchemaState, group: str, apply: Any) -> None:
     """Run ``apply`` under a SAVEPOINT; on failure roll it back and record the problem of ``group``."""
+    cur, changes = state.cur, state.changes
     mark, snapshot = changes._mark(), state.snapshot()
     cur.execute("SAVEPOINT fitness_schema_group")
     try:

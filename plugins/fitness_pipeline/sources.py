@@ -109,6 +109,15 @@ class SourceSpec:
         """The id of this source's batch in DAG run ``run_id`` (``sync_run.batch_id``)."""
         return f"{run_id}/{self.id}"
 
+    @property
+    def batch_suffix(self) -> str:
+        """What every batch id of this source ends with."""
+        return self.batch_id("")
+
+    def run_id_of(self, batch_id: str) -> str:
+        """The DAG run a batch id of this source belongs to (the inverse of :meth:`batch_id`)."""
+        return batch_id.removesuffix(self.batch_suffix)
+
     def listed_range(self, window: Window) -> windows.Bounds | None:
         return self.reconcile.bounds(window) if self.reconcile else None
 

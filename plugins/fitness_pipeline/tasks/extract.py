@@ -99,6 +99,11 @@ def land_pages(db_conn_id: str, batch: str, pages: Iterable[list[Any]]) -> int:
     return count
 
 
+def batches_of(spec: SourceSpec, batch_id: sa.ColumnElement[str]) -> sa.ColumnElement[bool]:
+    """Whether the ``batch_id`` column holds a batch of ``spec`` (of any run)."""
+    return sa.func.right(batch_id, len(spec.batch_suffix)) == spec.batch_suffix
+
+
 def clear_landed(cur: Any, batch: str) -> None:
     execute(cur, sa.delete(raw_record).where(raw_record.c.batch_id == batch))
 

@@ -54,9 +54,9 @@ def clear_finished_batches(conn: Any, spec: SourceSpec, batch: str, dag_id: str)
     so that a new run of its window can take them over. Never fails the load: a problem is logged.
     Returns the rows removed."""
     from fitness_pipeline.compat import dag_run_finished
+    from fitness_pipeline.tasks.extract import batches_of
     from fitness_pipeline.tasks.strava import ADOPT_WITHIN
 
-    suffix = f"/{spec.id}"
     # the cursor first: a take-over (adopt_progress) locks it before the landed rows, so must this
     tables = [extract_cursor, raw_record, *(staging_for(t) for t in (spec.target, *spec.companion_tables()))]
     removed = 0
@@ -65,13 +65,13 @@ def clear_finished_batches(conn: Any, spec: SourceSpec, batch: str, dag_id: str)
             others: set[str] = set()
             for table in tables:
                 execute(cur, sa.select(table.c.batch_id).distinct().where(
-                    sa.func.right(table.c.batch_id, len(suffix)) == suffix, table.c.batch_id != batch))
+                    batches_of(spec, table.c.batch_id), table.c.batch_id != batch))
                 others.update(row[0] for row in cur.fetchall())
             execute(cur, sa.select(extract_cursor.c.batch_id).where(
                 extract_cursor.c.created_at > sa.func.now() - ADOPT_WITHIN))
             others -= {row[0] for row in cur.fetchall()}  # may still be taken over
         for other in sorted(others):
-            if not dag_run_finished(dag_id, other[:-len(suffix)]):
+            if not dag_run_finished(dag_id, spec.run_id_of(other)):
                 continue
             with transaction(conn) as cur:
                 for table in tables:

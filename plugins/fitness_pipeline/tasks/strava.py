@@ -15,7 +15,7 @@ from fitness_pipeline.compat import current_dag_id, dag_run_finished
 from fitness_pipeline.db import connect, execute, transaction
 from fitness_pipeline.schema import extract_cursor, raw_record
 from fitness_pipeline.sources import SourceSpec
-from fitness_pipeline.tasks.extract import clear_landed, land_page
+from fitness_pipeline.tasks.extract import batches_of, clear_landed, land_page
 from fitness_pipeline.windows import Window
 
 log = logging.getLogger(__name__)
@@ -73,9 +73,8 @@ def adopt_progress(cur: Any, spec: SourceSpec, batch: str, window: Window) -> tu
     only when Airflow reports that batch's run finished or deleted (never from a run that goes on).
     ``SKIP LOCKED``: two new runs never take over the same batch.
     """
-    suffix = f"/{spec.id}"
     execute(cur, sa.select(extract_cursor.c.batch_id, extract_cursor.c.after_epoch, extract_cursor.c.landed)
-            .where(sa.func.right(extract_cursor.c.batch_id, len(suffix)) == suffix,
+            .where(batches_of(spec, extract_cursor.c.batch_id),
                    extract_cursor.c.batch_id != batch,
                    extract_cursor.c.window_start == window.start,
                    extract_cursor.c.after_epoch + 1 < int(window.end.timestamp()),
@@ -86,7 +85,7 @@ def adopt_progress(cur: Any, spec: SourceSpec, batch: str, window: Window) -> tu
         return None
     other, after_epoch, landed = found
     dag_id = current_dag_id()
-    if dag_id is not None and not dag_run_finished(dag_id, other[:-len(suffix)]):
+    if dag_id is not None and not dag_run_finished(dag_id, spec.run_id_of(other)):
         return None  # its run goes on (a backfill, the same import triggered twice): never take from it
     execute(cur, sa.select(sa.func.count()).select_from(raw_record).where(raw_record.c.batch_id == other))
     if cur.fetchone()[0] != landed:  # not all there (cleared by hand?): start afresh
