@@ -97,6 +97,23 @@ class Faults:
     cut_next: int = 0
     token_fail_next: int = 0
     token_fail_status: int = 500
+    #: the next token requests are granted (a rotated refresh token replaces the old one at once, as on
+    #: Strava), and then answered with ``token_fail_status``: the client never sees the new refresh token
+    token_rotate_fail_next: int = 0
+    #: the next data requests find the rate limit reached: Strava's 15-minute window filled (429 with its
+    #: usage headers, as if another client of the application had spent it), Google's 429 with a
+    #: ``Retry-After: retry_after_seconds`` header (as a front end may send)
+    rate_limit_next: int = 0
+    retry_after_seconds: int = 1
+    #: Strava: the next data request finds the day's read limit spent (429 until UTC midnight)
+    daily_limit_next: int = 0
+    #: listing anomalies, each applied after (or, for ``empty_page_next``, instead of) a listing page:
+    #: the athlete deletes the first item of the page just served (later items move one page back),
+    #: uploads an item that sorts before the page just served (items move one page on), or the server
+    #: answers one page empty although more data follows (Strava filters pages after slicing them)
+    listing_delete_next: int = 0
+    listing_insert_next: int = 0
+    empty_page_next: int = 0
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -121,7 +138,8 @@ class Faults:
         with self._lock:
             return {f.name: getattr(self, f.name) for f in fields(self)}
 
-    def _take(self, counter: str) -> bool:
+    def take(self, counter: str) -> bool:
+        """Count down the one-shot switch ``counter`` (a field ending in ``_next``); True if it was armed."""
         with self._lock:
             left = getattr(self, counter)
             if left <= 0:
@@ -130,16 +148,16 @@ class Faults:
             return True
 
     def take_fail(self) -> int | None:
-        return self.fail_status if self._take("fail_next") else None
+        return self.fail_status if self.take("fail_next") else None
 
     def take_slow(self) -> float:
-        return self.slow_seconds if self._take("slow_next") else 0.0
+        return self.slow_seconds if self.take("slow_next") else 0.0
 
     def take_malformed(self) -> bool:
-        return self._take("malformed_next")
+        return self.take("malformed_next")
 
     def take_token_fail(self) -> int | None:
-        return self.token_fail_status if self._take("token_fail_next") else None
+        return self.token_fail_status if self.take("token_fail_next") else None
 
 
 def _checked_fault_value(name: str, value: Any) -> int | float:
@@ -186,11 +204,11 @@ def data_response(faults: Faults, stats: Stats, body: bytes, headers: dict[str, 
     headers = dict(headers or {})
     if faults.take_malformed():
         body = truncate_json(body)
-    elif faults._take("html_next"):
+    elif faults.take("html_next"):
         body, media_type = HTML_PAGE, "text/html"
-    elif faults._take("wrong_type_next"):
+    elif faults.take("wrong_type_next"):
         media_type = "text/plain"
-    elif faults._take("cut_next"):
+    elif faults.take("cut_next"):
         # the declared length is longer than what is sent: the server closes the connection mid-body
         headers["content-length"] = str(len(body) * 2)
     else:

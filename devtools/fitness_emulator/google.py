@@ -48,6 +48,7 @@ from fitness_emulator.google_data import (
     SOURCE_SCALE_PASSIVE,
     Bounds,
     HealthStore,
+    Point,
     date_json,
     make_weight,
     point_json,
@@ -105,6 +106,8 @@ class GoogleSettings:
     testing_app: bool = False  # refresh tokens die testing_refresh_token_ttl seconds after issue
     testing_refresh_token_ttl: int = 604_800
     rotate_refresh_tokens: bool = False  # normally a refresh returns no new refresh token
+    max_page_size: int = MAX_PAGE_SIZE  # the server may return fewer than pageSize (AIP-158)
+    listing_faults_data_type: str | None = None  # the listing fault switches hit only this type's listings
     requests_per_minute: int = 300
     account_linked: bool = True
     years: int = 3
@@ -426,15 +429,18 @@ def _filter_hash(data_type: str, bounds: Bounds) -> str:
     return hashlib.sha256(f"{data_type}|{bounds.key()}".encode()).hexdigest()[:16]
 
 
-def encode_page_token(data_type: str, bounds: Bounds, offset: int) -> str:
-    raw = json.dumps([offset, _filter_hash(data_type, bounds)], separators=(",", ":")).encode()
+def encode_page_token(data_type: str, bounds: Bounds, offset: int, *, hop: bool = False) -> str:
+    """An opaque token for the page at ``offset``; ``hop``: the token of an empty page, different from the
+    one that asked for it although it leads to the same offset."""
+    fields = [offset, _filter_hash(data_type, bounds)] + ([1] if hop else [])
+    raw = json.dumps(fields, separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
 def decode_page_token(data_type: str, bounds: Bounds, token: str) -> int:
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        offset, digest = json.loads(raw)
+        offset, digest, *_ = json.loads(raw)
         if not isinstance(offset, int) or offset < 0 or not isinstance(digest, str):
             raise ValueError
     except (ValueError, TypeError):
@@ -601,7 +607,10 @@ class GoogleState(ServiceState):
         return grant
 
     def count_quota(self) -> None:
-        if not self.quota.hit(self.clock()):
+        limited = self.faults.take("rate_limit_next")
+        if limited:
+            self.stats.incr("faults_injected")
+        if limited or not self.quota.hit(self.clock()):
             self.stats.incr("google_rate_limited")
             limit = str(self.quota.limit)
             raise google_error(
@@ -618,6 +627,7 @@ class GoogleState(ServiceState):
                         quota_limit_value=limit,
                     )
                 ],
+                headers={"Retry-After": str(self.faults.retry_after_seconds)} if limited else None,
             )
 
     def check_data_type(self, data_type: str, grant: AccessGrant) -> None:
@@ -662,15 +672,41 @@ class GoogleState(ServiceState):
     def list_page(self, data_type: str, query: dict[str, str]) -> dict[str, Any]:
         bounds = parse_filter(data_type, query.get("filter", ""))
         size = parse_page_size(query.get("pageSize", query.get("page_size")))
+        size = min(size, self.settings.max_page_size)
         token = query.get("pageToken", query.get("page_token", ""))
         offset = decode_page_token(data_type, bounds, token) if token else 0
         items = self.store.listed(data_type, bounds)[offset : offset + size]
         page: dict[str, Any] = {}
+        only = self.settings.listing_faults_data_type
+        # AIP-158 allows an empty page with a token to go on
+        if items and only in (None, data_type) and self.faults.take("empty_page_next"):
+            self.stats.incr("faults_injected")
+            return {"nextPageToken": encode_page_token(data_type, bounds, offset, hop=True)}
         if items:  # proto3 JSON: an empty list is left out, hence a bare {}
             page["dataPoints"] = [point_json(p, self.settings.health_user_id) for p in items]
         if len(items) == size:  # no look-ahead: a full last page is followed by {}
             page["nextPageToken"] = encode_page_token(data_type, bounds, offset + size)
+        self._change_during_listing(items, bounds)
         return page
+
+    def _change_during_listing(self, served: list[Point], bounds: Bounds) -> None:
+        """The listing faults that are real changes, made once ``served`` is answered (newest first): the
+        user deletes its first point (every later one moves one place back, across page boundaries), or
+        weighs in just after it (every later one moves one place on)."""
+        only = self.settings.listing_faults_data_type
+        if not served or only not in (None, served[0].data_type):
+            return
+        first = served[0]
+        if self.faults.take("listing_delete_next"):
+            self.stats.incr("faults_injected")
+            self.store.delete(first.id, first.data_type)
+        elif self.faults.take("listing_insert_next"):
+            moment = first.time + 1
+            if first.data_type == "weight" and moment <= self.clock() and (
+                    bounds.upper is None or bounds.civil or moment < bounds.upper):
+                self.stats.incr("faults_injected")
+                make_weight(self.store, epoch=moment, offset=first.offset, grams=int(first.value),
+                            source=first.source)
 
     def rollup(self, data_type: str, body: Any) -> dict[str, Any]:
         if data_type not in ROLLUP_TYPES:
@@ -726,6 +762,10 @@ async def token(request: Request) -> Response:
         error = "temporarily_unavailable" if status == 503 else "server_error"
         raise oauth_error(status, error, status_phrase(status))
     body = google.tokens.grant(await read_token_form(request))
+    if google.faults.take("token_rotate_fail_next"):  # granted (rotated, if rotation is on), the answer lost
+        google.stats.incr("faults_injected")
+        status = google.faults.token_fail_status
+        raise oauth_error(status, "server_error", status_phrase(status))
     return json_response(body, headers={"Cache-Control": "no-cache, no-store, max-age=0, must-revalidate"})
 
 

@@ -58,6 +58,7 @@ class StravaSettings:
     read_limit: tuple[int, int] = (100, 1000)
     rate_window_seconds: int = 900
     short_page_every: int = 0  # every Nth page drops up to 2 items after slicing
+    max_per_page: int = MAX_PER_PAGE  # a smaller cap makes short histories span many pages in tests
 
 
 def strava_error(status: int, message: str, resource: str, field: str, code: str) -> ApiError:
@@ -203,16 +204,26 @@ class RateLimiter:
         self._window = self._day = -1
         self._usage = {"overall": [0, 0], "read": [0, 0]}  # [window, day]
 
-    def hit(self, now: float, *, read: bool = True) -> tuple[bool, dict[str, str]]:
-        """Count one request; returns (allowed, the X-RateLimit headers)."""
+    def hit(self, now: float, *, read: bool = True, spent: str | None = None) -> tuple[bool, dict[str, str]]:
+        """Count one request; returns (allowed, the X-RateLimit headers). ``spent``: other clients of the same
+        application used up the read limit of "day" (until UTC midnight), or of "window": this request is
+        refused with headers that show the window full, the window's count itself left alone (a test that
+        freezes the emulator's clock would otherwise never see the next window)."""
         with self._lock:
             self._roll(now)
+            if spent == "day":
+                self._usage["read"][1] = max(self._usage["read"][1], self.read_limit[1])
             buckets = ("overall", "read") if read else ("overall",)
             for bucket in buckets:
                 self._usage[bucket][0] += 1
                 self._usage[bucket][1] += 1
             over = self._over("overall", self.overall_limit) or (read and self._over("read", self.read_limit))
-            return not over, self._headers()
+            headers = self._headers()
+            if spent == "window":
+                usage = self._usage["read"]
+                headers["X-ReadRateLimit-Usage"] = f"{max(usage[0], self.read_limit[0] + 1)},{usage[1]}"
+                over = True
+            return not over, headers
 
     def _roll(self, now: float) -> None:
         window, day = int(now // self.window_seconds), int(now // 86400)
@@ -318,7 +329,11 @@ class StravaState(ServiceState):
         return grant
 
     def count_rate_limit(self) -> dict[str, str]:
-        allowed, headers = self.rate_limiter.hit(self.clock())
+        spent = "window" if self.faults.take("rate_limit_next") else "day" if self.faults.take(
+            "daily_limit_next") else None
+        if spent is not None:
+            self.stats.incr("faults_injected")
+        allowed, headers = self.rate_limiter.hit(self.clock(), spent=spent)
         if not allowed:
             self.stats.incr("rate_limited")
             raise ApiError(
@@ -332,7 +347,12 @@ class StravaState(ServiceState):
         return headers
 
     def visible_page(self, params: ListParams, grant: AccessGrant) -> list[dict[str, Any]]:
-        items = self.activities.page(params.after, params.before, params.page, params.per_page)
+        per_page = min(params.per_page, self.settings.max_per_page)
+        items = self.activities.page(params.after, params.before, params.page, per_page)
+        if items and self.faults.take("empty_page_next"):
+            self.stats.incr("faults_injected")
+            return []
+        self._change_during_listing(items, params)
         # Strava slices first and filters afterwards, hence short pages mid-listing.
         if "activity:read_all" not in grant.scopes():
             items = [a for a in items if a.get("visibility") != "only_me"]
@@ -340,6 +360,24 @@ class StravaState(ServiceState):
         if every > 0 and params.page % every == 0 and len(items) > 1:
             items = items[: max(1, len(items) - 2)]
         return items
+
+
+    def _change_during_listing(self, served: list[dict[str, Any]], params: ListParams) -> None:
+        """The listing faults that are real changes, made once ``served`` is answered: the athlete deletes
+        its first activity (every later one moves one place back, across page boundaries), or uploads one
+        that starts between ``after`` and it (every later one moves one place on)."""
+        if not served:
+            return
+        first = served[0]
+        if self.faults.take("listing_delete_next"):
+            self.stats.incr("faults_injected")
+            self.activities.delete(int(first["id"]))
+        elif self.faults.take("listing_insert_next"):
+            first_start = int(parse_iso_utc(first["start_date"]))
+            start = first_start - 1 if params.after is None else (params.after + first_start) // 2
+            if params.after is None or start > params.after:
+                self.stats.incr("faults_injected")
+                self.activities.add(start, name="Uploaded during the listing")
 
 
 # --------------------------------------------------------------------------- routes
@@ -400,7 +438,12 @@ async def token(request: Request) -> Response:
     if status is not None:
         strava.stats.incr("faults_injected")
         raise ApiError(status, {"message": status_phrase(status), "errors": []})
-    return json_response(strava.tokens.grant(await read_form(request)))
+    granted = strava.tokens.grant(await read_form(request))
+    if strava.faults.take("token_rotate_fail_next"):  # granted (and rotated), but the answer is lost
+        strava.stats.incr("faults_injected")
+        status = strava.faults.token_fail_status
+        raise ApiError(status, {"message": status_phrase(status), "errors": []})
+    return json_response(granted)
 
 
 @router.get("/oauth/authorize")
