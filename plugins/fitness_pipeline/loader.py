@@ -31,6 +31,7 @@ from sqlalchemy.dialects import postgresql as pg
 from fitness_pipeline.db import DIALECT, copy_rows, execute
 from fitness_pipeline.ddl import STAGING_TOAST_TUPLE_TARGET
 from fitness_pipeline.errors import NeedsPersonError
+from fitness_pipeline.handover import ReconcileRange
 from fitness_pipeline.schema import DELETED_AT, LAST_TIME, data_columns, quarantine, staging_for
 from fitness_pipeline.transforms.records import QuarantineEntry
 
@@ -274,6 +275,13 @@ def _chunks(items: Iterable[Any], size: int) -> Iterable[tuple[Any, ...]]:
 class MassDeletionError(NeedsPersonError):
     """Refused to mark a large share of a window's rows deleted (an API that suddenly returns
     nothing, e.g. after a scope was lost, looks exactly like a mass deletion)."""
+
+
+def reconciled_range(target: sa.Table, listed: ReconcileRange) -> sa.ColumnElement[bool]:
+    """The rows of ``target`` inside the range an extract listed completely."""
+    column = target.c[listed.column]
+    lower = column >= listed.lower if listed.lower_inclusive else column > listed.lower
+    return sa.and_(lower, column < listed.upper)
 
 
 def mark_deleted(cursor: Any, source: str, target: sa.Table, batch_id: str, in_window: sa.ColumnElement[bool],

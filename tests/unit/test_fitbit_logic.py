@@ -123,6 +123,20 @@ def test_429_waits_are_capped_by_max_rate_limit_wait(monkeypatch: pytest.MonkeyP
     assert sleeps == [0.25]
 
 
+def test_429_with_retry_after_waits_that_long_or_comes_back_then() -> None:
+    sleeps: list[float] = []
+    hook = hook_on(FitbitHook, StubConnection(extra_dejson={"refresh_token": "r", "max_rate_limit_wait": 30}),
+                   sleep=sleeps.append)
+    hook.wait_for_rate_limit(response(429, {}, headers={"Retry-After": "7"}))
+    assert sleeps == [7]
+    with pytest.raises(RateLimitError) as raised:  # longer than max_rate_limit_wait: a reschedule for then
+        hook.wait_for_rate_limit(response(429, {}, headers={"Retry-After": "120"}))
+    assert raised.value.reset_known and 110 < (raised.value.retry_at - dt.datetime.now(dt.UTC)).total_seconds() <= 120
+    assert "Retry-After 120 s" in str(raised.value) and "max_rate_limit_wait" in str(raised.value)
+    hook.wait_for_rate_limit(response(429, {}, headers={"Retry-After": "soon"}))  # unusable: backoff as without
+    assert len(sleeps) == 2 and sleeps[-1] <= 30
+
+
 # --- paging ------------------------------------------------------------------------------------------
 
 

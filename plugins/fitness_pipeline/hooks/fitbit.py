@@ -171,21 +171,43 @@ class FitbitHook(OAuthApiHook):
     # --- rate limits ------------------------------------------------------------------------
 
     def wait_for_rate_limit(self, response: requests.Response) -> None:
-        """429 RESOURCE_EXHAUSTED: exponential backoff with full jitter, then give up for Airflow to retry."""
+        """429 RESOURCE_EXHAUSTED: wait as long as a ``Retry-After`` header says (a front end may send one;
+        longer than ``max_rate_limit_wait``: :class:`RateLimitError` for that moment), else exponential backoff
+        with full jitter; after ``rate_limit_attempts`` waits give up for Airflow to retry."""
         self._rate_limited += 1
+        now = dt.datetime.now(dt.UTC)
         if self._rate_limited > self.rate_limit_attempts:
             raise RateLimitError(
                 f"Google Health API kept answering 429 RESOURCE_EXHAUSTED (300 requests per minute per user) after "
                 f"{self.rate_limit_attempts} waits: failing this try so Airflow retries later.",
-                retry_at=dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1), reset_known=False)
-        wait = min(self.settings.max_rate_limit_wait, 60.0,
-                   random.uniform(0, self.settings.backoff_factor * 2 ** self._rate_limited))
+                retry_at=now + dt.timedelta(minutes=1), reset_known=False)
+        retry_after = retry_after_seconds(response)
+        if retry_after is not None and retry_after > self.settings.max_rate_limit_wait:
+            raise RateLimitError(
+                f"Google Health API answered 429 with Retry-After {retry_after:.0f} s, longer than the "
+                f"max_rate_limit_wait of connection {self.conn_id!r} ({self.settings.max_rate_limit_wait:.0f} s).",
+                retry_at=now + dt.timedelta(seconds=retry_after))
+        backoff = random.uniform(0, self.settings.backoff_factor * 2 ** self._rate_limited)
+        wait = retry_after if retry_after is not None else min(self.settings.max_rate_limit_wait, 60.0, backoff)
         self.log.warning("Google Health API rate limit (429); waiting %.1f s", wait)
         self._sleep(wait)
 
     def after_response(self, response: requests.Response) -> None:
         if response.status_code != 429:
             self._rate_limited = 0
+
+
+def retry_after_seconds(response: requests.Response) -> float | None:
+    """Seconds a ``Retry-After`` header (delta seconds or an HTTP date) asks to wait; None without a usable one."""
+    from urllib3.util.retry import Retry
+
+    value = response.headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(Retry().parse_retry_after(value)))
+    except Exception:  # urllib3 raises InvalidHeader for garbage: then the header does not count
+        return None
 
 
 def physical_time_filter(data_type: str, start: dt.datetime | None, end: dt.datetime | None) -> str | None:

@@ -108,6 +108,37 @@ def clear_landed(cur: Any, batch: str) -> None:
     execute(cur, sa.delete(raw_record).where(raw_record.c.batch_id == batch))
 
 
+def earliest_unlisted(cur: Any, spec: SourceSpec, listed: ReconcileRange, listed_keys: set[str]) -> Any | None:
+    """The earliest ``listed.column`` value of the live rows of ``spec``'s table inside ``listed`` whose key
+    is not in ``listed_keys`` (keys as text): the rows the load would mark deleted. None when there are none.
+
+    A listing that is not a snapshot can miss a record that still exists (paged by number while the athlete
+    deletes an earlier one, or a server answering an empty page before the end): the extract lists once
+    more from there before the load may mark anything deleted.
+    """
+    from fitness_pipeline.loader import reconciled_range
+
+    target = spec.target
+    key = next(iter(target.primary_key.columns))
+    execute(cur, sa.select(sa.cast(key, sa.Text), target.c[listed.column])
+            .where(reconciled_range(target, listed), target.c.deleted_at.is_(None)))
+    unlisted = [value for held_key, value in cur.fetchall() if held_key not in listed_keys]
+    return min(unlisted) if unlisted else None
+
+
+def landed_keys(cur: Any, batch: str, key_of: Any) -> set[str]:
+    """The keys (``key_of(record)``, text or None) of the records ``batch`` landed so far."""
+    execute(cur, sa.select(raw_record.c.payload).where(raw_record.c.batch_id == batch))
+    keys = set()
+    for (payload,) in cur.fetchall():
+        try:
+            keys.add(key_of(json.loads(payload)))
+        except (ValueError, TypeError, AttributeError):
+            continue  # transform quarantines it
+    keys.discard(None)
+    return keys
+
+
 def land_page(cur: Any, batch: str, page: list[Any], start_seq: int) -> int:
     """COPY one page of records into ``raw_record`` (``seq`` from ``start_seq``). Returns the count."""
     # ensure_ascii: any odd string (a lone surrogate) survives landing and is judged by transform

@@ -12,7 +12,7 @@ from sqlalchemy.dialects import postgresql as pg
 from fitness_pipeline import sources
 from fitness_pipeline.db import FITNESS_DB_CONN_ID, connect, execute, transaction
 from fitness_pipeline.errors import NeedsPersonError, RetriableError, raise_for_airflow
-from fitness_pipeline.handover import Loaded, ReconcileRange, RunParams, Staged
+from fitness_pipeline.handover import Loaded, RunParams, Staged
 from fitness_pipeline.schema import extract_cursor, raw_record, staging_for, sync_run
 from fitness_pipeline.sources import SourceSpec
 
@@ -139,7 +139,7 @@ def staging_intact(conn: Any, spec: SourceSpec, staged: Staged) -> bool:
 
 
 def _merge(conn: Any, spec: SourceSpec, staged: Staged, max_deleted_share: float) -> Loaded:
-    from fitness_pipeline.loader import delete_staged, mark_deleted, merge_staged, release_quarantined
+    from fitness_pipeline.loader import delete_staged, mark_deleted, merge_staged, reconciled_range, release_quarantined
 
     batch = staged.batch_id
     extracted = staged.extract
@@ -165,13 +165,6 @@ def _merge(conn: Any, spec: SourceSpec, staged: Staged, max_deleted_share: float
     log.info("%s: %d inserted, %d updated, %d unchanged, %d marked deleted, %d quarantined", spec.id,
              loaded.inserted, loaded.updated, loaded.unchanged, deleted, loaded.quarantined)
     return loaded
-
-
-def reconciled_range(target: sa.Table, listed: ReconcileRange) -> sa.ColumnElement[bool]:
-    """The rows of ``target`` inside the range an extract listed completely."""
-    column = target.c[listed.column]
-    lower = column >= listed.lower if listed.lower_inclusive else column > listed.lower
-    return sa.and_(lower, column < listed.upper)
 
 
 def record_run(cur: Any, loaded: Loaded, extracted: int, window_start: Any, window_end: Any) -> None:
