@@ -10,6 +10,7 @@ store (connection extra ``credential_store_conn_id``), so a rotated refresh toke
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import time
 import uuid
@@ -38,11 +39,20 @@ class ApiFault:
 
     name: str
     switches: dict[str, Any]
-    #: "retried": the run succeeds; "fails alone": the API's sources may fail, every other source loads
-    outcome: str
+    #: "retried": the run succeeds; "fails alone": the API's sources may fail, every other source loads;
+    #: "needs a person": as "fails alone", and the next run loads only once the athlete authorized again.
+    #: Per API where they differ: {"strava": ..., "google": ...}
+    outcome: str | dict[str, str]
     extra: dict[str, Any] = field(default_factory=dict)  # connection extras for the faulty API
     #: the API's clock this many seconds off the worker's, from the fault's run on
     skew_seconds: float = 0
+    #: settings of the faulty API's emulator, per API (StravaSettings or GoogleSettings fields)
+    settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: the athlete revokes the app's access before the fault's run
+    revoke: bool = False
+
+    def outcome_for(self, api: str) -> str:
+        return self.outcome if isinstance(self.outcome, str) else self.outcome[api]
 
 
 FAULTS = [
@@ -58,6 +68,18 @@ FAULTS = [
     ApiFault("connection closed mid-body", {"cut_next": 1}, "fails alone"),
     ApiFault("429 without rate-limit headers", {"fail_next": 1, "fail_status": 429}, "retried",
              {"rate_limit_window_seconds": 2}),
+    # Strava: the 15-minute window spent (its usage headers say so), the hook waits for the next window;
+    # Google: Retry-After: 1, the hook waits that long
+    ApiFault("429 with rate-limit headers", {"rate_limit_next": 1, "retry_after_seconds": 1}, "retried",
+             {"rate_limit_window_seconds": 2}, settings={"strava": {"rate_window_seconds": 2}}),
+    # the refresh went through and its answer was lost (a token 5xx is not retried inside the try: the request
+    # may have rotated the token). Strava rotated the refresh token (every refresh does, with
+    # same_token_min_remaining that high), so the one we hold is dead and only the athlete can help; Google
+    # keeps refresh tokens, so the next try refreshes with the same one
+    ApiFault("token endpoint 5xx after it rotated", {"token_rotate_fail_next": 1, "token_fail_status": 503},
+             {"strava": "needs a person", "google": "fails alone"},
+             settings={"strava": {"same_token_min_remaining": 10**9}}),
+    ApiFault("refresh token revoked (invalid_grant)", {}, "needs a person", revoke=True),
     ApiFault("API clock 10 minutes ahead", {}, "retried", skew_seconds=600),
     ApiFault("API clock 10 minutes behind", {}, "retried", skew_seconds=-600),
 ]
@@ -77,6 +99,17 @@ def secrets_of(emulators: list[Any], postgres: Any, token_db: str) -> set[str]:
     return {s for s in found if len(s) >= 8}
 
 
+def authorize_again(emulator: Any, side: str) -> None:
+    """What the athlete does with ``python -m fitness_pipeline.authorize``: consent, and the code exchanged
+    for a new refresh token (which the emulator's connection then carries)."""
+    conn = requests.get(f"{emulator.url}/_emulator/{'strava' if side == 'strava' else 'fitbit'}/connection",
+                        timeout=10).json()
+    path, code = ("/oauth/token", "demo-code") if side == "strava" else ("/token", "demo-google-code")
+    form = {"client_id": conn["login"], "client_secret": conn["password"], "grant_type": "authorization_code",
+            "code": code, "redirect_uri": "http://127.0.0.1/callback"}
+    requests.post(f"{emulator.url}{path}", data=form, timeout=10).raise_for_status()
+
+
 @pytest.mark.parametrize("fault", FAULTS, ids=[f.name for f in FAULTS])
 @pytest.mark.parametrize("api", ["strava", "google"])
 def test_an_api_fault_is_retried_or_fails_that_api_alone_and_nothing_is_lost(
@@ -88,7 +121,8 @@ def test_an_api_fault_is_retried_or_fails_that_api_alone_and_nothing_is_lost(
     postgres.create_database(reference_db)
     try:
         monkeypatch.setenv(f"AIRFLOW_CONN_{TOKEN_STORE.upper()}", postgres.connection_env(reference_db))
-        strava, google = make_emulator(), make_emulator()
+        strava = make_emulator(**(fault.settings.get("strava", {}) if api == "strava" else {}))
+        google = make_emulator(google=fault.settings.get("google") if api == "google" else None)
         frozen = time.time()  # the emulated athlete logs no meal between the reference run and the last one
         for emulator in (strava, google):
             emulator.state.clock = lambda: frozen
@@ -96,6 +130,7 @@ def test_an_api_fault_is_retried_or_fails_that_api_alone_and_nothing_is_lost(
         connect_strava(strava, **store, **(fault.extra if api == "strava" else {}))
         connect_fitbit(google, **store, **(fault.extra if api == "google" else {}))
         hour = this_hour()
+        printed: list[str] = []  # what the tasks printed, read before the end
 
         # the reference: fault-free, into its own database (its ensure_schema makes the token store's table)
         monkeypatch.setenv("AIRFLOW_CONN_FITNESS_DB", postgres.connection_env(reference_db))
@@ -110,16 +145,28 @@ def test_an_api_fault_is_retried_or_fails_that_api_alone_and_nothing_is_lost(
         requests.post(f"{faulty.url}/_emulator/faults", json=fault.switches, timeout=5).raise_for_status()
         if fault.skew_seconds:
             faulty.state.clock = lambda: frozen + fault.skew_seconds
+        side = "strava" if api == "strava" else "google"
+        if fault.revoke:
+            requests.post(f"{faulty.url}/_emulator/{side}/revoke", timeout=5).raise_for_status()
         hit = run_dag(hour, lookback_hours=LOOKBACK_HOURS)
-        assert fault.skew_seconds or faulty.stats()["faults_injected"] > before, "the fault was never injected"
+        injected = fault.skew_seconds or fault.revoke or faulty.stats()["faults_injected"] > before
+        assert injected, "the fault was never injected"
         states = task_states(hit)
-        if fault.outcome == "retried":
+        outcome = fault.outcome_for(api)
+        if outcome == "retried":
             assert succeeded(hit), states
         else:
             others = [s for other, sources in SOURCES_OF.items() if other != api for s in sources]
             assert all(states[f"{s}.load"] == "success" for s in others), states
             assert any(states[f"{s}.extract"] == "failed" for s in SOURCES_OF[api]), states
         requests.delete(f"{faulty.url}/_emulator/faults", timeout=5).raise_for_status()
+        if outcome == "needs a person":
+            assert not succeeded(run_dag(hour, lookback_hours=LOOKBACK_HOURS))  # it stays broken until then
+            printed.append(capsys.readouterr().out)
+            assert "new refresh token in the connection" in (caplog.text + printed[-1]).lower()  # what to do
+            authorize_again(faulty, side)
+            connect = connect_strava if api == "strava" else connect_fitbit
+            connect(faulty, **store, **fault.extra)
 
         assert succeeded(run_dag(hour, lookback_hours=LOOKBACK_HOURS))  # the next run, fault gone
         with closing(connect_db(postgres, fitness_db)) as after, \
@@ -127,7 +174,7 @@ def test_an_api_fault_is_retried_or_fails_that_api_alone_and_nothing_is_lost(
             assert table_digests(after) == table_digests(reference)
             assert leftover_handover_rows(after) == {}
 
-        logged = caplog.text + "".join(capsys.readouterr())
+        logged = caplog.text + "".join(printed) + "".join(capsys.readouterr())
         assert "strava_activity: landed" in logged  # the tasks' logs are in what is searched
         secrets = secrets_of([strava, google], postgres, reference_db)
         assert secrets, "no secret found to look for"
@@ -221,11 +268,13 @@ else:
 """
 
 
+@pytest.mark.parametrize("then", ["the step retried", "a new run"])
 @pytest.mark.parametrize("step", ["transform", "load"])
-def test_task_killed_during_transform_or_load_of_an_import_then_retried(step: str, postgres: Any, fitness_db: str,
-                                                                         schema: Any, all_connections: Any) -> None:
-    """The step waits inside PostgreSQL (a lock held on its table) when its process is SIGKILLed; the retry of
-    that step then loads exactly the emulator's activities, once each, and leaves no hand-over rows."""
+def test_task_killed_during_transform_or_load_of_an_import(step: str, then: str, postgres: Any, fitness_db: str,
+                                                           schema: Any, all_connections: Any) -> None:
+    """The step waits inside PostgreSQL (a lock held on its table) when its process is SIGKILLed; then either
+    the retry of that step or a new DAG run of the import (the user triggered it again) loads exactly the
+    emulator's activities, once each, and no hand-over rows are left (the new run removes the dead batch's)."""
     import datetime as dt
     import json
     import os
@@ -260,11 +309,16 @@ def test_task_killed_during_transform_or_load_of_an_import_then_retried(step: st
         child.wait()
         holder.rollback()
 
-    loaded = load(transform(extracted)) if step == "transform" else load(staged)  # the task's next try
-    expected = emulator_activity_ids(all_connections, start, hour)
+    if then == "a new run":
+        midnight = start.replace(hour=0)
+        assert succeeded(run_dag(hour, history_start=midnight.date().isoformat(), sources=["strava_activity"]))
+        expected = emulator_activity_ids(all_connections, midnight, hour)
+    else:
+        loaded = load(transform(extracted)) if step == "transform" else load(staged)  # the task's next try
+        expected = emulator_activity_ids(all_connections, start, hour)
+        assert loaded.inserted == len(expected)
     ids = [r[0] for r in query(schema, "SELECT id FROM strava_activity")]
     assert len(ids) == len(set(ids)) and sorted(ids) == sorted(expected) and len(expected) > 200
-    assert loaded.inserted == len(expected)
     with closing(connect_db(postgres, fitness_db)) as conn:
         assert leftover_handover_rows(conn) == {}
 
@@ -317,3 +371,138 @@ def test_two_runs_at_once_over_overlapping_windows(fitness_db: str, schema: Any,
     assert sum(result.inserted for result in loaded) == len(expected)  # the overlap inserted once
     assert all(result.deleted == 0 for result in loaded)
     assert query(schema, "SELECT count(*) FROM raw_record") == [(0,)]
+
+
+# --- listings that are not snapshots -------------------------------------------------------------------------
+
+ANOMALIES = {
+    "an item moving between pages (one deleted during the listing)": "listing_delete_next",
+    "the same item on two pages (one uploaded during the listing)": "listing_insert_next",
+    "an empty page followed by more data": "empty_page_next",
+}
+
+
+def upstream_keys(emulator: Any, api: str, start: dt.datetime, end: dt.datetime) -> set[str]:
+    """What the emulated athlete has in ``[start, end)`` now: Strava activity ids or Google weight ids."""
+    from fitness_emulator.google_data import Bounds
+    from tests.test_dag import emulator_activity_ids
+
+    if api == "strava":
+        return {str(i) for i in emulator_activity_ids(emulator, start, end)}
+    points = emulator.state.google.store.listed("weight", Bounds(start.timestamp(), end.timestamp()))
+    return {str(point.id) for point in points}
+
+
+def live_keys(conn: Any, api: str) -> set[str]:
+    from tests.helpers import query
+
+    table = "strava_activity" if api == "strava" else "fitbit_weight"
+    return {str(row[0]) for row in query(conn, f"SELECT id FROM {table} WHERE deleted_at IS NULL")}
+
+
+@pytest.mark.parametrize("anomaly", ANOMALIES, ids=list(ANOMALIES))
+@pytest.mark.parametrize("api", ["strava", "google"])
+def test_a_listing_anomaly_loses_nothing_and_marks_nothing_deleted_that_exists(
+        api: str, anomaly: str, db_conn: Any, make_emulator: Any, connect_strava: Any, connect_fitbit: Any) -> None:
+    """Pages of two, so a month spans several. The anomaly hits the run after a clean one: everything that
+    still exists upstream stays live in that very run (nothing skipped is marked deleted, nothing is there
+    twice), and the next run brings the tables to the athlete's data exactly."""
+    strava = connect_strava(make_emulator(max_per_page=2))
+    google = connect_fitbit(make_emulator(google={"max_page_size": 2, "listing_faults_data_type": "weight"}))
+    frozen = time.time()
+    for emulator in (strava, google):
+        emulator.state.clock = lambda: frozen
+    faulty = strava if api == "strava" else google
+    hour = this_hour()
+    lookback_hours = 24 * 30
+    start = hour - dt.timedelta(hours=1 + lookback_hours)
+    assert succeeded(run_dag(hour, lookback_hours=lookback_hours))
+    held = live_keys(db_conn, api)
+    assert len(held) >= 6, "the window should span several pages"
+
+    before = faulty.stats()["faults_injected"]
+    requests.post(f"{faulty.url}/_emulator/faults", json={ANOMALIES[anomaly]: 1}, timeout=5).raise_for_status()
+    hit = run_dag(hour, lookback_hours=lookback_hours)
+    assert faulty.stats()["faults_injected"] == before + 1, "the anomaly was never injected"
+    assert succeeded(hit), task_states(hit)
+    still_there = held & upstream_keys(faulty, api, start, hour)
+    assert still_there - live_keys(db_conn, api) == set()  # none of them missing or marked deleted
+
+    assert succeeded(run_dag(hour, lookback_hours=lookback_hours))
+    assert live_keys(db_conn, api) == upstream_keys(faulty, api, start, hour)
+
+
+# --- Strava's daily limit ------------------------------------------------------------------------------------
+
+def test_strava_daily_limit_reschedules_to_utc_midnight_and_google_still_loads(
+        db_conn: Any, make_emulator: Any, connect_strava: Any, connect_fitbit: Any) -> None:
+    """The day's reads are spent (by other clients of the same application): the Strava extract gives its
+    worker slot back until 00:00 UTC, the Google sources load meanwhile (the tasks run one at a time here, so
+    Google's ran before the reschedule or while Strava waits). The run is then stopped the way a person would
+    (its waiting task marked failed) and the next run, after the reset, loads Strava with nothing lost."""
+    import threading
+
+    from airflow.models import DagRun
+    from airflow.utils.session import create_session
+    from airflow.utils.state import TaskInstanceState
+
+    strava = connect_strava(make_emulator())
+    connect_fitbit(make_emulator())
+    hour = this_hour()
+    requests.post(f"{strava.url}/_emulator/faults", json={"daily_limit_next": 1}, timeout=5).raise_for_status()
+    seen: dict[str, Any] = {}
+
+    def stop_once_rescheduled() -> None:  # dag.test() must run in the main thread (Airflow sets SIGALRM)
+        try:
+            watch()
+        except BaseException as error:
+            seen["error"] = error
+            raise
+
+    def watch() -> None:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            time.sleep(1)
+            with create_session() as session:
+                run = session.query(DagRun).filter_by(dag_id="fitness_sync").order_by(DagRun.id.desc()).first()
+                if run is None:
+                    continue
+                tis = run.get_task_instances(session=session)
+                seen["states"] = {ti.task_id: str(ti.state).split(".")[-1].lower() for ti in tis}
+                seen["rescheduled"] = [r.reschedule_date for ti in tis if ti.task_id == "strava_activity.extract"
+                                       for r in _reschedules(session, ti)]
+                states = seen["states"]
+                waiting = states.get("strava_activity.extract") == "up_for_reschedule"
+                google_done = all(states.get(f"{s}.load") == "success" for s in SOURCES_OF["google"])
+                if (waiting and google_done) or {"failed", "upstream_failed"} & set(states.values()):
+                    # what a person does with a task that waits for tomorrow: mark it failed (the run ends)
+                    for ti in tis:
+                        if ti.task_id == "strava_activity.extract" and waiting:
+                            ti.state = TaskInstanceState.FAILED
+                    return
+
+    watcher = threading.Thread(target=stop_once_rescheduled, daemon=True)
+    watcher.start()
+    run_dag(hour, lookback_hours=LOOKBACK_HOURS)
+    watcher.join(timeout=10)
+    assert "error" not in seen, seen["error"]
+    states = seen.get("states", {})
+    assert states.get("strava_activity.extract") == "up_for_reschedule", states
+    assert all(states[f"{s}.load"] == "success" for s in SOURCES_OF["google"]), states
+    midnight = (dt.datetime.now(dt.UTC) + dt.timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    rescheduled = seen["rescheduled"]
+    assert rescheduled and abs((rescheduled[-1] - midnight).total_seconds()) < 120, rescheduled
+
+    requests.delete(f"{strava.url}/_emulator/strava/rate-limits", timeout=5).raise_for_status()  # midnight
+    assert succeeded(run_dag(hour, lookback_hours=LOOKBACK_HOURS))
+    start = hour - dt.timedelta(hours=1 + LOOKBACK_HOURS)
+    assert live_keys(db_conn, "strava") == upstream_keys(strava, "strava", start, hour)
+    from fitness_devtools.table_digest import leftover_handover_rows
+
+    assert leftover_handover_rows(db_conn) == {}
+
+
+def _reschedules(session: Any, ti: Any) -> list[Any]:
+    from airflow.models.taskreschedule import TaskReschedule
+
+    return session.query(TaskReschedule).filter(TaskReschedule.ti_id == ti.id).all()

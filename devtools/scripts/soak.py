@@ -51,6 +51,11 @@ API_FAULTS: dict[str, dict[str, Any]] = {
     "truncated JSON body": {"malformed_next": 1},
     "answer slower than the read timeout": {"slow_next": 1, "slow_seconds": 2.5},
     "token endpoint 5xx": {"token_fail_next": 40, "token_fail_status": 503},
+    # real changes between two pages of a listing (the daily full reconciliation spans pages), whichever
+    # listing (Strava or Google) comes first
+    "a record deleted during a listing": {"listing_delete_next": 1},
+    "a record added during a listing": {"listing_insert_next": 1},
+    "an empty page followed by more data": {"empty_page_next": 1},
 }
 CRASH_KINDS: dict[str, Any] = {
     "PostgreSQL SIGKILLed inside a load": "sigkill",
