@@ -75,6 +75,11 @@ DEFAULTS = RunParams()
             DEFAULTS.max_deleted_share, type="number", minimum=0, maximum=1,
             description="Refuse (fail) to mark more than this share of a window's rows deleted.",
         ),
+        "history_budget_share": Param(  # noqa: AIR311
+            DEFAULTS.history_budget_share, type="number", minimum=0.05, maximum=1,
+            description="A history import uses at most this share of each Strava rate-limit window and day; "
+                        "the rest stays for the hourly runs.",
+        ),
     },
     tags=["fitness", "strava", "fitbit"],
     doc_md=__doc__,
@@ -118,7 +123,7 @@ def source_group(spec: SourceSpec, schema: Any) -> Any:
             except Exception as error:
                 raise_for_airflow(error)
             window = plan.window_for_run(spec, run, data_interval_start, data_interval_end, dag_run)
-            return step.extract(source, dag_run.run_id, window).to_xcom()
+            return step.extract(source, dag_run.run_id, window, budget_share=plan.budget_share(run)).to_xcom()
 
         @task(task_id="transform")
         def transform(extracted: dict[str, Any]) -> dict[str, Any]:

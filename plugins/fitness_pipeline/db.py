@@ -47,6 +47,14 @@ def connect(conn_id: str = FITNESS_DB_CONN_ID) -> Any:
         raise DatabaseUnavailableError(_unreachable_message(hook, conn_id, error)) from None
 
 
+def database_of(conn_id: str) -> str:
+    """``host:port/database`` of Airflow connection ``conn_id``: which database it reaches (no secrets)."""
+    from airflow.providers.postgres.hooks.postgres import PostgresHook
+
+    info = PostgresHook(postgres_conn_id=conn_id).get_connection(conn_id)
+    return f"{info.host}:{info.port}/{info.schema}"
+
+
 def _unreachable_message(hook: Any, conn_id: str, error: BaseException) -> str:
     """What went wrong and what to do: host, port and database, the driver's error class and libpq's reason
     (its last line, the password masked should it appear), never the DSN."""

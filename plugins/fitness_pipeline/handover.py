@@ -37,6 +37,9 @@ class RunParams:
     daily_full_reconcile: bool = True
     #: refuse (fail) to mark more than this share of a window's rows deleted
     max_deleted_share: float = 0.5
+    #: a history import uses at most this share of each Strava rate-limit window and day (the hourly runs
+    #: keep the rest)
+    history_budget_share: float = 0.5
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any] | None) -> RunParams:
@@ -50,8 +53,9 @@ class RunParams:
             values[f.name] = tuple(value) if f.name == "sources" else value
         if "lookback_hours" in values:
             values["lookback_hours"] = float(values["lookback_hours"])
-        if "max_deleted_share" in values:
-            values["max_deleted_share"] = float(values["max_deleted_share"])
+        for name in ("max_deleted_share", "history_budget_share"):
+            if name in values:
+                values[name] = float(values[name])
         if "daily_full_reconcile" in values:
             values["daily_full_reconcile"] = bool(values["daily_full_reconcile"])
         return cls(**values)

@@ -196,6 +196,22 @@ api_rate_limit = sa.Table(
     comment="the rate-limit usage an API's response headers last showed, per bucket (no personal data)",
 )
 
+api_budget = sa.Table(
+    "api_budget",
+    metadata,
+    sa.Column("budget_key", sa.Text, primary_key=True,
+              comment="the API application whose limits these are, e.g. strava:<client id>:900"),
+    sa.Column("window_index", sa.BigInteger, nullable=False, comment="which short window (epoch // its length)"),
+    sa.Column("window_used", sa.Integer, nullable=False, comment="reads reserved or reported in that window"),
+    sa.Column("window_limit", sa.Integer, nullable=False),
+    sa.Column("day_index", sa.Integer, nullable=False, comment="which UTC day (epoch // 86400)"),
+    sa.Column("day_used", sa.Integer, nullable=False, comment="reads reserved or reported that day"),
+    sa.Column("day_limit", sa.Integer, nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    comment="one rate-limit budget per API application, shared by every task, worker and run: each request "
+            "is reserved here before it is sent (no personal data)",
+)
+
 raw_record = sa.Table(
     "raw_record",
     metadata,

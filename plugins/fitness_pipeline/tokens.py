@@ -43,7 +43,7 @@ from typing import Any, ClassVar, Protocol
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 
-from fitness_pipeline.db import execute, transaction
+from fitness_pipeline.db import database_of, execute, transaction
 from fitness_pipeline.errors import RetriableError
 from fitness_pipeline.schema import oauth_token
 
@@ -199,10 +199,7 @@ class PostgresTokenStore:
         self.spool = spool or TokenSpool()
 
     def _database(self) -> str:
-        from airflow.providers.postgres.hooks.postgres import PostgresHook
-
-        info = PostgresHook(postgres_conn_id=self.postgres_conn_id).get_connection(self.postgres_conn_id)
-        return f"{info.host}:{info.port}/{info.schema}"
+        return database_of(self.postgres_conn_id)
 
     def _connect(self) -> Any:
         from airflow.providers.postgres.hooks.postgres import PostgresHook

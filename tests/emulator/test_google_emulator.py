@@ -586,7 +586,7 @@ def test_add_and_delete_points(make_emulator: Callable[..., RunningEmulator]) ->
     emu = make_emulator()
     token = access_token(emu)
     control = f"{emu.url}/_emulator/google"
-    moment = (datetime.now(UTC) - timedelta(hours=2)).replace(microsecond=0)
+    moment = (datetime.now(UTC) - timedelta(seconds=5)).replace(microsecond=0)
     created = requests.post(
         f"{control}/weight",
         json={

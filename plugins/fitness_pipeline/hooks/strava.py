@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 import requests
 
 from fitness_pipeline import apis
+from fitness_pipeline.budget import STRAVA_READ_LIMITS, Budget, Limits, MemoryBudget, PostgresBudget
 from fitness_pipeline.hooks.base import (
     ApiError,
     AuthorizationError,
@@ -20,7 +21,7 @@ from fitness_pipeline.hooks.base import (
     RetriableApiError,
     error_class_for_status,
 )
-from fitness_pipeline.tokens import TokenSet
+from fitness_pipeline.tokens import PostgresTokenStore, TokenSet
 
 ACTIVITIES_PATH = apis.STRAVA_ACTIVITIES_PATH
 MAX_PER_PAGE = apis.STRAVA_MAX_PER_PAGE
@@ -70,7 +71,9 @@ class StravaHook(OAuthApiHook):
     default ``https://www.strava.com`` (every path after it is the real API's, so any
     faithful server can stand in). Optional extras: ``refresh_url`` (the token endpoint, default
     ``<host>/oauth/token``), ``rate_limit_window_seconds`` (900), ``max_rate_limit_wait``
-    (60 s: a longer wait raises :class:`RateLimitError`, which the DAG turns into a reschedule), ``connect_timeout``,
+    (60 s: a longer wait raises :class:`RateLimitError`, which the DAG turns into a reschedule),
+    ``read_rate_limits`` (``"100,1000"``: the application's read limits per window and day until a response
+    shows them; see :mod:`fitness_pipeline.budget`), ``connect_timeout``,
     ``read_timeout``, ``max_retries``, ``backoff_factor``, ``credential_store_conn_id``
     (``fitness_db``; ``memory`` keeps tokens in the process only). The former names ``token_url`` and
     ``token_store_conn_id`` still work (deprecated: Airflow hides the values of extras named "*token*").
@@ -89,6 +92,40 @@ class StravaHook(OAuthApiHook):
         self._usage: dict[str, RateLimitUsage] = {}
         self._refused = 0
         self._clock = time.time
+        #: the share of each window and day of the application's read budget this hook may use (a history
+        #: import leaves the rest to the hourly runs)
+        self.budget_share = 1.0
+        self._budget: Budget | None = None
+
+    @property
+    def budget(self) -> Budget:
+        """The application's read budget: in the token store's database (shared by every task, worker and
+        run that uses it), or in this process when tokens are kept in memory."""
+        if self._budget is None:
+            store = self.token_store
+            limits = self.read_rate_limits
+            if isinstance(store, PostgresTokenStore):
+                key = f"strava:{self.connection.login}:{self.window_seconds}"
+                self._budget = PostgresBudget(store.postgres_conn_id, key, self.window_seconds, limits)
+            else:
+                self._budget = MemoryBudget(self.window_seconds, limits)
+        return self._budget
+
+    @property
+    def read_rate_limits(self) -> Limits:
+        """The application's read limits until a response shows them: extra ``read_rate_limits``
+        (``"<per window>,<per day>"``), else Strava's standard 100 and 1,000."""
+        raw = str(self.extra.get("read_rate_limits") or "")
+        try:
+            window, day = (int(part) for part in raw.split(","))
+            return Limits(window, day)
+        except ValueError:
+            return STRAVA_READ_LIMITS
+
+    def close(self) -> None:
+        super().close()
+        if self._budget is not None:
+            self._budget.close()
 
     @property
     def window_seconds(self) -> int:
@@ -182,10 +219,19 @@ class StravaHook(OAuthApiHook):
             usage = RateLimitUsage.from_headers(response.headers, prefix, bucket, now, self.window_seconds)
             if usage:
                 self._usage[bucket] = usage
+        read = self._usage.get("read")
+        if read is not None and read.seen_at is not None and read.seen_at.timestamp() == now:
+            self.budget.observe(now, read.window_usage, read.window_limit, read.daily_usage, read.daily_limit)
 
     def before_request(self) -> None:
-        """Wait out a limit the last response already showed as reached: no request is wasted on a 429."""
+        """Wait out a limit the last response already showed as reached, then reserve this request in the
+        application's shared budget (waiting for its reset, or rescheduling when that is too far): no request
+        is sent that the budget has no room for."""
         self._wait_for_reset(reason="reached")
+        while (reset := self.budget.reserve(now := self._clock(), self.budget_share)) is not None:
+            share = "" if self.budget_share >= 1 else f" (this run may use {self.budget_share:.0%} of it)"
+            self._pause_until(reset, f"the application's read limit is reached in the budget its tasks share{share}",
+                              now)
 
     def wait_for_rate_limit(self, response: requests.Response) -> None:
         self._refused += 1

@@ -26,9 +26,10 @@ log = logging.getLogger(__name__)
 
 
 def extract(source_id: str, run_id: str, window: Window, conn_id: str | None = None,
-            db_conn_id: str = FITNESS_DB_CONN_ID) -> Extracted:
+            db_conn_id: str = FITNESS_DB_CONN_ID, budget_share: float = 1.0) -> Extracted:
     """Land the records ``source_id`` lists for ``window`` (through connection ``conn_id``, default
     the source's) as batch ``<run_id>/<source_id>``; returns what was landed and the range it proves complete.
+    ``budget_share``: the share of a shared rate-limit budget the hook may use (hooks that keep one).
 
     Errors leave as Airflow outcomes (:func:`fitness_pipeline.errors.airflow_outcome`): a rate limit
     with a known reset reschedules the task for it (its worker slot is given back and the next try
@@ -39,6 +40,8 @@ def extract(source_id: str, run_id: str, window: Window, conn_id: str | None = N
     spec = sources.get(source_id)
     batch = spec.batch_id(run_id)
     hook = resolve(spec.hook)(conn_id or spec.conn_id)
+    if hasattr(hook, "budget_share"):
+        hook.budget_share = budget_share
     try:
         if spec.extract is not None:
             landed = resolve(spec.extract)(spec, hook, batch, window, db_conn_id)

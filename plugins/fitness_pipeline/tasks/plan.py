@@ -31,3 +31,9 @@ def window_for_run(spec: SourceSpec, params: RunParams, data_interval_start: dt.
 def wanted(spec: SourceSpec, params: RunParams) -> bool:
     """Whether the run's ``sources`` param (default: all) includes ``spec``."""
     return spec.id in sources.selected(params.sources)
+
+
+def budget_share(params: RunParams) -> float:
+    """The share of the Strava budget a run's extracts may use: ``history_budget_share`` for a history import,
+    all of it for the hourly runs (which come first)."""
+    return params.history_budget_share if params.history_start else 1.0
