@@ -19,3 +19,13 @@ def connect_db(postgres: Any, name: str) -> Any:
     import psycopg
 
     return psycopg.connect(postgres.dsn(name))
+
+
+def stored_tokens(conn: Any) -> list[tuple[str, str | None, str]]:
+    """``(token_key, access_token, refresh_token)`` of every ``oauth_token`` row, decrypted (the table holds them
+    encrypted with Airflow's Fernet key)."""
+    from fitness_pipeline.tokens import TokenCipher
+
+    cipher = TokenCipher.from_airflow()
+    rows = query(conn, "SELECT token_key, access_token, refresh_token FROM oauth_token ORDER BY 1")
+    return [(key, cipher.unseal(access), str(cipher.unseal(refresh))) for key, access, refresh in rows]

@@ -21,7 +21,7 @@ from fitness_pipeline.hooks import ApiError, AuthorizationError, RateLimitError
 from fitness_pipeline.hooks import fitbit as fitbit_module
 from fitness_pipeline.hooks.fitbit import METRICS_SCOPE, NUTRITION_SCOPE, FitbitHook, physical_time_filter
 from fitness_pipeline.tokens import MemoryTokenStore, PostgresTokenStore
-from tests.helpers import query
+from tests.helpers import query, stored_tokens
 
 NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
 YEAR_AGO = NOW - dt.timedelta(days=365)
@@ -102,8 +102,8 @@ def test_one_refresh_for_many_calls_and_hook_instances(connect_fitbit: Any, db_c
     for _ in range(3):  # new instances (new tasks) reuse the stored access token
         FitbitHook().list_samples("body-fat", WEEK_AGO, NOW)
     assert emulator.stats()["google_token_refreshes"] == 1
-    (key, access, refresh, expires_at), = query(
-        db_conn, "SELECT token_key, access_token, refresh_token, expires_at FROM oauth_token")
+    ((key, access, refresh),) = stored_tokens(db_conn)
+    (expires_at,), = query(db_conn, "SELECT expires_at FROM oauth_token")
     assert key == "fitbit:fitbit_default"
     assert refresh == SEED_REFRESH_TOKEN  # Google sent no new refresh token: the old one is kept
     assert hook.access_token() == access
@@ -117,7 +117,7 @@ def test_rotated_refresh_token_is_stored_and_used_by_the_next_hook(connect_fitbi
     for _ in range(3):
         assert FitbitHook().list_samples("weight", WEEK_AGO, NOW) is not None
     assert emulator.stats()["google_token_refreshes"] == requests_to(emulator, LIST) == 3
-    (stored,), = query(db_conn, "SELECT refresh_token FROM oauth_token")
+    ((_, _, stored),) = stored_tokens(db_conn)
     assert stored != SEED_REFRESH_TOKEN
     assert stored == emulator.state.google.tokens.refresh_token  # the newest one Google issued
     # the Connection still holds the first refresh token, which rotation killed: only the store saves us
@@ -417,7 +417,7 @@ def test_no_token_or_client_secret_reaches_a_log(connect_fitbit: Any, make_emula
     hook.list_samples("weight", NOW - dt.timedelta(days=30), NOW)
     hook.daily_calories(TODAY - dt.timedelta(days=30), TODAY)
     hook.list_samples("height", None, None)  # the third request of the minute: a 429 warning is logged
-    (access, refresh), = query(db_conn, "SELECT access_token, refresh_token FROM oauth_token")
+    ((_, access, refresh),) = stored_tokens(db_conn)
     requests.post(f"{emulator.url}/_emulator/google/revoke", timeout=5).raise_for_status()
     clock[0] += 60
     with pytest.raises(AuthorizationError) as error:

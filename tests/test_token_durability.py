@@ -29,6 +29,7 @@ import fitness_pipeline
 from fitness_pipeline.errors import RetriableError
 from fitness_pipeline.hooks import StravaHook
 from fitness_pipeline.tokens import PostgresTokenStore, TokenSet
+from tests.helpers import stored_tokens
 
 KEY = "strava:strava_default"
 NOW = dt.datetime.now(dt.UTC)
@@ -93,7 +94,7 @@ def test_connection_killed_right_after_the_token_response(rotating_strava: Any, 
     tokens = store.get_token(KEY, seed, hook._refresh, math.inf)
     assert emulator.stats()["token_refreshes"] == 2
     assert tokens.refresh_token == valid_refresh_token(emulator)
-    (stored,), = admin.execute("SELECT refresh_token FROM oauth_token").fetchall()
+    ((_, _, stored),) = stored_tokens(admin)
     assert stored == valid_refresh_token(emulator)
     assert StravaHook().list_activities(NOW - dt.timedelta(days=3), NOW) is not None
     assert list(spool_dir.glob("*.json")) == []  # nothing left pending once the row is committed
@@ -137,7 +138,7 @@ def test_database_unreachable_after_the_response_then_replayed(rotating_strava: 
     tokens = PostgresTokenStore("fitness_db").get_token(KEY, seed, hook._refresh, 300)
     assert emulator.stats()["token_refreshes"] == 1  # the spooled access token is still valid: reused
     assert tokens.refresh_token == rotated
-    (stored,), = admin.execute("SELECT refresh_token FROM oauth_token").fetchall()
+    ((_, _, stored),) = stored_tokens(admin)
     assert stored == rotated
     assert list(spool_dir.glob("*.json")) == []
     PostgresTokenStore("fitness_db").get_token(KEY, seed, hook._refresh, math.inf)  # and it refreshes fine
@@ -196,7 +197,7 @@ def test_process_killed_between_the_response_and_the_commit(rotating_strava: Any
                               capture_output=True, text=True, timeout=120)
     assert recovery.returncode == 0, recovery.stderr[-3000:]
     assert emulator.stats()["token_refreshes"] == 1  # the killed process's access token is reused
-    (stored,), = admin.execute("SELECT refresh_token FROM oauth_token").fetchall()
+    ((_, _, stored),) = stored_tokens(admin)
     assert stored == rotated
     assert list(spool_dir.glob("*.json")) == []
     assert rotated not in recovery.stdout + recovery.stderr

@@ -106,11 +106,24 @@ def prepare_airflow_db() -> None:
         subprocess.run([sys.executable, "-m", "airflow", *command], check=True, capture_output=True)
 
 
+def fernet_key(home: Path) -> str:
+    """The Fernet key of this Airflow home (Connections and the stored OAuth tokens are encrypted with it),
+    made once and kept in ``<home>/fernet.key`` (mode 0600): a later run must decrypt what an earlier stored."""
+    from cryptography.fernet import Fernet
+
+    path = home / "fernet.key"
+    if not path.exists():
+        path.touch(mode=0o600)
+        path.write_text(Fernet.generate_key().decode())
+    return path.read_text().strip()
+
+
 def airflow_env(home: Path) -> dict[str, str]:
     """Environment variables that make a self-contained Airflow (SQLite metadata, no examples)."""
     home.mkdir(parents=True, exist_ok=True)
     return {
         "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__FERNET_KEY": fernet_key(home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",

@@ -20,6 +20,11 @@ into the database under the lock before it reads the row, so the new refresh
 token is not lost. A replay is a compare-and-set: it applies only over the row it
 was refreshed from, never over a newer one.
 
+Tokens are encrypted at rest with Airflow's Fernet key (``[core] fernet_key``, the key Airflow encrypts
+Connections with; :class:`TokenCipher`): a row holds ``fernet:<token>``, never a token in plain text. Rows
+written before (plain text) are encrypted in place the next time the store reads them. Without a Fernet key
+(Airflow then stores Connections in plain text too) tokens stay readable, with a warning.
+
 The Connection's refresh token only seeds the row. When a user re-authorizes and
 puts a new refresh token in the Connection, its fingerprint changes and the store
 starts over from it.
@@ -44,7 +49,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 
 from fitness_pipeline.db import database_of, execute, transaction
-from fitness_pipeline.errors import RetriableError
+from fitness_pipeline.errors import NeedsPersonError, RetriableError
 from fitness_pipeline.schema import oauth_token
 
 log = logging.getLogger(__name__)
@@ -79,6 +84,62 @@ class TokenStore(Protocol):
     def get_token(self, key: str, seed_refresh_token: str, refresh: Refresher, min_valid_seconds: float) -> TokenSet:
         """A token set whose access token is valid for ``min_valid_seconds`` more, refreshing if needed."""
         ...
+
+
+#: what an encrypted token value starts with in ``oauth_token``
+SEALED = "fernet:"
+
+
+class TokenCipher:
+    """Encrypts token values at rest with Airflow's Fernet key: ``[core] fernet_key`` (env
+    ``AIRFLOW__CORE__FERNET_KEY``), comma-separated keys for a rotation (the first encrypts, any decrypts).
+
+    Fernet (AES-128-CBC with HMAC-SHA256, from ``cryptography``) because Airflow already encrypts Connections
+    and Variables with it: one key to configure, back up and rotate, and no new dependency.
+    """
+
+    _warned: ClassVar[bool] = False
+
+    def __init__(self, fernet: Any | None) -> None:
+        self._fernet = fernet
+
+    @classmethod
+    def from_airflow(cls) -> TokenCipher:
+        from airflow.models.crypto import get_fernet
+
+        fernet = get_fernet()
+        if not getattr(fernet, "is_encrypted", False):
+            if not cls._warned:
+                log.warning("No Fernet key is configured ([core] fernet_key): OAuth tokens are stored unencrypted")
+                cls._warned = True
+            return cls(None)
+        return cls(fernet)
+
+    def seal(self, value: str | None) -> str | None:
+        """``value`` as it is stored: encrypted when a key is configured."""
+        if value is None or self._fernet is None or value.startswith(SEALED):
+            return value
+        return SEALED + self._fernet.encrypt(value.encode()).decode()
+
+    def unseal(self, value: str | None) -> str | None:
+        """A stored value in plain text (values stored before encryption pass as they are)."""
+        if value is None or not value.startswith(SEALED):
+            return value
+        if self._fernet is None:
+            raise TokenKeyError("The OAuth tokens in oauth_token are encrypted but no Fernet key is configured: "
+                                "set [core] fernet_key (AIRFLOW__CORE__FERNET_KEY) to the key they were stored with.")
+        from cryptography.fernet import InvalidToken
+
+        try:
+            return str(self._fernet.decrypt(value[len(SEALED):].encode()).decode())
+        except InvalidToken:
+            raise TokenKeyError(
+                "The OAuth tokens in oauth_token cannot be decrypted with the configured Fernet key: put the key "
+                "they were stored with into [core] fernet_key (comma-separated after the new one, for a "
+                "rotation), or authorize again.") from None
+
+    def is_sealed(self, value: str | None) -> bool:
+        return value is None or value.startswith(SEALED) or self._fernet is None
 
 
 def fingerprint(refresh_token: str) -> str:
@@ -184,6 +245,10 @@ def advisory_lock_id(key: str) -> int:
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
+class TokenKeyError(NeedsPersonError):
+    """The stored tokens cannot be decrypted with the configured key (a person must configure the right one)."""
+
+
 class TokenStoreUnavailableError(RetriableError):
     """New tokens were received but could not be stored in the database yet (they are spooled)."""
 
@@ -194,9 +259,17 @@ class PostgresTokenStore:
 
     _tables_checked: ClassVar[set[str]] = set()
 
-    def __init__(self, postgres_conn_id: str, spool: TokenSpool | None = None) -> None:
+    def __init__(self, postgres_conn_id: str, spool: TokenSpool | None = None,
+                 cipher: TokenCipher | None = None) -> None:
         self.postgres_conn_id = postgres_conn_id
         self.spool = spool or TokenSpool()
+        self._cipher = cipher
+
+    @property
+    def cipher(self) -> TokenCipher:
+        if self._cipher is None:
+            self._cipher = TokenCipher.from_airflow()
+        return self._cipher
 
     def _database(self) -> str:
         return database_of(self.postgres_conn_id)
@@ -264,18 +337,24 @@ class PostgresTokenStore:
         self.spool.remove(database, key, entry)
         return fresh
 
-    @staticmethod
-    def _read(conn: Any, key: str, seed_refresh_token: str, seed: str) -> tuple[TokenSet, str]:
-        """The token set to use (the seed's, if the Connection was re-authorized) and the row's refresh token."""
+    def _read(self, conn: Any, key: str, seed_refresh_token: str, seed: str) -> tuple[TokenSet, str]:
+        """The token set to use (the seed's, if the Connection was re-authorized) and the row's refresh token.
+        A row stored in plain text (before encryption) is encrypted in place."""
+        cipher = self.cipher
         with transaction(conn) as cur:
             insert = pg.insert(oauth_token).values(
-                token_key=key, refresh_token=seed_refresh_token, seed_fingerprint=seed
+                token_key=key, refresh_token=cipher.seal(seed_refresh_token), seed_fingerprint=seed
             ).on_conflict_do_nothing(index_elements=[oauth_token.c.token_key])
             execute(cur, insert)
             execute(cur, sa.select(oauth_token.c.access_token, oauth_token.c.refresh_token,
                                    oauth_token.c.expires_at, oauth_token.c.seed_fingerprint)
                     .where(oauth_token.c.token_key == key))
-            access, refresh_token, expires_at, stored_seed = cur.fetchone()
+            stored_access, stored_refresh, expires_at, stored_seed = cur.fetchone()
+            access, refresh_token = cipher.unseal(stored_access), str(cipher.unseal(stored_refresh))
+            if not (cipher.is_sealed(stored_access) and cipher.is_sealed(stored_refresh)):
+                execute(cur, sa.update(oauth_token).where(oauth_token.c.token_key == key,
+                                                          oauth_token.c.refresh_token == stored_refresh)
+                        .values(access_token=cipher.seal(access), refresh_token=cipher.seal(refresh_token)))
         if stored_seed != seed:  # the user put a new refresh token in the Connection
             return TokenSet(None, seed_refresh_token, None), refresh_token
         return TokenSet(access, refresh_token, expires_at), refresh_token
@@ -291,19 +370,20 @@ class PostgresTokenStore:
             log.warning("Dropped spooled OAuth tokens of %r: the database holds newer ones", key)
         self.spool.remove(database, key, entry)
 
-    @staticmethod
-    def _store(conn: Any, entry: dict[str, Any]) -> bool:
+    def _store(self, conn: Any, entry: dict[str, Any]) -> bool:
         """Write a token response over the row it was refreshed from (compare-and-set); False if the row
         has moved on to other tokens since (a stale spool entry)."""
-        key = entry["key"]
+        key, cipher = entry["key"], self.cipher
         with transaction(conn) as cur:
             execute(cur, sa.select(oauth_token.c.refresh_token).where(oauth_token.c.token_key == key)
                     .with_for_update())
             row = cur.fetchone()
-            if row is not None and fingerprint(row[0]) != entry["replaces"] and row[0] != entry["refresh_token"]:
+            current = cipher.unseal(row[0]) if row is not None else None
+            if row is not None and fingerprint(str(current)) != entry["replaces"] and current != entry["refresh_token"]:
                 return False
             expires_at = dt.datetime.fromisoformat(entry["expires_at"]) if entry["expires_at"] else None
-            values = {"access_token": entry["access_token"], "refresh_token": entry["refresh_token"],
+            values = {"access_token": cipher.seal(entry["access_token"]),
+                      "refresh_token": cipher.seal(entry["refresh_token"]),
                       "expires_at": expires_at, "seed_fingerprint": entry["seed_fingerprint"]}
             execute(cur, pg.insert(oauth_token).values(token_key=key, **values).on_conflict_do_update(
                 index_elements=[oauth_token.c.token_key], set_={**values, "updated_at": sa.func.now()}))

@@ -219,9 +219,9 @@ class StravaHook(OAuthApiHook):
             usage = RateLimitUsage.from_headers(response.headers, prefix, bucket, now, self.window_seconds)
             if usage:
                 self._usage[bucket] = usage
-        read = self._usage.get("read")
-        if read is not None and read.seen_at is not None and read.seen_at.timestamp() == now:
-            self.budget.observe(now, read.window_usage, read.window_limit, read.daily_usage, read.daily_limit)
+                if bucket == "read":  # what Strava counted for the whole application: into the shared budget
+                    self.budget.observe(now, usage.window_usage, usage.window_limit, usage.daily_usage,
+                                        usage.daily_limit)
 
     def before_request(self) -> None:
         """Wait out a limit the last response already showed as reached, then reserve this request in the
