@@ -64,6 +64,26 @@ def test_headers_raise_the_count_and_the_limits_never_lower_it(make_budget: Any)
     assert budget.reserve(NOW) == NEXT_WINDOW
 
 
+def test_a_late_answer_never_takes_the_budget_back(make_budget: Any) -> None:
+    budget = make_budget(Limits(3, 1000))
+    assert [budget.reserve(NEXT_WINDOW) for _ in range(3)] == [None] * 3
+    budget.observe(NOW, window_used=1, window_limit=3, day_used=1, day_limit=1000)  # from the window before
+    assert budget.reserve(NEXT_WINDOW) == NEXT_WINDOW + WINDOW
+
+
+def test_a_clock_a_little_behind_counts_against_the_newer_window(fitness_db: str) -> None:
+    """Two workers whose clocks straddle a window boundary share that window; they never reset each other."""
+    ahead = PostgresBudget("fitness_db", "strava:skew:900", WINDOW, Limits(3, 1000))
+    behind = PostgresBudget("fitness_db", "strava:skew:900", WINDOW, Limits(3, 1000))
+    try:
+        assert [ahead.reserve(NEXT_WINDOW), ahead.reserve(NEXT_WINDOW)] == [None, None]
+        assert behind.reserve(NEXT_WINDOW - 1) is None  # its window is already the newer one's third read
+        assert [ahead.reserve(NEXT_WINDOW), behind.reserve(NEXT_WINDOW - 1)] == [NEXT_WINDOW + WINDOW, NEXT_WINDOW]
+    finally:
+        ahead.close()
+        behind.close()
+
+
 def test_concurrent_reservations_never_take_more_than_the_window(fitness_db: str) -> None:
     limit, workers, attempts = 25, 6, 10
     results: list[float | None] = []

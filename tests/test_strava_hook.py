@@ -201,7 +201,8 @@ def test_rate_limit_reached_waits_for_the_window_instead_of_a_429(connect_strava
 def test_a_full_window_is_waited_out_then_the_listing_succeeds(store: str, connect_strava: Any,
                                                                make_emulator: Any) -> None:
     """The second hook (another task) finds the window full in the shared budget and waits without a 429;
-    with tokens (and so the budget) in memory it knows nothing of the usage yet: one 429, then the wait."""
+    with tokens (and so its budget) in memory of its own it knows nothing of the usage yet: one 429, then
+    the wait."""
     # no rotation: with tokens in memory each hook refreshes from the Connection's refresh token
     emulator = connect_strava(make_emulator(read_limit=(2, 1000), rate_window_seconds=2, rotate_refresh_tokens=False),
                               rate_limit_window_seconds=2, credential_store_conn_id=store)

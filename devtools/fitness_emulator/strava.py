@@ -372,10 +372,11 @@ class StravaState(ServiceState):
         if self.faults.take("listing_delete_next"):
             self.stats.incr("faults_injected")
             self.activities.delete(int(first["id"]))
-        elif self.faults.take("listing_insert_next"):
+        elif self.faults.as_dict()["listing_insert_next"] > 0:
             first_start = int(parse_iso_utc(first["start_date"]))
             start = first_start - 1 if params.after is None else (params.after + first_start) // 2
-            if params.after is None or start > params.after:
+            # armed until a page leaves room before it for an upload
+            if (params.after is None or start > params.after) and self.faults.take("listing_insert_next"):
                 self.stats.incr("faults_injected")
                 self.activities.add(start, name="Uploaded during the listing")
 

@@ -62,7 +62,7 @@ class Budget(Protocol):
 
 
 class MemoryBudget:
-    """The budget of one process (no database configured): the same rules, not shared."""
+    """A budget without a database (tokens kept in memory): the same rules, known to its owner only."""
 
     def __init__(self, window_seconds: int, limits: Limits = STRAVA_READ_LIMITS) -> None:
         self.window_seconds = window_seconds
@@ -85,15 +85,19 @@ class MemoryBudget:
         with self._lock:
             self._roll(now)
             s = self._state
-            s.update(window_used=max(s["window_used"], window_used), day_used=max(s["day_used"], day_used),
-                     window_limit=window_limit, day_limit=day_limit)
+            if int(now // self.window_seconds) == s["window_index"]:  # a late answer never takes it back
+                s["window_used"] = max(s["window_used"], window_used)
+            if int(now // DAY) == s["day_index"]:
+                s["day_used"] = max(s["day_used"], day_used)
+            s.update(window_limit=window_limit, day_limit=day_limit)
 
     def _roll(self, now: float) -> None:
+        """Move on to the window and day of ``now``; never back."""
         s = self._state
         window, day = int(now // self.window_seconds), int(now // DAY)
-        if s["window_index"] != window:
+        if window > s["window_index"]:
             s.update(window_index=window, window_used=0)
-        if s["day_index"] != day:
+        if day > s["day_index"]:
             s.update(day_index=day, day_used=0)
 
     def close(self) -> None:
@@ -130,7 +134,9 @@ class PostgresBudget:
     def reserve(self, now: float, share: float = 1.0) -> float | None:
         t = api_budget
         window, day = int(now // self.window_seconds), int(now // DAY)
-        same_window, same_day = t.c.window_index == window, t.c.day_index == day
+        # a row already in a later window or day (a worker whose clock is a little ahead) is counted against,
+        # never reset: two clocks a second apart must not keep resetting each other at a boundary
+        same_window, same_day = t.c.window_index >= window, t.c.day_index >= day
 
         def room(used: Any, limit: Any) -> Any:
             return used + 1 <= sa.func.greatest(1, sa.func.floor(limit * share)) if share > 0 else sa.false()
@@ -140,9 +146,10 @@ class PostgresBudget:
                                      day_limit=self.limits.day)
         reserve = insert.on_conflict_do_update(
             index_elements=[t.c.budget_key],
-            set_={"window_used": sa.case((same_window, t.c.window_used + 1), else_=1), "window_index": window,
-                  "day_used": sa.case((same_day, t.c.day_used + 1), else_=1), "day_index": day,
-                  "updated_at": sa.func.now()},
+            set_={"window_used": sa.case((same_window, t.c.window_used + 1), else_=1),
+                  "window_index": sa.func.greatest(t.c.window_index, window),
+                  "day_used": sa.case((same_day, t.c.day_used + 1), else_=1),
+                  "day_index": sa.func.greatest(t.c.day_index, day), "updated_at": sa.func.now()},
             where=sa.and_(sa.or_(~same_window, room(t.c.window_used, t.c.window_limit)),
                           sa.or_(~same_day, room(t.c.day_used, t.c.day_limit))),
         ).returning(t.c.window_used)
@@ -150,9 +157,11 @@ class PostgresBudget:
             execute(cur, reserve)
             if cur.fetchone() is not None:
                 return None
-            execute(cur, sa.select(t.c.day_used, t.c.day_limit).where(t.c.budget_key == self.key))
-            day_used, day_limit = cur.fetchone()
-        return reset_at(now, self.window_seconds, day_used + 1 > allowed(day_limit, share))
+            # which limit refused it, decided by the same SQL arithmetic as the refusal
+            execute(cur, sa.select(sa.and_(same_day, ~room(t.c.day_used, t.c.day_limit)))
+                    .where(t.c.budget_key == self.key))
+            (day_spent,) = cur.fetchone()
+        return reset_at(now, self.window_seconds, bool(day_spent))
 
     def observe(self, now: float, window_used: int, window_limit: int, day_used: int, day_limit: int) -> None:
         t = api_budget

@@ -107,7 +107,12 @@ class TokenCipher:
     def from_airflow(cls) -> TokenCipher:
         from airflow.models.crypto import get_fernet
 
-        fernet = get_fernet()
+        try:
+            fernet = get_fernet()
+        except Exception as error:  # AirflowException: a key that is not a Fernet key
+            raise TokenKeyError(
+                f"Airflow's Fernet key ([core] fernet_key) is not valid ({type(error).__name__}): OAuth tokens "
+                "cannot be encrypted or read; configure a key made with Fernet.generate_key().") from None
         if not getattr(fernet, "is_encrypted", False):
             if not cls._warned:
                 log.warning("No Fernet key is configured ([core] fernet_key): OAuth tokens are stored unencrypted")

@@ -427,12 +427,13 @@ class OAuthApiHook(BaseHook):
         budget = max_request_seconds(self.extra)
         refreshed = False
         while True:
-            self.before_request()
             try:
                 headers = {"Authorization": f"Bearer {self.access_token(force_refresh=refreshed)}"}
             except requests.RequestException as error:  # the token endpoint did not answer
                 raise transport_error(error, api=self.api.name, conn_id=self.conn_id, method="POST",
                                       path=urlsplit(self.token_url).path, settings=self.settings) from error
+            # after the token (a refresh may wait for a lock): what it reserves is sent at once
+            self.before_request()
             started, retry = time.monotonic(), None
             try:
                 # each send (with urllib3's retries inside it) gives up once another attempt could not end in time

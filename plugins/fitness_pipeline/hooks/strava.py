@@ -104,11 +104,11 @@ class StravaHook(OAuthApiHook):
         if self._budget is None:
             store = self.token_store
             limits = self.read_rate_limits
+            key = f"strava:{self.connection.login}:{self.window_seconds}"
             if isinstance(store, PostgresTokenStore):
-                key = f"strava:{self.connection.login}:{self.window_seconds}"
                 self._budget = PostgresBudget(store.postgres_conn_id, key, self.window_seconds, limits)
             else:
-                self._budget = MemoryBudget(self.window_seconds, limits)
+                self._budget = MemoryBudget(self.window_seconds, limits)  # the hook's own, like its tokens
         return self._budget
 
     @property
@@ -220,8 +220,14 @@ class StravaHook(OAuthApiHook):
             if usage:
                 self._usage[bucket] = usage
                 if bucket == "read":  # what Strava counted for the whole application: into the shared budget
-                    self.budget.observe(now, usage.window_usage, usage.window_limit, usage.daily_usage,
-                                        usage.daily_limit)
+                    self._observe(now, usage)
+
+    def _observe(self, now: float, usage: RateLimitUsage) -> None:
+        try:
+            self.budget.observe(now, usage.window_usage, usage.window_limit, usage.daily_usage, usage.daily_limit)
+        except Exception as error:  # the answer arrived: the next reservation will say if the database is gone
+            self.log.warning("Could not record Strava's rate-limit usage in the shared budget (%s)",
+                             type(error).__name__)
 
     def before_request(self) -> None:
         """Wait out a limit the last response already showed as reached, then reserve this request in the

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import closing
 from typing import Any
 
@@ -111,14 +111,10 @@ def clear_landed(cur: Any, batch: str) -> None:
     execute(cur, sa.delete(raw_record).where(raw_record.c.batch_id == batch))
 
 
-def earliest_unlisted(cur: Any, spec: SourceSpec, listed: ReconcileRange, listed_keys: set[str]) -> Any | None:
-    """The earliest ``listed.column`` value of the live rows of ``spec``'s table inside ``listed`` whose key
-    is not in ``listed_keys`` (keys as text): the rows the load would mark deleted. None when there are none.
-
-    A listing that is not a snapshot can miss a record that still exists (paged by number while the athlete
-    deletes an earlier one, or a server answering an empty page before the end): the extract lists once
-    more from there before the load may mark anything deleted.
-    """
+def unlisted_span(cur: Any, spec: SourceSpec, listed: ReconcileRange, listed_keys: set[str]) -> tuple[Any, Any] | None:
+    """The earliest and latest ``listed.column`` values of the live rows of ``spec``'s table inside ``listed``
+    whose key is not in ``listed_keys`` (keys as text): the rows the load would mark deleted. None when there
+    are none."""
     from fitness_pipeline.loader import reconciled_range
 
     target = spec.target
@@ -126,19 +122,49 @@ def earliest_unlisted(cur: Any, spec: SourceSpec, listed: ReconcileRange, listed
     execute(cur, sa.select(sa.cast(key, sa.Text), target.c[listed.column])
             .where(reconciled_range(target, listed), target.c.deleted_at.is_(None)))
     unlisted = [value for held_key, value in cur.fetchall() if held_key not in listed_keys]
-    return min(unlisted) if unlisted else None
+    return (min(unlisted), max(unlisted)) if unlisted else None
 
 
-def landed_keys(cur: Any, batch: str, key_of: Any) -> set[str]:
-    """The keys (``key_of(record)``, text or None) of the records ``batch`` landed so far."""
+def land_unlisted_again(conn: Any, spec: SourceSpec, batch: str, window: Window, listed_keys: set[str],
+                        landed: int, relist: Callable[[Any, Any], Iterable[list[Any]]],
+                        counted: Callable[[Any, int], None] | None = None) -> int:
+    """Before the load may mark anything deleted: list once more the span of the rows we hold that the listing
+    did not bring (``relist(first, last)`` yields pages covering ``[first, last]``) and land what comes after
+    the ``landed`` records; returns how many. ``counted(cursor, n)`` runs in each page's transaction.
+
+    A listing is not a snapshot: an item deleted or moved while a listing pages by number or by offset shifts
+    later ones back by a place and one is skipped; a server may answer an empty page before the end. Usually
+    the missing rows were really deleted, and the span of one deletion costs a request."""
+    reconcile = listed_range(spec, window)
+    if reconcile is None:
+        return 0
+    with transaction(conn) as cur:
+        span = unlisted_span(cur, spec, reconcile, listed_keys)
+    if span is None:
+        return 0
+    log.info("%s: records we hold were missing from the listing: listing their span again before any is "
+             "marked deleted", spec.id)
+    added = 0
+    for page in relist(*span):
+        with transaction(conn) as cur:
+            count = land_page(cur, batch, page, landed + added)
+            if counted is not None:
+                counted(cur, count)
+            added += count
+    return added
+
+
+def landed_keys(cur: Any, batch: str, key_of: Callable[[Any], str | None]) -> set[str]:
+    """The keys (``key_of(record)``; None for none) of the records ``batch`` landed so far."""
     execute(cur, sa.select(raw_record.c.payload).where(raw_record.c.batch_id == batch))
-    keys = set()
+    keys: set[str] = set()
     for (payload,) in cur.fetchall():
         try:
-            keys.add(key_of(json.loads(payload)))
+            key = key_of(json.loads(payload))
         except (ValueError, TypeError, AttributeError):
             continue  # transform quarantines it
-    keys.discard(None)
+        if key is not None:
+            keys.add(key)
     return keys
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import logging
 from contextlib import closing
 from typing import Any
 
@@ -13,12 +12,10 @@ from fitness_pipeline import windows
 from fitness_pipeline.db import connect, execute, transaction
 from fitness_pipeline.schema import fitbit_height
 from fitness_pipeline.sources import SourceSpec
-from fitness_pipeline.tasks.extract import earliest_unlisted, land_page, land_pages, listed_range
+from fitness_pipeline.tasks.extract import land_pages, land_unlisted_again
 from fitness_pipeline.transforms.fitbit import BODY_FAT_MATCH_SECONDS, data_point_id, fitbit_weight_batch
 from fitness_pipeline.transforms.records import RecordError, TransformResult
 from fitness_pipeline.windows import Window
-
-log = logging.getLogger(__name__)
 
 
 def land_weights(spec: SourceSpec, hook: Any, batch: str, window: Window, db_conn_id: str) -> int:
@@ -42,28 +39,11 @@ def land_weights(spec: SourceSpec, hook: Any, batch: str, window: Window, db_con
         yield envelopes("weight", weights)
 
     landed = land_pages(db_conn_id, batch, pages())
-    return landed + list_unlisted_weights_again(spec, hook, batch, window, db_conn_id, listed, landed)
-
-
-def list_unlisted_weights_again(spec: SourceSpec, hook: Any, batch: str, window: Window, db_conn_id: str,
-                                listed: set[str], landed: int) -> int:
-    """List the weights once more from the earliest one we hold (live, inside the reconciled range) that the
-    listing did not bring, and land them; returns how many. A page token moving by offset while the user
-    deletes a newer weighing skips one; without this the load would mark it deleted. Costs a request only
-    when held weights were not listed (usually real deletions)."""
-    reconcile = listed_range(spec, window)
-    if reconcile is None:
-        return 0
     with closing(connect(db_conn_id)) as conn:
-        with transaction(conn) as cur:
-            earliest = earliest_unlisted(cur, spec, reconcile, listed)
-        if earliest is None:
-            return 0
-        log.info("%s: weights we hold were missing from the listing: listing again from the earliest of them "
-                 "before any is marked deleted", spec.id)
-        again = envelopes("weight", hook.list_samples("weight", max(earliest, window.start), window.end))
-        with transaction(conn) as cur:
-            return land_page(cur, batch, again, landed)
+        return landed + land_unlisted_again(
+            conn, spec, batch, window, listed, landed,
+            lambda first, last: [envelopes("weight", hook.list_samples(
+                "weight", max(first, window.start), min(last + dt.timedelta(seconds=1), window.end)))])
 
 
 def weight_key(point: Any) -> str | None:

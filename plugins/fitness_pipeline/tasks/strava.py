@@ -15,17 +15,11 @@ from fitness_pipeline.compat import current_dag_id, dag_run_finished
 from fitness_pipeline.db import connect, execute, transaction
 from fitness_pipeline.schema import extract_cursor, raw_record
 from fitness_pipeline.sources import SourceSpec
-from fitness_pipeline.tasks.extract import (
-    batches_of,
-    clear_landed,
-    earliest_unlisted,
-    land_page,
-    landed_keys,
-    listed_range,
-)
+from fitness_pipeline.tasks.extract import batches_of, clear_landed, land_page, land_unlisted_again, landed_keys
 from fitness_pipeline.windows import Window
 
 log = logging.getLogger(__name__)
+SECOND = dt.timedelta(seconds=1)
 
 
 def land_activities(spec: SourceSpec, hook: Any, batch: str, window: Window, db_conn_id: str) -> int:
@@ -62,33 +56,17 @@ def land_activities(spec: SourceSpec, hook: Any, batch: str, window: Window, db_
                     index_elements=[extract_cursor.c.batch_id],
                     set_={"after_epoch": insert.excluded.after_epoch, "landed": insert.excluded.landed}))
             listed.update(activity_key(activity) for activity in page)
-        landed += list_unlisted_again(conn, spec, hook, batch, window, listed, landed)
+        landed += land_unlisted_again(
+            conn, spec, batch, window, listed, landed,
+            # before is exclusive: one second past the latest
+            lambda first, last: hook.iter_activity_pages(max(first - SECOND, window.start),
+                                                         min(last + SECOND, window.end)),
+            # the cursor counts them: a resumed try numbers its records after them
+            lambda cur, count: execute(cur, sa.update(extract_cursor).where(extract_cursor.c.batch_id == batch)
+                                       .values(landed=extract_cursor.c.landed + count)))
         with transaction(conn) as cur:  # complete: a later re-run of this batch starts afresh
             execute(cur, sa.delete(extract_cursor).where(extract_cursor.c.batch_id == batch))
     return landed
-
-
-def list_unlisted_again(conn: Any, spec: SourceSpec, hook: Any, batch: str, window: Window, listed: set[str],
-                        landed: int) -> int:
-    """List once more from the earliest activity we hold (live, inside the reconciled range) that the listing
-    did not bring, and land what comes; returns how many. Strava pages by number, so an activity deleted or
-    moved while we list shifts later ones back by a place and one is skipped; and a page may come back empty
-    before the end. Without this the load would mark such an activity deleted. Costs a request only when
-    held activities were not listed (usually real deletions)."""
-    reconcile = listed_range(spec, window)
-    if reconcile is None:
-        return 0
-    with transaction(conn) as cur:
-        earliest = earliest_unlisted(cur, spec, reconcile, listed)
-    if earliest is None:
-        return 0
-    log.info("%s: activities we hold were missing from the listing: listing again from the earliest of them "
-             "before any is marked deleted", spec.id)
-    added = 0
-    for page in hook.iter_activity_pages(max(earliest - dt.timedelta(seconds=1), window.start), window.end):
-        with transaction(conn) as cur:
-            added += land_page(cur, batch, page, landed + added)
-    return added
 
 
 def activity_key(activity: Any) -> str | None:
