@@ -123,7 +123,9 @@ def airflow_env(home: Path) -> dict[str, str]:
     home.mkdir(parents=True, exist_ok=True)
     return {
         "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__FERNET_KEY": fernet_key(home),
+        # one key for everything that shares the fitness database: Airflow components started from a process
+        # that has a key use that one (their stored tokens must be readable by it), else this home's
+        "AIRFLOW__CORE__FERNET_KEY": os.environ.get("AIRFLOW__CORE__FERNET_KEY") or fernet_key(home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
