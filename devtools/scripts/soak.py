@@ -84,6 +84,7 @@ def main() -> int:
     from fitness_pipeline import tokens
     from fitness_pipeline.db import connect
     from fitness_pipeline.ddl import ensure_schema
+    from fitness_pipeline.hooks import strava as strava_hook
 
     server = KillablePostgres(work / "pgdata")
     for name in ("soak", "reference", "tokens"):
@@ -100,6 +101,8 @@ def main() -> int:
     with start_emulator(settings) as emulator:
         emulator.state.clock = lambda: time.time() + clock["offset"]
         tokens.utcnow = lambda: dt.datetime.now(dt.UTC) + dt.timedelta(seconds=clock["offset"])
+        # the shared Strava budget's windows move with the emulator's hours (300 of them in minutes)
+        strava_hook.rate_limit_clock = lambda: time.time() + clock["offset"]
         store = {"credential_store_conn_id": TOKEN_STORE, "backoff_factor": 0.05, "read_timeout": 1}
         os.environ["AIRFLOW_CONN_STRAVA_DEFAULT"] = emulator_connection_env(emulator.url, **store)
         os.environ["AIRFLOW_CONN_FITBIT_DEFAULT"] = emulator_connection_env(emulator.url, "fitbit", **store)
