@@ -85,6 +85,26 @@ FAULTS = [
 ]
 
 
+def quiet_moment(emulators: list[Any], margin: float = 600) -> float:
+    """A moment (at most a few hours ago) with nothing of the emulated athletes within ``margin`` seconds
+    either side: emulator clocks frozen there, or moved by a skew of up to ``margin``, all show the same data
+    (else a weigh-in or meal in those minutes shows up in one run and not in another, by time of day)."""
+    from fitness_emulator.google_data import DATA_TYPES, Bounds
+
+    moment = time.time() - margin - 1  # the emulator shows nothing of the future: look where it is all past
+    for _ in range(48):
+        lower, upper = moment - margin, moment + margin
+        points = [p for emulator in emulators for data_type in DATA_TYPES
+                  for p in emulator.state.google.store.listed(data_type, Bounds(lower, upper + 1))]
+        activities = [a for emulator in emulators for a in emulator.state.strava.find_activities(
+            lambda a, lower=lower, upper=upper: lower <= dt.datetime.fromisoformat(a["start_date"]).timestamp()
+            <= upper)]
+        if not points and not activities:
+            return moment
+        moment -= 300
+    raise AssertionError("no quiet moment in the last four hours")
+
+
 def secrets_of(emulators: list[Any], postgres: Any, token_db: str) -> set[str]:
     """Every client secret, refresh token and access token the runs used."""
     found: set[str] = set()
@@ -123,7 +143,7 @@ def test_an_api_fault_is_retried_or_fails_that_api_alone_and_nothing_is_lost(
         monkeypatch.setenv(f"AIRFLOW_CONN_{TOKEN_STORE.upper()}", postgres.connection_env(reference_db))
         strava = make_emulator(**(fault.settings.get("strava", {}) if api == "strava" else {}))
         google = make_emulator(google=fault.settings.get("google") if api == "google" else None)
-        frozen = time.time()  # the emulated athlete logs no meal between the reference run and the last one
+        frozen = quiet_moment([strava, google])
         for emulator in (strava, google):
             emulator.state.clock = lambda: frozen
         store = {"credential_store_conn_id": TOKEN_STORE}
@@ -218,7 +238,7 @@ def test_postgresql_killed_during_a_step_loses_nothing(
     from fitness_pipeline.ddl import ensure_schema
 
     emulator = all_connections
-    frozen = time.time()  # the emulated athlete logs no meal between the reference run and the last one
+    frozen = quiet_moment([emulator])
     emulator.state.clock = lambda: frozen
     hour = this_hour()
     # the reference (and the token store) on the test session's server, which is never killed
