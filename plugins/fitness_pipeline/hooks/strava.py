@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 import requests
 
 from fitness_pipeline import apis
-from fitness_pipeline.budget import STRAVA_READ_LIMITS, Budget, Limits, MemoryBudget, PostgresBudget
+from fitness_pipeline.budget import DAY, STRAVA_READ_LIMITS, Budget, Limits, MemoryBudget, PostgresBudget
 from fitness_pipeline.hooks.base import (
     ApiError,
     AuthorizationError,
@@ -26,7 +26,6 @@ from fitness_pipeline.tokens import PostgresTokenStore, TokenSet
 ACTIVITIES_PATH = apis.STRAVA_ACTIVITIES_PATH
 MAX_PER_PAGE = apis.STRAVA_MAX_PER_PAGE
 MAX_429_IN_A_ROW = 5
-DAY = 86_400
 
 
 def rate_limit_clock() -> float:
