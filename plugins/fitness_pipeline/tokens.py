@@ -143,7 +143,8 @@ class TokenCipher:
                 "they were stored with into [core] fernet_key (comma-separated after the new one, for a "
                 "rotation), or authorize again.") from None
 
-    def is_sealed(self, value: str | None) -> bool:
+    def stored_as_wanted(self, value: str | None) -> bool:
+        """Whether a stored value needs no rewrite: encrypted already, or no key to encrypt it with."""
         return value is None or value.startswith(SEALED) or self._fernet is None
 
 
@@ -356,7 +357,7 @@ class PostgresTokenStore:
                     .where(oauth_token.c.token_key == key))
             stored_access, stored_refresh, expires_at, stored_seed = cur.fetchone()
             access, refresh_token = cipher.unseal(stored_access), str(cipher.unseal(stored_refresh))
-            if not (cipher.is_sealed(stored_access) and cipher.is_sealed(stored_refresh)):
+            if not (cipher.stored_as_wanted(stored_access) and cipher.stored_as_wanted(stored_refresh)):
                 execute(cur, sa.update(oauth_token).where(oauth_token.c.token_key == key,
                                                           oauth_token.c.refresh_token == stored_refresh)
                         .values(access_token=cipher.seal(access), refresh_token=cipher.seal(refresh_token)))
