@@ -21,6 +21,7 @@ import datetime as dt
 import math
 import os
 import re
+import time
 from collections.abc import Iterator
 from contextlib import closing
 from importlib.metadata import version
@@ -29,6 +30,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+from playwright.sync_api import Error as PlaywrightError
 
 from tests.helpers import query
 from tests.ui.conftest import TrainingServer
@@ -98,13 +100,28 @@ def log_in(page: Any, server: TrainingServer) -> None:
 
 
 def training_frame(page: Any) -> Any:
-    """The page's iframe inside Airflow's UI, once its three parts have loaded (or failed)."""
-    iframe = page.locator("iframe[src*='training']")
-    iframe.wait_for(timeout=TIMEOUT_MS)
-    frame = iframe.element_handle().content_frame()
-    frame.wait_for_function("['calendar', 'trends', 'sync'].every((part) => "
-                            "[undefined, 'loading'].indexOf(document.body.dataset[part]) < 0)", timeout=TIMEOUT_MS)
-    return frame
+    """The page's iframe inside Airflow's UI, once its three parts have loaded (or failed).
+
+    Airflow 3.3's plugin page mirrors the iframe's location into its own route once the frame has loaded
+    (``/plugin/training`` becomes ``/plugin/training/training/#month=...``), and the new route renders the
+    iframe anew: a frame taken before that is detached. So the frame is taken after the mirror, and again
+    if it was detached all the same."""
+    page.wait_for_url(re.compile(r"/plugin/training/training/"), timeout=TIMEOUT_MS)
+    deadline = time.monotonic() + TIMEOUT_MS / 1000
+    while True:
+        iframe = page.locator("iframe[src*='training']")
+        iframe.wait_for(timeout=TIMEOUT_MS)
+        frame = iframe.element_handle().content_frame()
+        try:
+            frame.wait_for_function("['calendar', 'trends', 'sync'].every((part) => "
+                                    "[undefined, 'loading'].indexOf(document.body.dataset[part]) < 0)",
+                                    timeout=2_000)
+        except PlaywrightError:
+            if time.monotonic() > deadline:
+                raise
+            continue
+        if not frame.is_detached():
+            return frame
 
 
 def show_month(frame: Any, month: dt.date) -> None:
@@ -185,7 +202,9 @@ def test_the_page_inside_airflow_shows_the_sql_truth_and_stays_on_the_server(
         entry = page.get_by_role("menuitem", name="Training")
         entry.wait_for()
         entry.click()
-        page.wait_for_url(re.compile(r"/plugin/training$"))
+        # Airflow 3.3's plugin page mirrors the iframe's location into its own once the frame has loaded
+        # (/plugin/training/training/#month=...): either URL may be the one seen first
+        page.wait_for_url(re.compile(r"/plugin/training(/training/)?(#month=\d{4}-\d{2})?$"))
         frame = training_frame(page)
         assert page.locator("iframe[src*='training']").count() == 1
         for part in ("calendar", "trends", "sync"):
