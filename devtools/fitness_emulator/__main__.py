@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rate-window", type=int, default=StravaSettings.rate_window_seconds, metavar="SECONDS")
     parser.add_argument("--access-token-ttl", type=int, default=StravaSettings.access_token_ttl, metavar="SECONDS")
     parser.add_argument("--short-page-every", type=int, default=0, metavar="N")
+    parser.add_argument(
+        "--extra-athletes", type=int, default=0, metavar="N", help="athletes athlete-id+1 .. +N of the same app"
+    )
     google = parser.add_argument_group("Google Health (Fitbit successor)")
     google.add_argument("--google-years", type=int, default=GoogleSettings.years, metavar="N")
     google.add_argument(
@@ -51,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     google.add_argument("--google-testing-app", action="store_true", help="refresh tokens expire after 7 days")
     google.add_argument("--google-rotate-refresh-tokens", action="store_true")
     google.add_argument("--google-account-not-linked", action="store_true", help="data requests: ACCOUNT_NOT_LINKED")
+    google.add_argument("--google-extra-users", type=int, default=0, metavar="N", help="more users of the same client")
     parser.add_argument("--access-log", action="store_true", help="log every request to stderr")
     parser.add_argument("--log-level", default="INFO")
     return parser
@@ -72,6 +76,7 @@ def settings_from_args(args: argparse.Namespace) -> EmulatorSettings:
             rate_window_seconds=args.rate_window,
             access_token_ttl=args.access_token_ttl,
             short_page_every=args.short_page_every,
+            extra_athletes=args.extra_athletes,
         ),
         google=GoogleSettings(
             years=args.google_years,
@@ -79,6 +84,7 @@ def settings_from_args(args: argparse.Namespace) -> EmulatorSettings:
             testing_app=args.google_testing_app,
             rotate_refresh_tokens=args.google_rotate_refresh_tokens,
             account_linked=not args.google_account_not_linked,
+            extra_users=args.google_extra_users,
         ),
     )
 

@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Generic, TypeVar
 from urllib.parse import parse_qsl
 
 from fastapi import Request, Response
@@ -48,18 +48,30 @@ def status_phrase(status: int) -> str:
 
 
 class Stats:
-    """Thread-safe request counters (by route template) plus named counters."""
+    """Thread-safe request counters (by route template), named counters and named groups of counters
+    (e.g. requests by athlete)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._requests: Counter[str] = Counter()
         self._counters: Counter[str] = Counter()
         self._declared: set[str] = set()
+        self._groups: dict[str, Counter[str]] = {}
 
     def declare(self, *names: str) -> None:
         """Make counters show up as 0 in snapshots before their first increment."""
         with self._lock:
             self._declared.update(names)
+
+    def declare_group(self, *names: str) -> None:
+        """Make groups show up (as ``{}``) in snapshots before their first count."""
+        with self._lock:
+            for name in names:
+                self._groups.setdefault(name, Counter())
+
+    def count_in(self, group: str, key: str) -> None:
+        with self._lock:
+            self._groups.setdefault(group, Counter())[key] += 1
 
     def count_request(self, key: str) -> None:
         with self._lock:
@@ -72,12 +84,15 @@ class Stats:
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
             names = sorted(self._declared | set(self._counters))
-            return {"requests": dict(self._requests), **{n: self._counters[n] for n in names}}
+            groups = {name: dict(counts) for name, counts in sorted(self._groups.items())}
+            return {"requests": dict(self._requests), **{n: self._counters[n] for n in names}, **groups}
 
     def reset(self) -> None:
         with self._lock:
             self._requests.clear()
             self._counters.clear()
+            for counts in self._groups.values():
+                counts.clear()
 
 
 @dataclass
@@ -253,6 +268,14 @@ class ServiceState:
         self.consent_denied = False  # the user presses "Cancel" on the consent page
 
 
+def optional_int(body: dict[str, Any], name: str, maximum: int) -> int | None:
+    """``body[name]`` if present: an integer in 0..maximum (400 otherwise); None if absent or null."""
+    value = body.get(name)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= maximum):
+        raise ApiError(400, {"message": f"{name} must be an integer in 0..{maximum}"})
+    return value
+
+
 async def read_json_object(request: Request) -> dict[str, Any]:
     """The request's JSON body, which must be an object (control endpoints); 400 otherwise."""
     try:
@@ -262,3 +285,74 @@ async def read_json_object(request: Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise ApiError(400, {"message": "body must be a JSON object"})
     return body
+
+
+AccountId = TypeVar("AccountId", int, str)
+Account = TypeVar("Account")
+
+
+class Accounts(Generic[AccountId, Account]):
+    """The people (Strava athletes, Google users) who authorized the one application, by id.
+
+    Tokens, codes and data belong to one account each, while rate limits, quotas and faults stay
+    app-wide, as on the real APIs.  The default account always exists and comes first.  Control
+    endpoints name an account with ``<kind>_id`` (query parameter or body field); without it they
+    act on the default account, so single-account clients keep working unchanged.
+    """
+
+    def __init__(self, default_id: AccountId, default: Account, *, kind: str,
+                 parse: Callable[[object], AccountId]) -> None:
+        self.default_id = default_id
+        self.default = default
+        self.kind = kind
+        self._parse = parse  # raises ValueError/TypeError on a bad id
+        self._lock = threading.Lock()
+        self._by_id: dict[AccountId, Account] = {default_id: default}
+
+    @property
+    def param(self) -> str:
+        return f"{self.kind}_id"
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def get(self, account_id: AccountId) -> Account | None:
+        with self._lock:
+            return self._by_id.get(account_id)
+
+    def all(self) -> list[Account]:
+        """A snapshot, default first, then in creation order."""
+        with self._lock:
+            return list(self._by_id.values())
+
+    def find(self, predicate: Callable[[Account], bool]) -> Account | None:
+        return next((account for account in self.all() if predicate(account)), None)
+
+    def create(self, account_id: AccountId, make: Callable[[], Account]) -> Account:
+        """Build and register a new account; 409 if the id is taken (``make`` is then not called)."""
+        with self._lock:
+            if account_id in self._by_id:
+                raise ApiError(409, {"message": f"{self.kind} {account_id} already exists", self.param: account_id})
+            account = self._by_id[account_id] = make()
+            return account
+
+    def parse(self, raw: object) -> AccountId:
+        """A valid id from a query or body value; 400 otherwise."""
+        try:
+            return self._parse(raw)
+        except (TypeError, ValueError) as error:
+            raise ApiError(400, {"message": f"bad {self.param} {raw!r}: {error}"}) from None
+
+    def require(self, raw: object = None) -> Account:
+        """The account named by ``raw`` (None: the default one); 400 if malformed, 404 if unknown."""
+        if raw is None:
+            return self.default
+        account_id = self.parse(raw)
+        account = self.get(account_id)
+        if account is None:
+            raise ApiError(404, {"message": f"no {self.kind} {account_id}", self.param: account_id})
+        return account
+
+    def from_query(self, request: Request) -> Account:
+        """The account a control request names with ``?<kind>_id=``; the default one without it."""
+        return self.require(request.query_params.get(self.param))

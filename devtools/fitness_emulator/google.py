@@ -10,6 +10,10 @@ connection, under ``/_emulator/fitbit``).  All find their state at
 Data requests check, in this order: injected faults, the access token (401), the
 per-minute quota (429), the data type (404), its scope (403), the account link
 (400 ``FAILED_PRECONDITION``), then the parameters (400 ``INVALID_ARGUMENT``).
+
+One OAuth client, several users: every user has its own tokens, authorization code and
+data points, and ``users/me`` is whoever the bearer token belongs to; the quota, the
+run-time settings and the fault switches stay app-wide.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import RedirectResponse
 
 from fitness_emulator.core import (
+    Accounts,
     ApiError,
     Faults,
     ServiceState,
@@ -38,6 +43,7 @@ from fitness_emulator.core import (
     data_response,
     json_bytes,
     json_response,
+    optional_int,
     read_json_object,
     read_params,
     status_phrase,
@@ -50,8 +56,10 @@ from fitness_emulator.google_data import (
     HealthStore,
     Point,
     date_json,
+    legacy_user_id,
     make_weight,
     point_json,
+    user_seed,
 )
 from fitness_emulator.strava_data import day_number
 
@@ -74,6 +82,7 @@ DEFAULT_PAGE_SIZE = 1440
 MAX_PAGE_SIZE = 10_000
 MAX_ROLLUP_DAYS = 90
 RATE_WINDOW_SECONDS = 60
+MAX_YEARS = 100  # of data for a user added at run time
 SERVICE = "health.googleapis.com"
 ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
 BAD_REQUEST = "type.googleapis.com/google.rpc.BadRequest"
@@ -113,6 +122,7 @@ class GoogleSettings:
     years: int = 3
     health_user_id: str = "108527364915620845632"
     legacy_user_id: str = "B7K2QX"
+    extra_users: int = 0  # more users of the same client at start (ids: see GoogleState.next_user_id)
 
 
 def google_error(
@@ -172,19 +182,31 @@ class GoogleTokens:
     expire); the refresh token is kept unless ``rotate_refresh_tokens`` is on.  In
     ``testing_app`` mode a refresh token dies ``testing_refresh_token_ttl`` seconds
     after it was issued (checked lazily, so flipping the mode at run time applies to
-    tokens issued earlier too).
+    tokens issued earlier too).  ``refresh_token`` and ``authorization_code`` default
+    to the settings' (the default user's).
     """
 
-    def __init__(self, settings: GoogleSettings, clock: Callable[[], float], stats: Stats) -> None:
+    def __init__(
+        self,
+        settings: GoogleSettings,
+        clock: Callable[[], float],
+        stats: Stats,
+        *,
+        refresh_token: str | None = None,
+        authorization_code: str | None = None,
+    ) -> None:
         self._settings = settings
         self._clock = clock
         self._stats = stats
         self._lock = threading.Lock()
+        self.authorization_code = authorization_code or settings.authorization_code
         self.scopes: tuple[str, ...] = tuple(settings.scopes)
         self.testing_app = settings.testing_app
         self.rotate_refresh_tokens = settings.rotate_refresh_tokens
-        self._refresh_tokens: dict[str, float] = {settings.initial_refresh_token: clock()}  # token -> issued at
-        self._latest: str | None = settings.initial_refresh_token
+        self.revoked = False  # access removed, until the user consents again
+        initial = refresh_token or settings.initial_refresh_token
+        self._refresh_tokens: dict[str, float] = {initial: clock()}  # token -> issued at
+        self._latest: str | None = initial
         self._grants: dict[str, AccessGrant] = {}
         self._consents: dict[str, Consent] = {}  # authorization code -> its consent
         self._refresh_scopes: dict[str, tuple[str, ...]] = {}  # refresh token -> scopes, if from a consent
@@ -192,7 +214,7 @@ class GoogleTokens:
     def consent(self, consent: Consent) -> str:
         """The user approved the consent page: an authorization code that remembers ``consent``."""
         with self._lock:
-            code = self._settings.authorization_code
+            code = self.authorization_code
             self._consents[code] = consent
             return code
 
@@ -233,7 +255,7 @@ class GoogleTokens:
     def _exchange_code(self, code: str, redirect_uri: str) -> dict[str, Any]:
         if not code:
             raise oauth_error(400, "invalid_request", "Missing required parameter: code")
-        if code != self._settings.authorization_code:
+        if code != self.authorization_code:
             raise oauth_error(400, "invalid_grant", "Malformed auth code.")
         expected = self._settings.redirect_uri
         if not redirect_uri:
@@ -250,6 +272,7 @@ class GoogleTokens:
             if consent is not None and not consent.offline:
                 return body  # access_type=online: no refresh token
             # A new consent adds a refresh token; earlier ones stay valid (as on Google).
+            self.revoked = False
             refresh_token = self._issue_refresh(now, scopes)
             body["refresh_token"] = refresh_token
             if self.testing_app:
@@ -293,6 +316,11 @@ class GoogleTokens:
                 return None
             return grant
 
+    def issued_refresh_token(self, refresh_token: str) -> bool:
+        """Whether this user was ever given ``refresh_token`` and it is not revoked (it may have expired)."""
+        with self._lock:
+            return refresh_token in self._refresh_tokens
+
     @property
     def refresh_token(self) -> str | None:
         """The most recently issued refresh token, if it is still alive."""
@@ -307,6 +335,7 @@ class GoogleTokens:
             self._refresh_tokens.clear()
             self._refresh_scopes.clear()
             self._latest = None
+            self.revoked = True
 
 
 # --------------------------------------------------------------------------- quota
@@ -504,14 +533,39 @@ def parse_rollup(body: Any) -> tuple[int, int, int]:
 
 # --------------------------------------------------------------------------- state
 
+_USER_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+@dataclass(frozen=True)
+class GoogleUser:
+    """One user who authorized the client: own tokens, authorization code and data points."""
+
+    id: str  # healthUserId
+    legacy_id: str  # legacyUserId (the old Fitbit user id)
+    tokens: GoogleTokens
+    store: HealthStore
+
+    def summary(self) -> dict[str, Any]:
+        return {"user_id": self.id, "points": self.store.counts(), "revoked": self.tokens.revoked}
+
+
+def parse_user_id(raw: object) -> str:
+    """A user id from a query string or JSON value (ValueError otherwise)."""
+    value = str(raw) if isinstance(raw, int) and not isinstance(raw, bool) else raw
+    if not isinstance(value, str) or not _USER_ID_RE.fullmatch(value):
+        raise ValueError("expected 1-64 characters of A-Z a-z 0-9 . _ -")
+    return value
+
 
 class GoogleState(ServiceState):
-    """Live Google-side state: tokens, quota, data points and run-time switches.
+    """Live Google-side state: users (tokens, data points), the app-wide quota and run-time switches.
 
-    Run-time switches (also settable via ``POST /_emulator/google/settings``):
-    ``account_linked``, ``quota.limit`` (requests per minute), ``tokens.scopes``
-    (granted to tokens issued from now on), ``tokens.testing_app`` and
-    ``tokens.rotate_refresh_tokens``.
+    ``users`` holds every user of the client; ``tokens`` and ``store`` are the default
+    user's (``settings.health_user_id``); ``add_user()`` adds one; ``consent_user`` is
+    who is signed in on the consent page.  Run-time switches, app-wide (also settable via
+    ``POST /_emulator/google/settings``): ``account_linked``, ``quota.limit`` (requests per
+    minute), and on every user's tokens ``scopes`` (granted to tokens issued from now on),
+    ``testing_app`` and ``rotate_refresh_tokens``.
     """
 
     settings: GoogleSettings
@@ -527,23 +581,83 @@ class GoogleState(ServiceState):
     ) -> None:
         super().__init__(settings, seed=seed, clock=clock, stats=stats, faults=faults)
         self.account_linked = settings.account_linked
-        self.tokens = GoogleTokens(settings, clock, stats)
-        self.quota = MinuteQuota(settings.requests_per_minute)
-        self.store = HealthStore(seed=seed, years=settings.years, clock=clock)
+        self.quota = MinuteQuota(settings.requests_per_minute)  # one for the whole client: all users share it
+        default = GoogleUser(
+            settings.health_user_id,
+            settings.legacy_user_id,
+            GoogleTokens(settings, clock, stats),
+            HealthStore(seed=seed, years=settings.years, clock=clock),
+        )
+        self.users: Accounts[str, GoogleUser] = Accounts(
+            settings.health_user_id, default, kind="user", parse=parse_user_id
+        )
+        self.tokens = default.tokens
+        self.store = default.store
+        self.consent_user = default
+        for _ in range(settings.extra_users):
+            self.add_user()
         stats.declare("google_token_requests", "google_token_refreshes", "google_rate_limited")
+        stats.declare_group("google_requests_by_user")
 
-    def connection(self, host: str) -> dict[str, Any]:
+    def next_user_id(self) -> str:
+        """The first free id after the default one: ``health_user_id`` + 1, + 2, ... (numeric ids), else
+        ``<health_user_id>-1``, ``-2``, ..."""
+        default = self.settings.health_user_id
+        for k in range(1, len(self.users) + 2):
+            candidate = str(int(default) + k) if default.isdigit() else f"{default}-{k}"
+            if self.users.get(candidate) is None:
+                return candidate
+        raise AssertionError("unreachable: more candidates than users")
+
+    def add_user(self, user_id: str | None = None, *, years: int | None = None) -> GoogleUser:
+        """Another user authorizes the client: own data (seeded from the seed and the user id), refresh token
+        ``<initial_refresh_token>-<id>`` and code ``<authorization_code>-<id>``; the run-time token switches
+        are copied from the default user.  ``user_id`` None: :meth:`next_user_id`. ApiError 409 if taken."""
+        user_id = self.next_user_id() if user_id is None else user_id
+        settings = self.settings
+        current = self.users.default.tokens
+
+        def make() -> GoogleUser:
+            tokens = GoogleTokens(
+                settings,
+                self.clock,
+                self.stats,
+                refresh_token=f"{settings.initial_refresh_token}-{user_id}",
+                authorization_code=f"{settings.authorization_code}-{user_id}",
+            )
+            tokens.scopes, tokens.testing_app = current.scopes, current.testing_app
+            tokens.rotate_refresh_tokens = current.rotate_refresh_tokens
+            years_of_data = settings.years if years is None else years
+            store = HealthStore(seed=user_seed(self.seed, user_id), years=years_of_data, clock=self.clock)
+            return GoogleUser(user_id, legacy_user_id(self.seed, user_id), tokens, store)
+
+        return self.users.create(user_id, make)
+
+    def token_owner(self, form: dict[str, str]) -> GoogleUser:
+        """The user whose refresh token or authorization code a token request carries; the default user when
+        none does (its GoogleTokens then answers with Google's error, exactly as with a single user)."""
+        if form.get("grant_type") == "refresh_token":
+            token = form.get("refresh_token", "")
+            owner = self.users.find(lambda u: bool(token) and u.tokens.issued_refresh_token(token))
+        else:
+            code = form.get("code")
+            owner = self.users.find(lambda u: u.tokens.authorization_code == code)
+        return owner or self.users.default
+
+    def connection(self, host: str, user: GoogleUser | None = None) -> dict[str, Any]:
+        """The Airflow connection of ``user`` (default: the default user)."""
+        tokens = (user or self.users.default).tokens
         return {
             "host": host,
             "login": self.settings.client_id,
             "password": self.settings.client_secret,
-            "extra": {"refresh_token": self.tokens.refresh_token, "refresh_url": f"{host}/token"},
+            "extra": {"refresh_token": tokens.refresh_token, "refresh_url": f"{host}/token"},
         }
 
     def settings_view(self) -> dict[str, Any]:
         return {
             "account_linked": self.account_linked,
-            "scopes": list(self.tokens.scopes),
+            "scopes": list(self.tokens.scopes),  # every user's tokens hold the same switches
             "requests_per_minute": self.quota.limit,
             "testing_app": self.tokens.testing_app,
             "rotate_refresh_tokens": self.tokens.rotate_refresh_tokens,
@@ -572,12 +686,11 @@ class GoogleState(ServiceState):
         for name, value in checked.items():
             if name == "account_linked":
                 self.account_linked = value
-            elif name == "scopes":
-                self.tokens.scopes = value
             elif name == "requests_per_minute":
                 self.quota.limit = value
-            else:
-                setattr(self.tokens, name, value)
+            else:  # scopes, testing_app, rotate_refresh_tokens: app-wide, so on every user's tokens
+                for user in self.users.all():
+                    setattr(user.tokens, name, value)
 
     # ---- request guards
 
@@ -592,10 +705,19 @@ class GoogleState(ServiceState):
             self.stats.incr("faults_injected")
             await asyncio.sleep(delay)
 
-    def authorize(self, request: Request) -> AccessGrant:
+    def _access_owner(self, access_token: str) -> tuple[GoogleUser, AccessGrant] | None:
+        """The user holding a live ``access_token`` and its grant (tokens are random: at most one)."""
+        for user in self.users.all() if access_token else ():
+            grant = user.tokens.check(access_token)
+            if grant is not None:
+                return user, grant
+        return None
+
+    def authorize(self, request: Request) -> tuple[GoogleUser, AccessGrant]:
+        """The user behind the bearer token (``users/me``) and its grant, or Google's 401."""
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        grant = self.tokens.check(token.strip() or None) if scheme.lower() == "bearer" else None
-        if grant is None:
+        found = self._access_owner(token.strip()) if scheme.lower() == "bearer" else None
+        if found is None:
             reason = "ACCESS_TOKEN_EXPIRED" if token.strip() else "CREDENTIALS_MISSING"
             raise google_error(
                 401,
@@ -604,7 +726,9 @@ class GoogleState(ServiceState):
                 details=[error_info(reason, "googleapis.com")],
                 headers={"WWW-Authenticate": 'Bearer realm="https://accounts.google.com/", error="invalid_token"'},
             )
-        return grant
+        user, grant = found
+        self.stats.count_in("google_requests_by_user", user.id)
+        return user, grant
 
     def count_quota(self) -> None:
         limited = self.faults.take("rate_limit_next")
@@ -655,27 +779,28 @@ class GoogleState(ServiceState):
                 details=[error_info("ACCOUNT_NOT_LINKED")],
             )
 
-    async def guard(self, request: Request, data_type: str | None = None) -> AccessGrant:
+    async def guard(self, request: Request, data_type: str | None = None) -> GoogleUser:
+        """Every check of a data request, in order; the user (``users/me``) the request may read."""
         await self.apply_faults()
-        grant = self.authorize(request)
+        user, grant = self.authorize(request)
         self.count_quota()
         if data_type is not None:
             self.check_data_type(data_type, grant)
         self.check_linked()
-        return grant
+        return user
 
     def respond(self, payload: Any) -> Response:
         return data_response(self.faults, self.stats, json_bytes(payload))
 
     # ---- API bodies
 
-    def list_page(self, data_type: str, query: dict[str, str]) -> dict[str, Any]:
+    def list_page(self, user: GoogleUser, data_type: str, query: dict[str, str]) -> dict[str, Any]:
         bounds = parse_filter(data_type, query.get("filter", ""))
         size = parse_page_size(query.get("pageSize", query.get("page_size")))
         size = min(size, self.settings.max_page_size)
         token = query.get("pageToken", query.get("page_token", ""))
         offset = decode_page_token(data_type, bounds, token) if token else 0
-        items = self.store.listed(data_type, bounds)[offset : offset + size]
+        items = user.store.listed(data_type, bounds)[offset : offset + size]
         page: dict[str, Any] = {}
         only = self.settings.listing_faults_data_type
         # AIP-158 allows an empty page with a token to go on
@@ -683,13 +808,13 @@ class GoogleState(ServiceState):
             self.stats.incr("faults_injected")
             return {"nextPageToken": encode_page_token(data_type, bounds, offset, hop=True)}
         if items:  # proto3 JSON: an empty list is left out, hence a bare {}
-            page["dataPoints"] = [point_json(p, self.settings.health_user_id) for p in items]
+            page["dataPoints"] = [point_json(p, user.id) for p in items]
         if len(items) == size:  # no look-ahead: a full last page is followed by {}
             page["nextPageToken"] = encode_page_token(data_type, bounds, offset + size)
-        self._change_during_listing(items, bounds)
+        self._change_during_listing(user.store, items, bounds)
         return page
 
-    def _change_during_listing(self, served: list[Point], bounds: Bounds) -> None:
+    def _change_during_listing(self, store: HealthStore, served: list[Point], bounds: Bounds) -> None:
         """The listing faults that are real changes, made once ``served`` is answered (newest first): the
         user deletes its first point (every later one moves one place back, across page boundaries), or
         weighs in just after it (every later one moves one place on)."""
@@ -699,20 +824,20 @@ class GoogleState(ServiceState):
         first = served[0]
         if self.faults.take("listing_delete_next"):
             self.stats.incr("faults_injected")
-            self.store.delete(first.id, first.data_type)
+            store.delete(first.id, first.data_type)
         elif self.faults.take("listing_insert_next"):
             moment = first.time + 1
             if first.data_type == "weight" and moment <= self.clock() and (
                     bounds.upper is None or bounds.civil or moment < bounds.upper):
                 self.stats.incr("faults_injected")
-                make_weight(self.store, epoch=moment, offset=first.offset, grams=int(first.value),
+                make_weight(store, epoch=moment, offset=first.offset, grams=int(first.value),
                             source=first.source)
 
-    def rollup(self, data_type: str, body: Any) -> dict[str, Any]:
+    def rollup(self, user: GoogleUser, data_type: str, body: Any) -> dict[str, Any]:
         if data_type not in ROLLUP_TYPES:
             raise invalid_argument(f"dailyRollUp is not supported for data type '{data_type}' here.", "data_type")
         first, end, window = parse_rollup(body)
-        kcal = self.store.daily_kcal(first, end)
+        kcal = user.store.daily_kcal(first, end)
         points = []
         for start in range(first, end, window):
             stop = min(start + window, end)
@@ -761,7 +886,8 @@ async def token(request: Request) -> Response:
         google.stats.incr("faults_injected")
         error = "temporarily_unavailable" if status == 503 else "server_error"
         raise oauth_error(status, error, status_phrase(status))
-    body = google.tokens.grant(await read_token_form(request))
+    form = await read_token_form(request)
+    body = google.token_owner(form).tokens.grant(form)
     if google.faults.take("token_rotate_fail_next"):  # granted (rotated, if rotation is on), the answer lost
         google.stats.incr("faults_injected")
         status = google.faults.token_fail_status
@@ -774,6 +900,7 @@ async def authorize(request: Request) -> Response:
     """The consent page (stands in for ``https://accounts.google.com/o/oauth2/v2/auth``), answered at
     once: 302 to ``redirect_uri`` with ``state``, ``code`` and the granted ``scope`` (requested ∩
     ``tokens.scopes``: what the user leaves ticked), or ``error=access_denied`` when ``consent_denied``.
+    The code is that of ``consent_user`` (who is signed in on Google).
     An unknown client or a bad redirect_uri gets an error page and no redirect, as on Google."""
     google = _google(request)
     query = dict(request.query_params)
@@ -795,9 +922,10 @@ async def authorize(request: Request) -> Response:
     elif google.consent_denied:
         params["error"] = "access_denied"
     else:
-        granted = tuple(s for s in requested if s in google.tokens.scopes)
+        tokens = google.consent_user.tokens
+        granted = tuple(s for s in requested if s in tokens.scopes)
         offline = query.get("access_type") == "offline"
-        params["code"] = google.tokens.consent(Consent(granted, redirect_uri, offline))
+        params["code"] = tokens.consent(Consent(granted, redirect_uri, offline))
         params["scope"] = " ".join(granted)
     separator = "&" if parts.query else "?"
     return RedirectResponse(f"{redirect_uri}{separator}{urlencode(params)}", status_code=302)
@@ -806,32 +934,26 @@ async def authorize(request: Request) -> Response:
 @router.get("/v4/users/me/identity")
 async def identity(request: Request) -> Response:
     google = _google(request)
-    await google.guard(request)
-    return google.respond(
-        {
-            "name": "users/me/identity",
-            "healthUserId": google.settings.health_user_id,
-            "legacyUserId": google.settings.legacy_user_id,
-        }
-    )
+    user = await google.guard(request)
+    return google.respond({"name": "users/me/identity", "healthUserId": user.id, "legacyUserId": user.legacy_id})
 
 
 @router.get("/v4/users/me/dataTypes/{data_type}/dataPoints")
 async def list_data_points(data_type: str, request: Request) -> Response:
     google = _google(request)
-    await google.guard(request, data_type)
-    return google.respond(google.list_page(data_type, dict(request.query_params)))
+    user = await google.guard(request, data_type)
+    return google.respond(google.list_page(user, data_type, dict(request.query_params)))
 
 
 @router.post("/v4/users/me/dataTypes/{data_type}/dataPoints:dailyRollUp")
 async def daily_roll_up(data_type: str, request: Request) -> Response:
     google = _google(request)
-    await google.guard(request, data_type)
+    user = await google.guard(request, data_type)
     try:
         body = json.loads(await request.body() or b"null")
     except ValueError:
         raise invalid_argument("Invalid JSON payload received.", "body") from None
-    return google.respond(google.rollup(data_type, body))
+    return google.respond(google.rollup(user, data_type, body))
 
 
 # --------------------------------------------------------------------------- control
@@ -841,15 +963,47 @@ control_router = APIRouter()
 fitbit_control_router = APIRouter()
 
 
+def _user(request: Request) -> GoogleUser:
+    """The user a control request names with ``?user_id=`` (default: the default user); 400/404."""
+    return _google(request).users.from_query(request)
+
+
+@control_router.post("/users")
+async def create_user(request: Request) -> Response:
+    """Another user authorizes the client: ``{"user_id"?: str, "years"?: int}`` → 201 ``{"user_id",
+    "refresh_token", "authorization_code"}``; 409 if the user exists."""
+    google = _google(request)
+    body = await read_json_object(request)
+    if set(body) - {"user_id", "years"}:
+        raise ApiError(400, {"message": 'expected {"user_id"?: string, "years"?: integer}'})
+    years = optional_int(body, "years", MAX_YEARS)
+    user_id = None if body.get("user_id") is None else google.users.parse(body["user_id"])
+    user = google.add_user(user_id, years=years)
+    return json_response(
+        {"user_id": user.id, "refresh_token": user.tokens.refresh_token,
+         "authorization_code": user.tokens.authorization_code},
+        status=201,
+    )
+
+
+@control_router.get("/users")
+async def list_users(request: Request) -> Response:
+    """``{"users": [{"user_id", "points": {data type: count listed now}, "revoked"}, ...]}``, default first."""
+    return json_response({"users": [u.summary() for u in _google(request).users.all()]})
+
+
 @fitbit_control_router.get("/connection")
 @control_router.get("/connection")
 async def connection(request: Request) -> Response:
-    return json_response(_google(request).connection(str(request.base_url).rstrip("/")))
+    """The Airflow connection; ``?user_id=`` gives that user's current refresh token."""
+    user = _user(request)
+    return json_response(_google(request).connection(str(request.base_url).rstrip("/"), user))
 
 
 @control_router.post("/revoke")
 async def revoke(request: Request) -> Response:
-    _google(request).tokens.revoke()
+    """The user removes the client's access; the other users keep working."""
+    _user(request).tokens.revoke()
     return json_response({"revoked": True})
 
 
@@ -871,14 +1025,16 @@ async def set_settings(request: Request) -> Response:
 
 @control_router.post("/consent")
 async def set_consent(request: Request) -> Response:
-    """``{"deny": true}``: the user presses "Cancel" on the consent page. (Unticked scopes: ``/settings``.)"""
+    """``{"user_id"?: str, "deny"?: true}``: who is signed in on the consent page (default: the default user);
+    ``deny``: the user presses "Cancel". (Unticked scopes: ``/settings``.)"""
     google = _google(request)
     body = await read_json_object(request)
+    user = google.users.require(body.get("user_id"))
     deny = body.get("deny", google.consent_denied)
-    if not isinstance(deny, bool) or set(body) - {"deny"}:
-        raise ApiError(400, {"message": "expected {\"deny\": boolean}"})
-    google.consent_denied = deny
-    return json_response({"deny": deny})
+    if not isinstance(deny, bool) or set(body) - {"deny", "user_id"}:
+        raise ApiError(400, {"message": "expected {\"user_id\"?: string, \"deny\"?: boolean}"})
+    google.consent_denied, google.consent_user = deny, user
+    return json_response({"deny": deny, "user_id": user.id})
 
 
 @control_router.delete("/rate-limits")
@@ -890,8 +1046,8 @@ async def reset_rate_limits(request: Request) -> Response:
 @control_router.post("/weight")
 async def add_weight(request: Request) -> Response:
     """``{"physicalTime": "...Z", "utcOffset": -25200, "grams": 90200, "bodyFatPercentage"?: 21.4,
-    "recordingMethod"?: "MANUAL", "platform"?: "FITBIT"}`` → 201 with the new items."""
-    google = _google(request)
+    "recordingMethod"?: "MANUAL", "platform"?: "FITBIT"}`` → 201 with the new items (``?user_id=``'s)."""
+    user = _user(request)
     body = await read_json_object(request)
     try:
         moment = datetime.fromisoformat(str(body["physicalTime"]).replace("Z", "+00:00"))
@@ -916,17 +1072,16 @@ async def add_weight(request: Request) -> Response:
     except (TypeError, ValueError) as error:
         raise ApiError(400, {"message": str(error)}) from None
     points = make_weight(
-        google.store,
+        user.store,
         epoch=int(moment.timestamp()),
         offset=offset,
         grams=round(grams),
         body_fat=fat,
         source=SOURCE_NAMES.get(key, SOURCE_SCALE_PASSIVE),
     )
-    user = google.settings.health_user_id
-    created = {"weight": point_json(points[0], user)}
+    created = {"weight": point_json(points[0], user.id)}
     if len(points) > 1:
-        created["bodyFat"] = point_json(points[1], user)
+        created["bodyFat"] = point_json(points[1], user.id)
     return json_response(created, status=201)
 
 
@@ -937,6 +1092,6 @@ async def delete_data_point(data_type: str, point_id: str, request: Request) -> 
         numeric = int(point_id)
     except ValueError:
         numeric = -1
-    if not _google(request).store.delete(numeric, data_type):
+    if not _user(request).store.delete(numeric, data_type):
         raise ApiError(404, {"message": "Record Not Found", "dataType": data_type, "id": point_id})
     return Response(status_code=204)

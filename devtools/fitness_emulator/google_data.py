@@ -27,10 +27,14 @@ Data traps deliberately included:
   window;
 * ``civilTime.time`` follows proto3 JSON: zero fields (e.g. ``seconds: 0``) are
   omitted.
+
+Other users of the same client get their own data from :func:`user_seed` (seed and user
+id); their point ids are hashes of that seed, so they do not collide with anyone's.
 """
 
 from __future__ import annotations
 
+import base64
 import bisect
 import hashlib
 import math
@@ -153,6 +157,18 @@ def health_profile(seed: int) -> HealthProfile:
     heights = ((setup, tall, SOURCE_FITBIT_MANUAL), (correction, tall - 4, SOURCE_HC_MANUAL))
     phases = (rng.uniform(0, math.tau), rng.uniform(0, math.tau), rng.uniform(0, math.tau))
     return HealthProfile(tokyo_first, tokyo_last, strava.trip_first_day, strava.trip_last_day, heights, phases)
+
+
+def user_seed(seed: int, user_id: str) -> int:
+    """The data seed of a non-default user: a pure function of the emulator seed and the user id."""
+    digest = hashlib.blake2b(f"{seed}:google:user:{user_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1
+
+
+def legacy_user_id(seed: int, user_id: str) -> str:
+    """A stable six-character legacy (Fitbit) user id for a non-default user."""
+    digest = hashlib.blake2b(f"{seed}:google:legacy:{user_id}".encode(), digest_size=5).digest()
+    return base64.b32encode(digest).decode()[:6]
 
 
 def point_id(seed: int, tag: str) -> int:

@@ -3,6 +3,10 @@
 Routes live on :data:`router` (the API as clients see it) and :data:`control_router`
 (test switches, mounted under ``/_emulator/strava``).  Both find their state at
 ``request.app.state.emulator.strava`` (a :class:`StravaState`).
+
+One application, several athletes (as on Strava): every athlete has its own tokens,
+authorization code and activities; a token only ever reads its own athlete's data,
+while the rate limits and fault switches are shared by the whole application.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import RedirectResponse
 
 from fitness_emulator.core import (
+    Accounts,
     ApiError,
     Faults,
     ServiceState,
@@ -26,15 +31,25 @@ from fitness_emulator.core import (
     data_response,
     json_bytes,
     json_response,
+    optional_int,
     read_json_object,
     read_params,
     status_phrase,
 )
-from fitness_emulator.strava_data import DEFAULT_ATHLETE_ID, ActivityStore, parse_iso_utc
+from fitness_emulator.strava_data import (
+    DEFAULT_ATHLETE_ID,
+    MAX_ACTIVITIES,
+    MAX_ATHLETE_ID,
+    ActivityStore,
+    athlete_id_bases,
+    athlete_seed,
+    parse_iso_utc,
+)
 
 MAX_PER_PAGE = 200
 DEFAULT_PER_PAGE = 30
 MAX_EPOCH_SECONDS = 10_000_000_000  # above this the value is milliseconds
+MAX_YEARS = 100  # of history for an athlete added at run time
 KNOWN_SCOPES = frozenset({"read", "read_all", "profile:read_all", "profile:write", "activity:read",
                           "activity:read_all", "activity:write"})
 
@@ -59,6 +74,7 @@ class StravaSettings:
     rate_window_seconds: int = 900
     short_page_every: int = 0  # every Nth page drops up to 2 items after slicing
     max_per_page: int = MAX_PER_PAGE  # a smaller cap makes short histories span many pages in tests
+    extra_athletes: int = 0  # more athletes of the same application at start: athlete_id+1 .. athlete_id+N
 
 
 def strava_error(status: int, message: str, resource: str, field: str, code: str) -> ApiError:
@@ -85,16 +101,29 @@ class TokenStore:
     """One athlete's tokens, with Strava's rotation rules.
 
     Old access tokens stay valid until they expire (as on Strava); an old refresh
-    token dies the moment a new one is issued.
+    token dies the moment a new one is issued.  ``athlete_id``, ``refresh_token`` and
+    ``authorization_code`` default to the settings' (the default athlete's).
     """
 
-    def __init__(self, settings: StravaSettings, clock: Callable[[], float], stats: Stats) -> None:
+    def __init__(
+        self,
+        settings: StravaSettings,
+        clock: Callable[[], float],
+        stats: Stats,
+        *,
+        athlete_id: int | None = None,
+        refresh_token: str | None = None,
+        authorization_code: str | None = None,
+    ) -> None:
         self._settings = settings
         self._clock = clock
         self._stats = stats
         self._lock = threading.Lock()
+        self.athlete_id = settings.athlete_id if athlete_id is None else athlete_id
+        self.authorization_code = authorization_code or settings.authorization_code
         self.scope = settings.scope
-        self.refresh_token: str | None = settings.initial_refresh_token
+        self.refresh_token: str | None = refresh_token or settings.initial_refresh_token
+        self.revoked = False  # deauthorized, until the athlete consents again
         self.access_token: str | None = None
         self._grants: dict[str, AccessGrant] = {}
         self._code_scopes: dict[str, str] = {}  # authorization code -> scope granted on the consent page
@@ -104,7 +133,7 @@ class TokenStore:
         """The athlete approved the consent page with ``granted_scope`` ticked: an authorization code
         that remembers it (tokens from that code, and their refreshes, carry that scope)."""
         with self._lock:
-            code = self._settings.authorization_code
+            code = self.authorization_code
             self._code_scopes[code] = granted_scope
             return code
 
@@ -133,14 +162,15 @@ class TokenStore:
 
     def _exchange_code(self, code: str) -> dict[str, Any]:
         with self._lock:
-            if code != self._settings.authorization_code:
+            if code != self.authorization_code:
                 raise bad_request("AuthorizationCode", "code")
             now = int(self._clock())
             self._refresh_scope = self._code_scopes.get(code)  # None: no consent page seen, tokens get .scope
+            self.revoked = False
             self._issue(now, new_refresh=True)
             body = self._token_body(now)
         body["athlete"] = {
-            "id": self._settings.athlete_id,
+            "id": self.athlete_id,
             "resource_state": 2,
             "firstname": "Demo",
             "lastname": "Athlete",
@@ -181,6 +211,7 @@ class TokenStore:
             self.access_token = None
             self.refresh_token = None
             self._refresh_scope = None
+            self.revoked = True
 
 
 # --------------------------------------------------------------------------- rate limits
@@ -255,13 +286,48 @@ class RateLimiter:
 # --------------------------------------------------------------------------- state
 
 
-class StravaState(ServiceState):
-    """Live Strava-side state: tokens, rate limiter, activities and switches.
+def add_late_upload(store: ActivityStore, start_date: str, fields: dict[str, Any]) -> dict[str, Any]:
+    """Add a late upload to ``store``; ``fields`` may hold sport_type, name, id and any overrides."""
+    extra = dict(fields)
+    return store.add(
+        parse_iso_utc(start_date),
+        sport_type=extra.pop("sport_type", None),
+        name=extra.pop("name", None),
+        activity_id=extra.pop("id", None),
+        extra=extra,
+    )
 
-    Test helpers: ``activities.get(id)``, ``find_activity(predicate)``,
-    ``find_activities(predicate)``, ``activities.iter_listed()``, ``add_activity``,
-    ``tokens.revoke()``, and the plain attributes ``short_page_every`` and
-    ``tokens.scope`` (scope granted to tokens issued from now on).
+
+@dataclass(frozen=True)
+class Athlete:
+    """One athlete who authorized the application: own tokens, authorization code and activities."""
+
+    id: int
+    tokens: TokenStore
+    activities: ActivityStore
+
+    def summary(self) -> dict[str, Any]:
+        return {"athlete_id": self.id, "activities": self.activities.listed_count(), "revoked": self.tokens.revoked}
+
+
+def parse_athlete_id(raw: object) -> int:
+    """An athlete id from a query string or JSON value (ValueError otherwise)."""
+    value = int(raw) if isinstance(raw, str) else raw
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_ATHLETE_ID:
+        raise ValueError(f"expected an integer in 1..{MAX_ATHLETE_ID}")
+    return value
+
+
+class StravaState(ServiceState):
+    """Live Strava-side state: athletes (tokens, activities), the app-wide rate limiter and switches.
+
+    ``athletes`` holds every athlete of the application; ``tokens`` and ``activities`` are
+    the default athlete's (``settings.athlete_id``), as are the test helpers
+    ``find_activity(predicate)``, ``find_activities(predicate)`` and ``add_activity``.
+    Also: ``activities.get(id)``, ``activities.iter_listed()``, ``tokens.revoke()``,
+    ``add_athlete(id)``, and the plain attributes ``short_page_every``,
+    ``tokens.scope`` (scope granted to tokens issued from now on) and
+    ``consent_athlete`` (who is logged in on the consent page).
     """
 
     settings: StravaSettings
@@ -277,16 +343,68 @@ class StravaState(ServiceState):
     ) -> None:
         super().__init__(settings, seed=seed, clock=clock, stats=stats, faults=faults)
         self.short_page_every = settings.short_page_every
-        self.tokens = TokenStore(settings, clock, stats)
-        self.rate_limiter = RateLimiter(settings)
-        self.activities = ActivityStore(
-            seed=seed,
-            athlete_id=settings.athlete_id,
-            years=settings.years,
-            activities=settings.activities,
-            clock=clock,
+        self.rate_limiter = RateLimiter(settings)  # one for the whole application: all athletes share it
+        default = Athlete(
+            settings.athlete_id,
+            TokenStore(settings, clock, stats),
+            ActivityStore(
+                seed=seed,
+                athlete_id=settings.athlete_id,
+                years=settings.years,
+                activities=settings.activities,
+                clock=clock,
+            ),
         )
+        self.athletes: Accounts[int, Athlete] = Accounts(
+            settings.athlete_id, default, kind="athlete", parse=parse_athlete_id
+        )
+        self.tokens = default.tokens
+        self.activities = default.activities
+        self.consent_athlete = default
+        for offset in range(1, settings.extra_athletes + 1):
+            self.add_athlete(settings.athlete_id + offset)
         stats.declare("token_requests", "token_refreshes", "rate_limited")
+        stats.declare_group("requests_by_athlete")
+
+    def add_athlete(self, athlete_id: int, *, years: int | None = None, activities: int | None = None) -> Athlete:
+        """Another athlete authorizes the application: own data (seeded from the seed and ``athlete_id``, ids in
+        its own range), refresh token ``<initial_refresh_token>-<id>`` and code ``<authorization_code>-<id>``.
+        ``years``/``activities`` default to the settings'; ApiError 409 if the id exists."""
+        settings = self.settings
+        id_base, late_id_base = athlete_id_bases(athlete_id)
+
+        def make() -> Athlete:
+            tokens = TokenStore(
+                settings,
+                self.clock,
+                self.stats,
+                athlete_id=athlete_id,
+                refresh_token=f"{settings.initial_refresh_token}-{athlete_id}",
+                authorization_code=f"{settings.authorization_code}-{athlete_id}",
+            )
+            store = ActivityStore(
+                seed=athlete_seed(self.seed, athlete_id),
+                athlete_id=athlete_id,
+                years=settings.years if years is None else years,
+                activities=settings.activities if activities is None else activities,
+                clock=self.clock,
+                id_base=id_base,
+                late_id_base=late_id_base,
+            )
+            return Athlete(athlete_id, tokens, store)
+
+        return self.athletes.create(athlete_id, make)
+
+    def token_owner(self, form: dict[str, str]) -> Athlete:
+        """The athlete whose refresh token or authorization code a token request carries; the default athlete
+        when none does (its TokenStore then answers with Strava's error, exactly as with a single athlete)."""
+        if form.get("grant_type") == "refresh_token":
+            token = form.get("refresh_token")
+            owner = self.athletes.find(lambda a: bool(token) and a.tokens.refresh_token == token)
+        else:
+            code = form.get("code")
+            owner = self.athletes.find(lambda a: a.tokens.authorization_code == code)
+        return owner or self.athletes.default
 
     def find_activity(self, predicate: Callable[[dict[str, Any]], bool]) -> dict[str, Any] | None:
         """First listed activity (oldest first) for which ``predicate`` is true."""
@@ -297,36 +415,41 @@ class StravaState(ServiceState):
         return self.activities.find_activities(predicate)
 
     def add_activity(self, start_date: str, **fields: Any) -> dict[str, Any]:
-        """Add a late upload; ``fields`` may hold sport_type, name, id and any overrides."""
-        extra = dict(fields)
-        return self.activities.add(
-            parse_iso_utc(start_date),
-            sport_type=extra.pop("sport_type", None),
-            name=extra.pop("name", None),
-            activity_id=extra.pop("id", None),
-            extra=extra,
-        )
+        """Add a late upload to the default athlete; ``fields`` may hold sport_type, name, id and any overrides."""
+        return add_late_upload(self.activities, start_date, fields)
 
-    def connection(self, host: str) -> dict[str, Any]:
+    def connection(self, host: str, athlete: Athlete | None = None) -> dict[str, Any]:
+        """The Airflow connection of ``athlete`` (default: the default athlete)."""
+        tokens = (athlete or self.athletes.default).tokens
         return {
             "host": host,
             "login": self.settings.client_id,
             "password": self.settings.client_secret,
-            "extra": {"refresh_token": self.tokens.refresh_token},
+            "extra": {"refresh_token": tokens.refresh_token},
         }
 
-    def authorize(self, request: Request) -> AccessGrant:
-        """The caller's grant, or the 401 bodies Strava sends."""
+    def authorize(self, request: Request) -> tuple[Athlete, AccessGrant]:
+        """The athlete behind the caller's access token and its grant, or the 401 bodies Strava sends."""
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer":
             token = request.query_params.get("access_token", "")
-        grant = self.tokens.check(token.strip() or None)
-        if grant is None:
+        found = self._access_owner(token.strip())
+        if found is None:
             raise strava_error(401, "Authorization Error", "Athlete", "access_token", "invalid")
+        athlete, grant = found
         if not grant.scopes() & {"activity:read", "activity:read_all"}:
             raise strava_error(401, "Authorization Error", "AccessToken", "activity:read_permission", "missing")
-        return grant
+        self.stats.count_in("requests_by_athlete", str(athlete.id))
+        return athlete, grant
+
+    def _access_owner(self, access_token: str) -> tuple[Athlete, AccessGrant] | None:
+        """The athlete holding a live ``access_token`` and its grant (tokens are random: at most one)."""
+        for athlete in self.athletes.all() if access_token else ():
+            grant = athlete.tokens.check(access_token)
+            if grant is not None:
+                return athlete, grant
+        return None
 
     def count_rate_limit(self) -> dict[str, str]:
         spent = "window" if self.faults.take("rate_limit_next") else "day" if self.faults.take(
@@ -346,13 +469,13 @@ class StravaState(ServiceState):
             )
         return headers
 
-    def visible_page(self, params: ListParams, grant: AccessGrant) -> list[dict[str, Any]]:
+    def visible_page(self, athlete: Athlete, params: ListParams, grant: AccessGrant) -> list[dict[str, Any]]:
         per_page = min(params.per_page, self.settings.max_per_page)
-        items = self.activities.page(params.after, params.before, params.page, per_page)
+        items = athlete.activities.page(params.after, params.before, params.page, per_page)
         if items and self.faults.take("empty_page_next"):
             self.stats.incr("faults_injected")
             return []
-        self._change_during_listing(items, params)
+        self._change_during_listing(athlete.activities, items, params)
         # Strava slices first and filters afterwards, hence short pages mid-listing.
         if "activity:read_all" not in grant.scopes():
             items = [a for a in items if a.get("visibility") != "only_me"]
@@ -361,8 +484,7 @@ class StravaState(ServiceState):
             items = items[: max(1, len(items) - 2)]
         return items
 
-
-    def _change_during_listing(self, served: list[dict[str, Any]], params: ListParams) -> None:
+    def _change_during_listing(self, store: ActivityStore, served: list[dict[str, Any]], params: ListParams) -> None:
         """The listing faults that are real changes, made once ``served`` is answered: the athlete deletes
         its first activity (every later one moves one place back, across page boundaries), or uploads one
         that starts between ``after`` and it (every later one moves one place on)."""
@@ -371,14 +493,14 @@ class StravaState(ServiceState):
         first = served[0]
         if self.faults.take("listing_delete_next"):
             self.stats.incr("faults_injected")
-            self.activities.delete(int(first["id"]))
+            store.delete(int(first["id"]))
         elif self.faults.as_dict()["listing_insert_next"] > 0:
             first_start = int(parse_iso_utc(first["start_date"]))
             start = first_start - 1 if params.after is None else (params.after + first_start) // 2
             # armed until a page leaves room before it for an upload
             if (params.after is None or start > params.after) and self.faults.take("listing_insert_next"):
                 self.stats.incr("faults_injected")
-                self.activities.add(start, name="Uploaded during the listing")
+                store.add(start, name="Uploaded during the listing")
 
 
 # --------------------------------------------------------------------------- routes
@@ -439,7 +561,8 @@ async def token(request: Request) -> Response:
     if status is not None:
         strava.stats.incr("faults_injected")
         raise ApiError(status, {"message": status_phrase(status), "errors": []})
-    granted = strava.tokens.grant(await read_form(request))
+    form = await read_form(request)
+    granted = strava.token_owner(form).tokens.grant(form)
     if strava.faults.take("token_rotate_fail_next"):  # granted (and rotated), but the answer is lost
         strava.stats.incr("faults_injected")
         status = strava.faults.token_fail_status
@@ -451,8 +574,9 @@ async def token(request: Request) -> Response:
 async def authorize(request: Request) -> Response:
     """The consent page, answered at once: 302 to ``redirect_uri`` with ``state``, ``code`` and the
     granted ``scope`` (requested ∩ ``tokens.scope``, i.e. what the athlete leaves ticked), or with
-    ``error=access_denied`` when ``consent_denied``. A bad client_id, redirect_uri, response_type or
-    scope gets Strava's 400 body and no redirect (RFC 6749 §4.1.2.1: never redirect for a bad client)."""
+    ``error=access_denied`` when ``consent_denied``. The code is that of ``consent_athlete`` (who is logged
+    in on Strava). A bad client_id, redirect_uri, response_type or scope gets Strava's 400 body and no
+    redirect (RFC 6749 §4.1.2.1: never redirect for a bad client)."""
     strava = _strava(request)
     query = dict(request.query_params)
     if query.get("client_id") != strava.settings.client_id:
@@ -470,9 +594,10 @@ async def authorize(request: Request) -> Response:
     if strava.consent_denied:
         params["error"] = "access_denied"
     else:
-        offered = {s.strip() for s in strava.tokens.scope.split(",")}
+        tokens = strava.consent_athlete.tokens
+        offered = {s.strip() for s in tokens.scope.split(",")}
         granted = ",".join(s for s in requested if s in offered)
-        params.update(code=strava.tokens.consent(granted), scope=granted)
+        params.update(code=tokens.consent(granted), scope=granted)
     separator = "&" if parts.query else "?"
     return RedirectResponse(f"{redirect_uri}{separator}{urlencode(params)}", status_code=302)
 
@@ -481,14 +606,15 @@ async def authorize(request: Request) -> Response:
 async def list_activities(request: Request) -> Response:
     strava = _strava(request)
     await apply_data_faults(strava.faults, strava.stats)
-    grant = strava.authorize(request)
+    athlete, grant = strava.authorize(request)
     headers = strava.count_rate_limit()
     try:
         params = parse_list_params(dict(request.query_params))
     except ApiError as error:
         error.headers.update(headers)
         raise
-    return data_response(strava.faults, strava.stats, json_bytes(strava.visible_page(params, grant)), headers)
+    page = strava.visible_page(athlete, params, grant)
+    return data_response(strava.faults, strava.stats, json_bytes(page), headers)
 
 
 # --------------------------------------------------------------------------- control
@@ -497,18 +623,52 @@ async def list_activities(request: Request) -> Response:
 control_router = APIRouter()
 
 
+def _athlete(request: Request) -> Athlete:
+    """The athlete a control request names with ``?athlete_id=`` (default: the default athlete); 400/404."""
+    return _strava(request).athletes.from_query(request)
+
+
 def _not_found(activity_id: int) -> ApiError:
     return ApiError(404, {"message": "Record Not Found", "id": activity_id})
+
+
+@control_router.post("/athletes")
+async def create_athlete(request: Request) -> Response:
+    """Another athlete authorizes the application: ``{"athlete_id": int, "years"?: int, "activities"?: int}``
+    → 201 ``{"athlete_id", "refresh_token", "authorization_code"}``; 409 if the athlete exists."""
+    strava = _strava(request)
+    body = await read_json_object(request)
+    if "athlete_id" not in body or set(body) - {"athlete_id", "years", "activities"}:
+        raise ApiError(400, {"message": 'expected {"athlete_id": int, "years"?: int, "activities"?: int}'})
+    athlete_id = strava.athletes.parse(body["athlete_id"])
+    years = optional_int(body, "years", MAX_YEARS)
+    activities = optional_int(body, "activities", MAX_ACTIVITIES)
+    athlete = strava.add_athlete(athlete_id, years=years, activities=activities)
+    return json_response(
+        {
+            "athlete_id": athlete.id,
+            "refresh_token": athlete.tokens.refresh_token,
+            "authorization_code": athlete.tokens.authorization_code,
+        },
+        status=201,
+    )
+
+
+@control_router.get("/athletes")
+async def list_athletes(request: Request) -> Response:
+    """``{"athletes": [{"athlete_id", "activities" (listed now), "revoked"}, ...]}``, the default athlete first."""
+    return json_response({"athletes": [a.summary() for a in _strava(request).athletes.all()]})
 
 
 @control_router.post("/activities")
 async def add_activity(request: Request) -> Response:
     """Late upload: ``{"start_date": ISO (UTC), "sport_type"?, "name"?, "id"?, ...overrides}``."""
+    athlete = _athlete(request)
     body = await read_json_object(request)
     if "start_date" not in body:
         raise ApiError(400, {"message": "start_date is required"})
     try:
-        created = _strava(request).add_activity(str(body.pop("start_date")), **body)
+        created = add_late_upload(athlete.activities, str(body.pop("start_date")), body)
     except (TypeError, ValueError) as error:
         raise ApiError(400, {"message": str(error)}) from None
     return json_response(created, status=201)
@@ -516,7 +676,7 @@ async def add_activity(request: Request) -> Response:
 
 @control_router.get("/activities/{activity_id}")
 async def get_activity(activity_id: int, request: Request) -> Response:
-    activity = _strava(request).activities.get(activity_id)
+    activity = _athlete(request).activities.get(activity_id)
     if activity is None:
         raise _not_found(activity_id)
     return json_response(activity)
@@ -524,10 +684,11 @@ async def get_activity(activity_id: int, request: Request) -> Response:
 
 @control_router.put("/activities/{activity_id}")
 async def update_activity(activity_id: int, request: Request) -> Response:
+    athlete = _athlete(request)
     changes = await read_json_object(request)
     changes.pop("id", None)
     try:
-        updated = _strava(request).activities.update(activity_id, changes)
+        updated = athlete.activities.update(activity_id, changes)
     except ValueError as error:
         raise ApiError(400, {"message": str(error)}) from None
     if updated is None:
@@ -537,27 +698,31 @@ async def update_activity(activity_id: int, request: Request) -> Response:
 
 @control_router.delete("/activities/{activity_id}")
 async def delete_activity(activity_id: int, request: Request) -> Response:
-    if not _strava(request).activities.delete(activity_id):
+    if not _athlete(request).activities.delete(activity_id):
         raise _not_found(activity_id)
     return Response(status_code=204)
 
 
 @control_router.post("/revoke")
 async def revoke(request: Request) -> Response:
-    _strava(request).tokens.revoke()
+    """The athlete deauthorizes the application; the other athletes keep working."""
+    _athlete(request).tokens.revoke()
     return json_response({"revoked": True})
 
 
 @control_router.post("/consent")
 async def set_consent(request: Request) -> Response:
-    """What the athlete does on the consent page: ``{"scope"?: "read,activity:read", "deny"?: true}``."""
+    """What happens on the consent page: ``{"athlete_id"?: int, "scope"?: "read,activity:read", "deny"?: true}``;
+    ``athlete_id`` is who is logged in on Strava (default: the default athlete), ``scope`` what they leave
+    ticked (kept per athlete)."""
     strava = _strava(request)
     body = await read_json_object(request)
-    scope, deny = body.get("scope", strava.tokens.scope), body.get("deny", strava.consent_denied)
-    if not isinstance(scope, str) or not isinstance(deny, bool) or set(body) - {"scope", "deny"}:
-        raise ApiError(400, {"message": "expected {\"scope\"?: string, \"deny\"?: boolean}"})
-    strava.tokens.scope, strava.consent_denied = scope, deny
-    return json_response({"scope": scope, "deny": deny})
+    athlete = strava.athletes.require(body.get("athlete_id"))
+    scope, deny = body.get("scope", athlete.tokens.scope), body.get("deny", strava.consent_denied)
+    if not isinstance(scope, str) or not isinstance(deny, bool) or set(body) - {"scope", "deny", "athlete_id"}:
+        raise ApiError(400, {"message": "expected {\"athlete_id\"?: int, \"scope\"?: string, \"deny\"?: boolean}"})
+    athlete.tokens.scope, strava.consent_denied, strava.consent_athlete = scope, deny, athlete
+    return json_response({"scope": scope, "deny": deny, "athlete_id": athlete.id})
 
 
 @control_router.delete("/rate-limits")
@@ -568,4 +733,6 @@ async def reset_rate_limits(request: Request) -> Response:
 
 @control_router.get("/connection")
 async def connection(request: Request) -> Response:
-    return json_response(_strava(request).connection(str(request.base_url).rstrip("/")))
+    """The Airflow connection; ``?athlete_id=`` gives that athlete's current refresh token."""
+    athlete = _athlete(request)
+    return json_response(_strava(request).connection(str(request.base_url).rstrip("/"), athlete))

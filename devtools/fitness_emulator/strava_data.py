@@ -23,11 +23,16 @@ example, which overflows a BIGINT).  The trip (Oct-Nov 2025) and the overflow up
 (May 2025) sit on fixed dates so that every emulator agrees on them; a calendar-mode
 window that does not reach back to 2025 has neither.  In count mode the overflow
 upload is the middle activity.
+
+Other athletes of the same application (see :func:`athlete_seed` and
+:func:`athlete_id_bases`) get their own data, seeded from ``(seed, athlete id)``, and
+their own id range, so no two athletes ever share an activity id.
 """
 
 from __future__ import annotations
 
 import bisect
+import hashlib
 import math
 import random
 import threading
@@ -43,6 +48,12 @@ DEFAULT_ATHLETE_ID = 28416793
 ID_BASE = 13_000_000_000  # above 2**31 on purpose: ids need BIGINT
 IDS_PER_DAY = 10
 LATE_ID_BASE = 19_000_000_000
+# Other athletes: ids from EXTRA_ID_BASE on (above every id of the default athlete), one span per athlete id,
+# generated ids in its lower half and late uploads in the upper half; MAX_ATHLETE_ID keeps them within BIGINT.
+EXTRA_ID_BASE = 100_000_000_000
+ATHLETE_ID_SPAN = 100_000_000
+MAX_ATHLETE_ID = 10_000_000_000
+MAX_ACTIVITIES = ATHLETE_ID_SPAN // 2
 OVERFLOW_UPLOAD_ID = 987654321234567891234
 EPOCH_DAY = date(1970, 1, 1)
 SECONDS_PER_DAY = 86400
@@ -169,6 +180,21 @@ def athlete_profile(seed: int) -> AthleteProfile:
     return AthleteProfile(first, last, overflow)
 
 
+def athlete_seed(seed: int, athlete_id: int) -> int:
+    """The data seed of a non-default athlete: a pure function of the emulator seed and the athlete id."""
+    digest = hashlib.blake2b(f"{seed}:athlete:{athlete_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1
+
+
+def athlete_id_bases(athlete_id: int) -> tuple[int, int]:
+    """(first generated id, first late-upload id) of a non-default athlete: disjoint from every other
+    athlete's ids, the default athlete's included."""
+    if not 1 <= athlete_id <= MAX_ATHLETE_ID:
+        raise ValueError(f"athlete ids are 1..{MAX_ATHLETE_ID}")
+    base = EXTRA_ID_BASE + athlete_id * ATHLETE_ID_SPAN
+    return base, base + ATHLETE_ID_SPAN // 2
+
+
 def utc_day(epoch: int) -> date:
     return EPOCH_DAY + timedelta(days=epoch // SECONDS_PER_DAY)
 
@@ -215,8 +241,8 @@ def _format_offset(offset: timedelta) -> str:
 
 
 @lru_cache(maxsize=8192)
-def plan_day(seed: int, day_no: int) -> tuple[PlannedActivity, ...]:
-    """The activities of one UTC calendar day (pure function of seed and day)."""
+def plan_day(seed: int, day_no: int, id_base: int = ID_BASE) -> tuple[PlannedActivity, ...]:
+    """The activities of one UTC calendar day (pure function of seed, day and the athlete's id range)."""
     day = EPOCH_DAY + timedelta(days=day_no)
     rng = random.Random(f"{seed}:day:{day_no}")
     profile = athlete_profile(seed)
@@ -230,7 +256,7 @@ def plan_day(seed: int, day_no: int) -> tuple[PlannedActivity, ...]:
         local = datetime.combine(day, time(minute // 60, minute % 60, rng.randint(0, 59)), ZoneInfo(tz_name))
         kind = "overflow" if day == profile.overflow_day and index == 0 else ""
         sport = rng.choices(SPORTS, weights=SPORT_WEIGHTS)[0].sport_type
-        activity_id = ID_BASE + day_no * IDS_PER_DAY + index
+        activity_id = id_base + day_no * IDS_PER_DAY + index
         planned.append(PlannedActivity(activity_id, int(local.timestamp()), tz_name, sport, kind))
     return tuple(planned)
 
@@ -246,11 +272,13 @@ def _local_start_minutes(rng: random.Random, count: int, weekend: bool) -> list[
     return [rng.randint(*slot)]
 
 
-def decode_day_id(activity_id: int) -> tuple[int, int] | None:
+def decode_day_id(
+    activity_id: int, id_base: int = ID_BASE, late_id_base: int = LATE_ID_BASE
+) -> tuple[int, int] | None:
     """(day number, index within the day) for a calendar-mode id, else None."""
-    if activity_id < ID_BASE or activity_id >= LATE_ID_BASE:
+    if activity_id < id_base or activity_id >= late_id_base:
         return None
-    return divmod(activity_id - ID_BASE, IDS_PER_DAY)
+    return divmod(activity_id - id_base, IDS_PER_DAY)
 
 
 def count_mode_starts(seed: int, count: int, end: int, span_seconds: int) -> array:
@@ -483,7 +511,8 @@ class ActivityStore:
     Generated activities are never materialised in bulk; ``get`` rebuilds one from
     its plan.  Late uploads and activities whose start time was edited are kept as
     full dicts.  All public methods are thread-safe (tests mutate from their thread
-    while the server thread reads).
+    while the server thread reads).  ``id_base``/``late_id_base``: where generated and
+    late-uploaded ids start (another athlete's: :func:`athlete_id_bases`).
     """
 
     def __init__(
@@ -494,9 +523,13 @@ class ActivityStore:
         years: int,
         activities: int | None,
         clock: Callable[[], float],
+        id_base: int = ID_BASE,
+        late_id_base: int = LATE_ID_BASE,
     ) -> None:
         self.seed = seed
         self.athlete_id = athlete_id
+        self._id_base = id_base
+        self._late_id_base = late_id_base
         self._clock = clock
         self._lock = threading.RLock()
         self._starts = array("q")
@@ -504,7 +537,7 @@ class ActivityStore:
         self._added: dict[int, dict[str, Any]] = {}
         self._edits: dict[int, dict[str, Any]] = {}
         self._removed: set[int] = set()
-        self._next_late_id = LATE_ID_BASE
+        self._next_late_id = late_id_base
         self._count_starts: array | None = None
         now = int(clock())
         if activities is None:
@@ -518,7 +551,8 @@ class ActivityStore:
     # ---- construction
 
     def _extend_days(self, last_day: int) -> None:
-        fresh = [(p.start, p.id) for d in range(self._last_day + 1, last_day + 1) for p in plan_day(self.seed, d)]
+        days = range(self._last_day + 1, last_day + 1)
+        fresh = [(p.start, p.id) for d in days for p in plan_day(self.seed, d, self._id_base)]
         if fresh and (not self._starts or fresh[0][0] >= self._starts[-1]):
             for start, activity_id in sorted(fresh):
                 self._starts.append(start)
@@ -532,7 +566,7 @@ class ActivityStore:
         end = now - now % 3600  # whole hour: emulators started within the hour agree
         self._count_starts = count_mode_starts(self.seed, count, end, years * 365 * SECONDS_PER_DAY)
         self._starts = array("q", self._count_starts)
-        self._ids = array("q", range(ID_BASE, ID_BASE + count))
+        self._ids = array("q", range(self._id_base, self._id_base + count))
 
     # ---- index helpers
 
@@ -559,16 +593,16 @@ class ActivityStore:
 
     def _planned(self, activity_id: int) -> PlannedActivity | None:
         if self._count_starts is not None:
-            index = activity_id - ID_BASE
+            index = activity_id - self._id_base
             if not 0 <= index < len(self._count_starts):
                 return None
             start = self._count_starts[index]
             kind = "overflow" if index == len(self._count_starts) // 2 else ""
             return PlannedActivity(activity_id, start, athlete_profile(self.seed).tz_at(start), None, kind)
-        decoded = decode_day_id(activity_id)
+        decoded = decode_day_id(activity_id, self._id_base, self._late_id_base)
         if decoded is None or not self._first_day <= decoded[0] <= self._last_day:
             return None
-        plans = plan_day(self.seed, decoded[0])
+        plans = plan_day(self.seed, decoded[0], self._id_base)
         return plans[decoded[1]] if decoded[1] < len(plans) else None
 
     def _get_unlocked(self, activity_id: int) -> dict[str, Any] | None:
@@ -589,6 +623,11 @@ class ActivityStore:
         """Number of activities in the index, including any that start in the future."""
         with self._lock:
             return len(self._ids)
+
+    def listed_count(self) -> int:
+        """Number of activities a listing can return now (start in the past); cheap, builds nothing."""
+        with self._lock:
+            return bisect.bisect_right(self._starts, self._catch_up())
 
     def get(self, activity_id: int) -> dict[str, Any] | None:
         """The activity as the API would serve it (also if private or in the future)."""
