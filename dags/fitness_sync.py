@@ -1,14 +1,15 @@
 """
 ### fitness_sync
 
-Every hour, keeps a person's **Strava activities** and **Fitbit body weight and calories eaten**
+Every hour, keeps each athlete's **Strava activities** and **Fitbit body weight and calories eaten**
 (Google Health API v4: the Fitbit Web API was switched off on 2026-11-02) in PostgreSQL
 (connection `fitness_db`).
 
-Each source of the registry (`fitness_pipeline.sources`) is a task group: `extract` (API →
-`raw_record`), `transform` (→ staging; bad records → `quarantine` with their reason), `load`
-(one-transaction upsert that writes only rows that really changed; what happened goes to
-`sync_run`). Sources are independent: one failing never stops another.
+`athletes` lists the active athletes (table `athlete`; param `athletes` picks some). Each source of the
+registry (`fitness_pipeline.sources`) is a task group mapped over them (each mapped task is labelled with
+the athlete's name): `extract` (API → `raw_record`), `transform` (→ staging; bad records → `quarantine`
+with their reason), `load` (one-transaction upsert that writes only rows that really changed; what
+happened goes to `sync_run`). Sources and athletes are independent: one failing never stops another.
 
 The window is the run's data interval widened backwards by `lookback_hours` (param, default 72) so
 late uploads are caught. A manual run without a logical date takes the last full hour.
@@ -22,17 +23,25 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from fitness_pipeline.handover import RunParams
+from fitness_pipeline.handover import DEFAULT_ATHLETE_ID, RunParams
 from fitness_pipeline.sources import ALIASES, REGISTRY, SourceSpec
 
 try:
     from airflow.sdk import CronDataIntervalTimetable, Param, dag, task, task_group
+
+    #: mapped task groups; Airflow 2.11's backfill deadlocks on them (apache/airflow#34012): there the DAG syncs
+    #: the default athlete only, unmapped, as before athletes
+    MAP_OVER_ATHLETES = True
 except ImportError:  # Airflow 2.10/2.11
     from airflow.decorators import dag, task, task_group
     from airflow.models.param import Param
     from airflow.timetables.interval import CronDataIntervalTimetable
 
+    MAP_OVER_ATHLETES = False
+
 DEFAULTS = RunParams()
+#: the athlete of a single-athlete deployment (the only one synced on Airflow 2)
+DEFAULT_ATHLETE = {"athlete_id": DEFAULT_ATHLETE_ID, "name": "default"}
 
 
 @dag(
@@ -58,6 +67,11 @@ DEFAULTS = RunParams()
         "sources": Param(  # noqa: AIR311
             REGISTRY.ids(), type="array", items={"type": "string", "enum": [*REGISTRY.ids(), *ALIASES]},
             description="Which sources this run syncs (\"strava\" is the former name of strava_activity).",
+        ),
+        "athletes": Param(  # noqa: AIR311
+            list(DEFAULTS.athletes), type="array", items={"type": "string"},
+            description="Which athletes (names) this run syncs; empty: every active one "
+                        "(python -m fitness_pipeline.athletes list).",
         ),
         "history_start": Param(  # noqa: AIR311
             DEFAULTS.history_start, type=["null", "string"],
@@ -91,29 +105,42 @@ def fitness_sync() -> None:
 
         return prepare.ensure_schema()
 
+    @task
+    def athletes(schema_report: dict[str, Any], params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        from fitness_pipeline.tasks import prepare
+
+        return prepare.athletes_to_sync(RunParams.from_params(params).athletes)
+
     schema = ensure_schema()
+    who = athletes(schema) if MAP_OVER_ATHLETES else None
     for spec in REGISTRY:
-        source_group(spec, schema)
+        source_group(spec, schema, who)
 
 
-def source_group(spec: SourceSpec, schema: Any) -> Any:
-    """extract -> transform -> load for one source; groups are independent of each other (a source whose
-    tables could not be upgraded fails its own extract, with ``schema``'s message).
-    Extract tasks share an Airflow pool per API, so parallel runs and backfills stay inside its rate limit."""
+#: each mapped task is labelled with its athlete's name (fitness_pipeline.compat.name_map_index)
+ATHLETE_LABEL = "{{ athlete_name }}" if MAP_OVER_ATHLETES else None
+
+
+def source_group(spec: SourceSpec, schema: Any, athletes: Any) -> Any:
+    """extract -> transform -> load for one source, mapped over ``athletes`` (None: the default athlete, not
+    mapped); groups (and athletes) are independent of each other (a source whose tables could not be upgraded
+    fails its own extract, with ``schema``'s message). Extract tasks share an Airflow pool per API, so parallel
+    runs and backfills stay inside its rate limit."""
     source = spec.id
 
     @task_group(group_id=source, tooltip=spec.description)
-    def group() -> None:
-        @task(task_id="extract", pool=spec.pool)
-        def extract(schema_report: dict[str, Any] | None, params: dict[str, Any] | None = None,
-                    data_interval_start: dt.datetime | None = None, data_interval_end: dt.datetime | None = None,
-                    dag_run: Any = None) -> dict[str, Any]:
+    def group(athlete: dict[str, Any]) -> None:
+        @task(task_id="extract", pool=spec.pool, map_index_template=ATHLETE_LABEL)
+        def extract(schema_report: dict[str, Any] | None, athlete: dict[str, Any],
+                    params: dict[str, Any] | None = None, data_interval_start: dt.datetime | None = None,
+                    data_interval_end: dt.datetime | None = None, dag_run: Any = None) -> dict[str, Any]:
             from fitness_pipeline import sources
-            from fitness_pipeline.compat import AirflowSkipException
+            from fitness_pipeline.compat import AirflowSkipException, name_map_index
             from fitness_pipeline.errors import raise_for_airflow
             from fitness_pipeline.tasks import extract as step
             from fitness_pipeline.tasks import plan, prepare
 
+            name_map_index(athlete["name"])
             run = RunParams.from_params(params)
             spec = sources.get(source)
             if not plan.wanted(spec, run):
@@ -123,27 +150,33 @@ def source_group(spec: SourceSpec, schema: Any) -> Any:
             except Exception as error:
                 raise_for_airflow(error)
             window = plan.window_for_run(spec, run, data_interval_start, data_interval_end, dag_run)
-            return step.extract(source, dag_run.run_id, window, budget_share=plan.budget_share(run)).to_xcom()
+            return step.extract(source, dag_run.run_id, window, budget_share=plan.budget_share(run),
+                                athlete_id=athlete["athlete_id"]).to_xcom()
 
-        @task(task_id="transform")
-        def transform(extracted: dict[str, Any]) -> dict[str, Any]:
+        @task(task_id="transform", map_index_template=ATHLETE_LABEL)
+        def transform(extracted: dict[str, Any], athlete: dict[str, Any]) -> dict[str, Any]:
+            from fitness_pipeline.compat import name_map_index
             from fitness_pipeline.handover import Extracted
             from fitness_pipeline.tasks import transform as step
 
+            name_map_index(athlete["name"])
             return step.transform(Extracted.from_xcom(extracted)).to_xcom()
 
-        @task(task_id="load")
-        def load(staged: dict[str, Any], params: dict[str, Any] | None = None, dag_run: Any = None) -> dict[str, Any]:
+        @task(task_id="load", map_index_template=ATHLETE_LABEL)
+        def load(staged: dict[str, Any], athlete: dict[str, Any], params: dict[str, Any] | None = None,
+                 dag_run: Any = None) -> dict[str, Any]:
+            from fitness_pipeline.compat import name_map_index
             from fitness_pipeline.handover import Staged
             from fitness_pipeline.tasks import load as step
 
+            name_map_index(athlete["name"])
             run = RunParams.from_params(params)
             return step.load(Staged.from_xcom(staged), max_deleted_share=run.max_deleted_share,
                              dag_id=dag_run.dag_id).to_xcom()
 
-        load(transform(extract(schema)))
+        load(transform(extract(schema, athlete), athlete), athlete)
 
-    return group()
+    return group(DEFAULT_ATHLETE) if athletes is None else group.expand(athlete=athletes)
 
 
 fitness_sync()

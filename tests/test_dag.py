@@ -46,7 +46,7 @@ def test_schedule_tasks_and_defaults_are_as_documented() -> None:
     assert "UTC" in str(getattr(timetable, "timezone", None) or timetable._timezone)
     assert dag.catchup is False
     assert dag.max_active_runs == 1
-    assert set(dag.task_ids) == {"ensure_schema"} | {
+    assert set(dag.task_ids) == {"ensure_schema", "athletes"} | {
         f"{group}.{step}" for group in ("strava_activity", "fitbit_weight", "fitbit_calories")
         for step in ("extract", "transform", "load")}
     assert dag.params["lookback_hours"] == 72
@@ -54,9 +54,12 @@ def test_schedule_tasks_and_defaults_are_as_documented() -> None:
     assert dag.doc_md and "fitness_sync" in dag.doc_md
     extract = dag.get_task("strava_activity.extract")
     assert extract.retries == 3 and extract.retry_exponential_backoff
-    assert dag.get_task("strava_activity.load").upstream_task_ids == {"strava_activity.transform"}
+    assert dag.get_task("strava_activity.load").upstream_task_ids == {"strava_activity.transform", "athletes"}
     for group in ("strava_activity", "fitbit_weight", "fitbit_calories"):
-        assert dag.get_task(f"{group}.extract").upstream_task_ids == {"ensure_schema"}  # independent branches
+        # independent branches, mapped over the athletes, each mapped task labelled with the athlete's name
+        assert dag.get_task(f"{group}.extract").upstream_task_ids == {"ensure_schema", "athletes"}
+        for step in ("extract", "transform", "load"):
+            assert dag.get_task(f"{group}.{step}").map_index_template == "{{ athlete_name }}"
 
 
 def this_hour() -> dt.datetime:

@@ -207,7 +207,12 @@ def test_seed_calories_table_keyed_by_id_gets_a_unique_date_for_the_upsert(db_co
         cur.execute("CREATE TABLE fitbit_calories (id BIGINT PRIMARY KEY, calories FLOAT, record_date TIMESTAMP, "
                     "last_time TIMESTAMP DEFAULT now()); INSERT INTO fitbit_calories VALUES (1, 2000, '2020-01-01')")
     changes = ensure_schema(db_conn)
-    assert "uq_fitbit_calories_record_date" in changes.created_indexes
+    # keyed by (athlete_id, record_date) now: the seed's key on id alone is unique per athlete
+    assert "fitbit_calories: unique (id) is now unique per athlete" in changes.altered_tables
+    assert "uq_fitbit_calories_athlete_id_id" in changes.created_indexes
+    assert query(db_conn, "SELECT a.attname FROM pg_index x JOIN pg_attribute a ON a.attrelid = x.indrelid "
+                          "AND a.attnum = ANY(x.indkey) WHERE x.indrelid = 'fitbit_calories'::regclass "
+                          "AND x.indisprimary ORDER BY 1") == [("athlete_id",), ("record_date",)]
     assert "fitbit_calories.record_date: timestamp -> date" in changes.altered_columns
     row = {"record_date": dt.date(2026, 1, 1), "id": 1767225600, "calories": 1800.0, "raw": "{}"}
     with transaction(db_conn) as cur:

@@ -151,7 +151,7 @@ def height_point_source() -> Iterator[SourceSpec]:
     steps and nothing else (its staging table follows from the registration)."""
     from sqlalchemy.dialects import postgresql as pg
 
-    from fitness_pipeline.schema import STAGING, metadata
+    from fitness_pipeline.schema import STAGING, athlete_column, metadata
 
     table = sa.Table(
         HEIGHT_POINT, metadata,
@@ -162,6 +162,7 @@ def height_point_source() -> Iterator[SourceSpec]:
         sa.Column("first_seen", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
         sa.Column("last_time", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
         sa.Column("deleted_at", sa.DateTime(timezone=True)),
+        athlete_column(),
     )
     spec = sources.register(SourceSpec(
         id="height_point", table=HEIGHT_POINT, pool="google_health_api",

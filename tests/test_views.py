@@ -192,10 +192,10 @@ def test_numbers_equal_hand_computed_sums_for_a_small_athlete(schema: Any) -> No
     assert sorted(days) == [D(2024, 6, d) for d in (3, 4, 5, 6, 9, 10, 11, 12)]
     assert days[D(2024, 6, 3)] == {"day": D(2024, 6, 3), "week_start": D(2024, 6, 3), "activities": 2,
                                    "distance_km": 50.0, "moving_time_s": 8400, "elevation_m": 380.0,
-                                   "weight_kg": pytest.approx(80.2), "weighins": 2, "kcal": 2500.0}
+                                   "weight_kg": pytest.approx(80.2), "weighins": 2, "kcal": 2500.0, "athlete_id": 1}
     assert days[D(2024, 6, 4)] == {"day": D(2024, 6, 4), "week_start": D(2024, 6, 3), "activities": 0,
                                    "distance_km": 0, "moving_time_s": 0, "elevation_m": 0,
-                                   "weight_kg": None, "weighins": 0, "kcal": 2100.0}
+                                   "weight_kg": None, "weighins": 0, "kcal": 2100.0, "athlete_id": 1}
     assert (days[D(2024, 6, 6)]["weight_kg"], days[D(2024, 6, 6)]["kcal"]) == (79.0, None)
     assert days[D(2024, 6, 9)]["activities"] == 2 and days[D(2024, 6, 9)]["moving_time_s"] == 4200
 
@@ -203,9 +203,10 @@ def test_numbers_equal_hand_computed_sums_for_a_small_athlete(schema: Any) -> No
     assert weeks == [
         {"week_start": D(2024, 6, 3), "activities": 5, "distance_km": 64.5, "moving_time_s": 17100,
          "elevation_m": 980.0, "avg_weight_kg": pytest.approx((80.0 + 80.4 + 79.0) / 3), "weighins": 3,
-         "avg_kcal": pytest.approx((2500 + 2100 + 1900) / 3), "logged_days": 3},
+         "avg_kcal": pytest.approx((2500 + 2100 + 1900) / 3), "logged_days": 3, "athlete_id": 1},
         {"week_start": D(2024, 6, 10), "activities": 1, "distance_km": 5.0, "moving_time_s": 1500,
-         "elevation_m": 20.0, "avg_weight_kg": 78.5, "weighins": 1, "avg_kcal": 2200.0, "logged_days": 1},
+         "elevation_m": 20.0, "avg_weight_kg": 78.5, "weighins": 1, "avg_kcal": 2200.0, "logged_days": 1,
+         "athlete_id": 1},
     ]
     sports = rows_of(schema, "SELECT sport_type, activities, distance_km, moving_time_s, elevation_m "
                              "FROM training_week_sport WHERE week_start = '2024-06-03' ORDER BY sport_type")
@@ -339,15 +340,21 @@ def test_views_are_current_through_psycopg2_too(schema: Any, postgres: Any, fitn
 # --- health views ---------------------------------------------------------------------------------------
 
 def test_token_health_exposes_no_token(schema: Any) -> None:
-    assert columns_of(schema, "token_health") == ["token_key", "conn_type", "conn_id", "refreshed_at", "expires_at"]
+    assert columns_of(schema, "token_health") == ["token_key", "conn_type", "conn_id", "refreshed_at", "expires_at",
+                                                  "athlete_id"]
     assert token_health.columns == columns_of(schema, "token_health")
     refreshed, expires = dt.datetime(2024, 6, 3, 5, tzinfo=UTC), dt.datetime(2024, 6, 3, 11, tzinfo=UTC)
     insert(schema, oauth_token, [{"token_key": "strava:strava_default", "refresh_token": "r-secret",
                                   "access_token": "a-secret", "expires_at": expires, "seed_fingerprint": "f-secret",
-                                  "updated_at": refreshed}])
-    rows = rows_of(schema, "SELECT * FROM token_health")
+                                  "updated_at": refreshed},
+                                 {"token_key": "strava:strava_default:athlete-2", "refresh_token": "r2-secret",
+                                  "access_token": None, "expires_at": None, "seed_fingerprint": "f2-secret",
+                                  "updated_at": refreshed, "athlete_id": 2}])
+    rows = rows_of(schema, "SELECT * FROM token_health ORDER BY token_key")
     assert rows == [{"token_key": "strava:strava_default", "conn_type": "strava", "conn_id": "strava_default",
-                     "refreshed_at": refreshed, "expires_at": expires}]
+                     "refreshed_at": refreshed, "expires_at": expires, "athlete_id": 1},
+                    {"token_key": "strava:strava_default:athlete-2", "conn_type": "strava",
+                     "conn_id": "strava_default", "refreshed_at": refreshed, "expires_at": None, "athlete_id": 2}]
     assert "secret" not in repr(rows)
 
 

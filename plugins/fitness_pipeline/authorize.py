@@ -12,6 +12,12 @@ prints the connection (conn_type strava/fitbit) as an ``AIRFLOW_CONN_<ID>='{json
 appear only inside those two; stdout holds nothing else but comments, the rest goes to stderr.
 
 Only the standard library and ``requests``: Airflow is not imported (fast, and runs anywhere).
+
+With ``--athlete NAME`` the account is one more athlete of the deployment instead: the athlete is added to
+(or updated in) table ``athlete`` and the tokens go straight into the token store (``oauth_token``,
+encrypted with Airflow's Fernet key), keyed by athlete and provider; nothing is printed to configure, the
+Connection keeps the app's client id and secret. This needs the Airflow environment of the deployment
+(the ``fitness_db`` connection and the Fernet key), so it imports Airflow.
 """
 
 from __future__ import annotations
@@ -327,6 +333,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="more connection extras, e.g. credential_store_conn_id=memory (repeatable)")
     parser.add_argument("--no-browser", action="store_true", help="only print the URL")
     parser.add_argument("--timeout", type=float, default=300, help="seconds to wait for the redirect (300)")
+    parser.add_argument("--athlete", metavar="NAME",
+                        help="authorize one more athlete of this deployment: store the tokens in the fitness "
+                             "database under NAME instead of printing a connection")
+    parser.add_argument("--db-conn-id", default="fitness_db", help="with --athlete: the fitness database (fitness_db)")
     return parser
 
 
@@ -344,6 +354,9 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     token_url = args.token_url or service.token_url
     api_root = (args.api_root or service.api_root).rstrip("/")
     conn_id = args.conn_id or service.default_conn_id
+    if args.athlete is not None and args.athlete.strip() in ("", "default", "1"):
+        raise AuthorizeError("The default athlete's refresh token lives in the Connection: run without --athlete and "
+                             "put the printed refresh token in the Connection's extra.")
 
     state = secrets.token_urlsafe(24)
     try:
@@ -366,6 +379,11 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     print(f"Authorized{who}; granted scope: {_scope_text(service, scopes)}", file=err)
     for warning in scope_warnings(service, scopes):
         print(f"WARNING: {warning}", file=err)
+    if args.athlete is not None:
+        stored = store_athlete_tokens(service, args.athlete.strip(), conn_id, tokens, api_root, args.db_conn_id)
+        print(f"Athlete {args.athlete.strip()!r} (id {stored}) is connected to {service.label}: the tokens are in the "
+              f"fitness database (table oauth_token); fitness_sync syncs them from its next run.", file=err)
+        return 0
     conn = connection(service, api_root=api_root, token_url=token_url, client_id=client_id,
                       client_secret=client_secret, refresh_token=str(tokens["refresh_token"]), scopes=scopes,
                       extra=dict(args.extra))
@@ -374,6 +392,53 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     print("\nThe refresh token in the connection seeds the token store (table oauth_token) again; keep the "
           "connection secret.", file=err)
     return 0
+
+
+def store_athlete_tokens(service: Service, name: str, conn_id: str, tokens: Mapping[str, Any], api_root: str,
+                         db_conn_id: str) -> int:
+    """Add athlete ``name`` (or update them: active again) with the provider's id of the account, and store the
+    tokens in the token store under them. Returns the athlete's id."""
+    from contextlib import closing
+
+    from fitness_pipeline import athletes
+    from fitness_pipeline.db import connect, transaction
+    from fitness_pipeline.ddl import ensure_schema
+    from fitness_pipeline.tokens import PostgresTokenStore, TokenSet, token_key
+
+    strava_id = google_id = None
+    if service.conn_type == "strava" and isinstance(tokens.get("athlete"), dict):
+        strava_id = tokens["athlete"].get("id")
+    elif service.conn_type == "fitbit":
+        google_id = google_user_id(api_root, str(tokens.get("access_token")))
+    with closing(connect(db_conn_id)) as conn:
+        ensure_schema(conn)
+        with transaction(conn) as cur:
+            person = athletes.upsert(cur, name, strava_athlete_id=strava_id, google_user_id=google_id)
+    PostgresTokenStore(db_conn_id).store_authorized(
+        token_key(service.conn_type, conn_id, person.id),
+        TokenSet(tokens.get("access_token"), str(tokens["refresh_token"]), token_expiry(tokens)))
+    return person.id
+
+
+def token_expiry(tokens: Mapping[str, Any]) -> dt.datetime | None:
+    """When the access token expires: Strava's ``expires_at`` (epoch seconds), else now + ``expires_in``."""
+    if isinstance(tokens.get("expires_at"), int | float):
+        return dt.datetime.fromtimestamp(tokens["expires_at"], dt.UTC)
+    if isinstance(tokens.get("expires_in"), int | float):
+        return dt.datetime.now(dt.UTC) + dt.timedelta(seconds=tokens["expires_in"])
+    return None
+
+
+def google_user_id(api_root: str, access_token: str) -> str | None:
+    """The Google Health user id of the account (``users/me/identity``), for the athlete table; None when it
+    cannot be read (the athlete is stored all the same)."""
+    try:
+        response = requests.get(f"{api_root}/v4/users/me/identity", timeout=(10, 30),
+                                headers={"Authorization": f"Bearer {access_token}"})
+        value = response.json().get("healthUserId") if response.status_code == 200 else None
+    except (requests.RequestException, ValueError, AttributeError):
+        return None
+    return str(value) if value else None
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None) -> int:

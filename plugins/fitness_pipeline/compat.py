@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from importlib.metadata import version
+from typing import Any
 
 #: the running Airflow's major version is 3 or later
 AIRFLOW_3 = int(version("apache-airflow").split(".")[0]) >= 3
@@ -43,16 +44,33 @@ def dag_run_finished(dag_id: str, run_id: str) -> bool | None:
         return None
 
 
+def _current_context() -> Any:
+    try:
+        from airflow.sdk import get_current_context
+    except ImportError:  # Airflow 2
+        from airflow.operators.python import get_current_context  # type: ignore[no-redef]
+    return get_current_context()
+
+
 def current_dag_id() -> str | None:
     """The id of the DAG whose task is running here; None outside a task."""
     try:
-        try:
-            from airflow.sdk import get_current_context
-        except ImportError:  # Airflow 2
-            from airflow.operators.python import get_current_context  # type: ignore[no-redef]
-        return str(get_current_context()["dag"].dag_id)
+        return str(_current_context()["dag"].dag_id)
     except Exception:
         return None
+
+
+#: the context variable a mapped task's ``map_index_template`` shows (the athlete's name in the UI)
+MAP_INDEX_NAME = "athlete_name"
+
+
+def name_map_index(name: str) -> None:
+    """Label the running mapped task with ``name`` (its ``map_index_template`` renders
+    :data:`MAP_INDEX_NAME`); nothing outside a task."""
+    try:
+        _current_context()[MAP_INDEX_NAME] = name
+    except Exception:
+        return
 
 
 __all__ = [
@@ -64,4 +82,5 @@ __all__ = [
     "current_dag_id",
     "dag_run_finished",
     "mask_secret",
+    "name_map_index",
 ]

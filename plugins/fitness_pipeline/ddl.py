@@ -24,11 +24,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.schema import CreateColumn, CreateIndex, CreateTable
 
 from fitness_pipeline.db import DIALECT, transaction
 from fitness_pipeline.errors import NeedsPersonError
-from fitness_pipeline.schema import MANAGED_COLUMNS, STAGING, metadata
+from fitness_pipeline.schema import (
+    ATHLETE_ID,
+    DEFAULT_ATHLETE_ID,
+    DEFAULT_ATHLETE_NAME,
+    MANAGED_COLUMNS,
+    STAGING,
+    athlete,
+    metadata,
+)
 from fitness_pipeline.views import VIEWS, View
 
 log = logging.getLogger(__name__)
@@ -119,6 +128,10 @@ def ensure_schema(conn: Any, meta: sa.MetaData = metadata, tables: list[sa.Table
         for name, members in grouped.items():
             if members:
                 _isolated(state, name, lambda members=members: [state.apply(t) for t in members])
+        if athlete in wanted and athlete.name in state.applied:
+            # the default athlete: whose rows every row from before athletes is, and whose tokens the Connections hold
+            cur.execute(str(pg.insert(athlete).values(id=DEFAULT_ATHLETE_ID, name=DEFAULT_ATHLETE_NAME)
+                            .on_conflict_do_nothing().compile(dialect=DIALECT, compile_kwargs={"literal_binds": True})))
         staging = {t.name for t in STAGING.values()}
         _tune_staging(cur, [t.name for t in wanted if t.name in staging and t.name in state.applied], changes)
         if groups is None:
@@ -164,6 +177,8 @@ class _SchemaState:
             return
         _upgrade_table(cur, table, self.existing[table.name], changes, self.type_names,
                        before_type_change=lambda: _drop_views(cur, self.views, self.dropped_views, self.grants))
+        if ATHLETE_ID in table.c:
+            self.key_per_athlete(table)
         key = [c.name for c in table.primary_key.columns]
         if key and self.primary_keys.get(table.name) != key:
             # an older table keyed otherwise (the seed's fitbit_calories had id): the loader's
@@ -181,7 +196,60 @@ class _SchemaState:
                 cur.execute(str(CreateIndex(index).compile(dialect=DIALECT)))
                 changes.created_indexes.append(str(index.name))
                 self.existing_indexes.add(str(index.name))
+        for unique in _unique_constraints(table):
+            if unique.name not in self.existing_indexes:  # PostgreSQL names a constraint's index after it
+                # spelled out: SQLAlchemy's AddConstraint would leave the constraint out of every later CreateTable
+                quote = DIALECT.identifier_preparer.quote
+                cur.execute(f"ALTER TABLE {quote(table.name)} ADD CONSTRAINT {quote(str(unique.name))} "
+                            f"UNIQUE ({', '.join(quote(c.name) for c in unique.columns)})")
+                changes.created_indexes.append(str(unique.name))
+                self.existing_indexes.add(str(unique.name))
         self.applied.add(table.name)
+
+    def key_per_athlete(self, table: sa.Table) -> None:
+        """A table from before there were several athletes is keyed by the record alone (``id``, a calorie
+        day's ``record_date``): that unique index or constraint goes, and the key with ``athlete_id`` comes
+        (every existing row is the default athlete's, so it holds them all). A dropped primary key is added
+        again on the wider key; the caller makes a unique index instead where a key column holds NULLs."""
+        cur, quote = self.cur, DIALECT.identifier_preparer.quote
+        keys = [[c.name for c in table.primary_key.columns], *([c.name for c in u.columns]
+                                                               for u in _unique_constraints(table))]
+        narrower = {frozenset(key) - {ATHLETE_ID} for key in keys if ATHLETE_ID in key}
+        cur.execute(
+            "SELECT i.relname, con.conname, con.contype, array_agg(a.attname::text) FROM pg_index x "
+            "JOIN pg_class i ON i.oid = x.indexrelid JOIN pg_class t ON t.oid = x.indrelid "
+            "JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = ANY(x.indkey) "
+            "LEFT JOIN pg_constraint con ON con.conindid = x.indexrelid AND con.conrelid = t.oid "
+            "WHERE t.relname = %(table)s AND t.relnamespace = current_schema()::regnamespace AND x.indisunique "
+            "GROUP BY i.relname, con.conname, con.contype", {"table": table.name})
+        dropped_primary_key = False
+        for index, constraint, kind, columns in cur.fetchall():
+            if frozenset(columns) not in narrower:
+                continue
+            if constraint is not None:
+                cur.execute(f"ALTER TABLE {quote(table.name)} DROP CONSTRAINT {quote(constraint)}")
+                dropped_primary_key |= kind == "p"
+            else:
+                cur.execute(f"DROP INDEX {quote(index)}")
+            self.existing_indexes.discard(index)
+            self.changes.altered_tables.append(f"{table.name}: unique ({', '.join(sorted(columns))}) is now "
+                                               "unique per athlete")
+        key = [c.name for c in table.primary_key.columns]
+        if dropped_primary_key:
+            self.primary_keys.pop(table.name, None)
+            cur.execute(f"SELECT count(*) FROM {quote(table.name)} WHERE "
+                        + " OR ".join(f"{quote(c)} IS NULL" for c in key))
+            if cur.fetchone()[0] == 0:
+                _remove_identical_duplicates(cur, table, key, self.existing[table.name], self.changes)
+                cur.execute(f"ALTER TABLE {quote(table.name)} ADD PRIMARY KEY ({', '.join(map(quote, key))})")
+                self.primary_keys[table.name] = key
+
+
+def _unique_constraints(table: sa.Table) -> list[sa.UniqueConstraint]:
+    """``table``'s named unique constraints of several columns (a column's own ``unique=True`` is made with
+    the table and never changes)."""
+    return sorted((c for c in table.constraints if isinstance(c, sa.UniqueConstraint) and c.name),
+                  key=lambda c: str(c.name))
 
 
 def _isolated(state: _SchemaState, group: str, apply: Any) -> None:
@@ -224,7 +292,8 @@ def _remove_identical_duplicates(cur: Any, table: sa.Table, key: list[str], colu
     (apart from the key, columns unique of their own such as the seed's id, and the load timestamps) are
     one record stored twice: keep one. Rows sharing a key but differing raise :class:`SchemaError`."""
     quote = DIALECT.identifier_preparer.quote
-    unique = {c.name for c in table.columns if c.unique}
+    unique = {c.name for c in table.columns if c.unique} | {c.name for u in _unique_constraints(table)
+                                                              for c in u.columns if c.name != ATHLETE_ID}
     compared = [c.name for c in table.columns if c.name in columns and c.name not in {*key, *unique, *MANAGED_COLUMNS}]
     keys = ", ".join(quote(c) for c in key)
     row = f"ROW({', '.join(quote(c) for c in compared)})" if compared else "1"

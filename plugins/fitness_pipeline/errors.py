@@ -87,6 +87,11 @@ class AuthorizationError(FatalApiError):
     connection (the message says which)."""
 
 
+class AuthorizationRevokedError(AuthorizationError):
+    """The provider refused the athlete's own refresh token for good (revoked, or rotated away): only the athlete
+    authorizing the app again helps. An athlete other than the default one is then marked inactive."""
+
+
 class PaginationLoopError(FatalApiError):
     """A listing did not end: the server handed out a page token twice, or more pages than
     ``max_pages``. :class:`fitness_pipeline.hooks.base.PageGuard` says why this needs a person

@@ -20,6 +20,11 @@ from fitness_pipeline.windows import Bounds, Window
 
 T = TypeVar("T", bound="_Handover")
 
+#: ``athlete.id`` of the default athlete (:data:`fitness_pipeline.schema.DEFAULT_ATHLETE_ID`; repeated here
+#: because this module is parsed with the DAG and imports no SQLAlchemy): hand-overs of versions before
+#: athletes are its
+DEFAULT_ATHLETE_ID = 1
+
 
 @dataclass(frozen=True)
 class RunParams:
@@ -29,6 +34,8 @@ class RunParams:
     lookback_hours: float = 72
     #: which sources this run syncs; empty: all
     sources: tuple[str, ...] = ()
+    #: which athletes (names) this run syncs; empty: every active one
+    athletes: tuple[str, ...] = ()
     #: a history import: fetch from this date (YYYY-MM-DD, UTC) instead of the hourly window
     history_start: str | None = None
     #: ... up to this date (default: the run's data interval end)
@@ -50,7 +57,7 @@ class RunParams:
             value = params.get(f.name)
             if value is None:
                 continue
-            values[f.name] = tuple(value) if f.name == "sources" else value
+            values[f.name] = tuple(value) if f.name in ("sources", "athletes") else value
         if "lookback_hours" in values:
             values["lookback_hours"] = float(values["lookback_hours"])
         for name in ("max_deleted_share", "history_budget_share"):
@@ -101,6 +108,8 @@ class Extracted(_Handover):
     extracted: int
     window: Window
     reconcile: ReconcileRange | None = None
+    #: whose records (``athlete.id``)
+    athlete_id: int = DEFAULT_ATHLETE_ID
 
 
 @dataclass(frozen=True)
@@ -121,6 +130,10 @@ class Staged(_Handover):
     def batch_id(self) -> str:
         return self.extract.batch_id
 
+    @property
+    def athlete_id(self) -> int:
+        return self.extract.athlete_id
+
 
 @dataclass(frozen=True)
 class Loaded(_Handover):
@@ -133,6 +146,7 @@ class Loaded(_Handover):
     unchanged: int
     deleted: int
     quarantined: int
+    athlete_id: int = DEFAULT_ATHLETE_ID
 
 
 def _plain(value: Any) -> Any:

@@ -32,7 +32,16 @@ from fitness_pipeline.db import DIALECT, copy_rows, execute
 from fitness_pipeline.ddl import STAGING_TOAST_TUPLE_TARGET
 from fitness_pipeline.errors import NeedsPersonError
 from fitness_pipeline.handover import ReconcileRange
-from fitness_pipeline.schema import DELETED_AT, LAST_TIME, data_columns, quarantine, staging_for
+from fitness_pipeline.schema import (
+    ATHLETE_ID,
+    DEFAULT_ATHLETE_ID,
+    DELETED_AT,
+    LAST_TIME,
+    data_columns,
+    quarantine,
+    record_key,
+    staging_for,
+)
 from fitness_pipeline.transforms.records import QuarantineEntry
 
 try:  # SQLAlchemy 2.1; 1.4 and 2.0 spell DISTINCT ON as select().distinct(col)
@@ -52,15 +61,21 @@ class UpsertCounts:
 
 
 def stage_rows(cursor: Any, target: sa.Table, batch_id: str, rows: Iterable[Mapping[str, Any]],
-               staging: sa.Table | None = None, start_seq: int = 0) -> int:
-    """COPY ``rows`` (dicts keyed by the target's data columns) into the staging table.
+               staging: sa.Table | None = None, start_seq: int = 0, athlete_id: int = DEFAULT_ATHLETE_ID) -> int:
+    """COPY ``rows`` (dicts keyed by the target's data columns) into the staging table, as rows of
+    ``athlete_id`` (unless a row names its own).
 
     ``seq`` orders the batch (``start_seq`` onwards): of two rows with one key, the later wins.
     """
     staging = staging if staging is not None else staging_for(target)
     names = [c.name for c in data_columns(target)]
-    tuples = ((batch_id, seq, *(row[n] for n in names)) for seq, row in enumerate(rows, start_seq))
+    tuples = ((batch_id, seq, *row_values(row, names, athlete_id)) for seq, row in enumerate(rows, start_seq))
     return copy_rows(cursor, staging.name, ["batch_id", "seq", *names], tuples)
+
+
+def row_values(row: Mapping[str, Any], names: list[str], athlete_id: int) -> tuple[Any, ...]:
+    """``row``'s values of the columns ``names``; a transform's row (pure: it knows no athlete) gets ``athlete_id``."""
+    return tuple(row.get(ATHLETE_ID, athlete_id) if n == ATHLETE_ID else row[n] for n in names)
 
 
 #: first key of the advisory lock that serializes merges into one table (the second: the table name's hash)
@@ -113,8 +128,10 @@ def delete_staged(cursor: Any, staging: sa.Table, batch_id: str) -> int:
     return cursor.rowcount
 
 
-def upsert_rows(cursor: Any, target: sa.Table, rows: Iterable[Mapping[str, Any]]) -> UpsertCounts:
-    """Upsert ``rows`` into ``target`` in the caller's transaction; of two rows with one key, the later wins.
+def upsert_rows(cursor: Any, target: sa.Table, rows: Iterable[Mapping[str, Any]],
+                athlete_id: int = DEFAULT_ATHLETE_ID) -> UpsertCounts:
+    """Upsert ``rows`` (of ``athlete_id``, unless a row names its own) into ``target`` in the caller's
+    transaction; of two rows with one key, the later wins.
 
     Rows whose key ``target`` does not hold yet are COPYed straight into it (under a SAVEPOINT: if
     a concurrent transaction inserted one of those keys meanwhile, every row takes the merge path
@@ -122,6 +139,8 @@ def upsert_rows(cursor: Any, target: sa.Table, rows: Iterable[Mapping[str, Any]]
     the rows that really changed.
     """
     keys = [c.name for c in target.primary_key.columns]
+    if ATHLETE_ID in target.c:
+        rows = ({**row, ATHLETE_ID: row.get(ATHLETE_ID, athlete_id)} for row in rows)
     latest = {tuple(row[k] for k in keys): row for row in rows}  # dict order: first sighting; value: last
     if not latest:
         return UpsertCounts()
@@ -237,15 +256,16 @@ def _merge_statement(target: sa.Table, staging: sa.Table, *, dedupe: bool = True
     ).select_from(upserted)
 
 
-def quarantine_records(cursor: Any, source: str, entries: Iterable[QuarantineEntry]) -> int:
-    """Store quarantined records with their reason; a record seen again bumps ``times_seen``."""
+def quarantine_records(cursor: Any, source: str, entries: Iterable[QuarantineEntry],
+                       athlete_id: int = DEFAULT_ATHLETE_ID) -> int:
+    """Store quarantined records of ``athlete_id`` with their reason; a record seen again bumps ``times_seen``."""
     total = 0
     for chunk in _chunks(entries, 1000):
-        values = [{"source": source, "record_key": r.record_key, "reason": r.reason, "payload": r.payload}
-                  for r in {r.record_key: r for r in chunk}.values()]
+        values = [{ATHLETE_ID: athlete_id, "source": source, "record_key": r.record_key, "reason": r.reason,
+                   "payload": r.payload} for r in {r.record_key: r for r in chunk}.values()]
         statement = pg.insert(quarantine).values(values)
         statement = statement.on_conflict_do_update(
-            index_elements=[quarantine.c.source, quarantine.c.record_key],
+            index_elements=[quarantine.c[ATHLETE_ID], quarantine.c.source, quarantine.c.record_key],
             set_={
                 "reason": statement.excluded.reason,
                 "payload": statement.excluded.payload,
@@ -258,11 +278,13 @@ def quarantine_records(cursor: Any, source: str, entries: Iterable[QuarantineEnt
     return total
 
 
-def release_quarantined(cursor: Any, source: str, target: sa.Table, staging: sa.Table, batch_id: str) -> int:
-    """Drop quarantine entries whose record has now loaded in a valid version."""
-    key = next(iter(target.primary_key.columns)).name
+def release_quarantined(cursor: Any, source: str, target: sa.Table, staging: sa.Table, batch_id: str,
+                        athlete_id: int = DEFAULT_ATHLETE_ID) -> int:
+    """Drop ``athlete_id``'s quarantine entries whose record has now loaded in a valid version."""
+    key = record_key(target).name
     loaded = sa.select(sa.cast(staging.c[key], sa.Text)).where(staging.c.batch_id == batch_id)
-    execute(cursor, sa.delete(quarantine).where(quarantine.c.source == source, quarantine.c.record_key.in_(loaded)))
+    execute(cursor, sa.delete(quarantine).where(quarantine.c[ATHLETE_ID] == athlete_id, quarantine.c.source == source,
+                                                quarantine.c.record_key.in_(loaded)))
     return cursor.rowcount
 
 
@@ -277,15 +299,19 @@ class MassDeletionError(NeedsPersonError):
     nothing, e.g. after a scope was lost, looks exactly like a mass deletion)."""
 
 
-def reconciled_range(target: sa.Table, listed: ReconcileRange) -> sa.ColumnElement[bool]:
-    """The rows of ``target`` inside the range an extract listed completely."""
+def reconciled_range(target: sa.Table, listed: ReconcileRange,
+                     athlete_id: int = DEFAULT_ATHLETE_ID) -> sa.ColumnElement[bool]:
+    """The rows of ``athlete_id`` in ``target`` inside the range an extract listed completely (a listing is
+    one athlete's)."""
     column = target.c[listed.column]
     lower = column >= listed.lower if listed.lower_inclusive else column > listed.lower
-    return sa.and_(lower, column < listed.upper)
+    if ATHLETE_ID not in target.c:  # a source's table without athletes: the default athlete's only (see extract)
+        return sa.and_(lower, column < listed.upper)
+    return sa.and_(target.c[ATHLETE_ID] == athlete_id, lower, column < listed.upper)
 
 
 def mark_deleted(cursor: Any, source: str, target: sa.Table, batch_id: str, in_window: sa.ColumnElement[bool],
-                 max_share: float, staging: sa.Table | None = None) -> int:
+                 max_share: float, staging: sa.Table | None = None, athlete_id: int = DEFAULT_ATHLETE_ID) -> int:
     """Set ``deleted_at`` on live rows inside the reconciled window that the batch did not bring.
 
     Rows whose record sits in quarantine are upstream (just unreadable): they are kept live.
@@ -293,9 +319,10 @@ def mark_deleted(cursor: Any, source: str, target: sa.Table, batch_id: str, in_w
     ``max_share`` of the window's live rows, and more than two, would be marked.
     """
     staging = staging if staging is not None else staging_for(target)
-    key = next(iter(target.primary_key.columns))
+    key = record_key(target)  # in_window holds one athlete's rows, and so does the batch
     seen = sa.select(staging.c[key.name]).where(staging.c.batch_id == batch_id)
-    held = sa.select(quarantine.c.record_key).where(quarantine.c.source == source)
+    held = sa.select(quarantine.c.record_key).where(quarantine.c[ATHLETE_ID] == athlete_id,
+                                                     quarantine.c.source == source)
     live = sa.and_(in_window, target.c[DELETED_AT].is_(None))
     vanished = sa.and_(live, key.not_in(seen), sa.cast(key, sa.Text).not_in(held))
     execute(cursor, sa.select(sa.func.count().filter(vanished), sa.func.count()).select_from(target).where(live))

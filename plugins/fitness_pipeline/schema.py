@@ -32,10 +32,54 @@ def _managed_columns(*, deletable: bool = True) -> list[sa.Column]:
     ]
 
 
+#: the athlete of every row loaded before there were several (and of a deployment with one): ``athlete.id`` 1
+DEFAULT_ATHLETE_ID = 1
+DEFAULT_ATHLETE_NAME = "default"
+#: the column naming a row's athlete in every table of personal data
+ATHLETE_ID = "athlete_id"
+
+athlete = sa.Table(
+    "athlete",
+    metadata,
+    sa.Column("id", sa.Integer, sa.Identity(start=2), primary_key=True,
+              comment=f"our own id; {DEFAULT_ATHLETE_ID} is the default athlete (the Connections' own tokens)"),
+    sa.Column("name", sa.Text, nullable=False, unique=True, comment="display name, unique; used by the commands"),
+    sa.Column("strava_athlete_id", sa.BigInteger, unique=True, comment="the Strava athlete who authorized"),
+    sa.Column("google_user_id", sa.Text, unique=True, comment="the Google Health user who authorized"),
+    sa.Column("active", sa.Boolean, nullable=False, server_default=sa.true(),
+              comment="synced by fitness_sync; false once disabled or its authorization was refused for good"),
+    sa.Column("inactive_reason", sa.Text, comment="why the athlete is inactive, and what to do"),
+    sa.Column("airflow_users", pg.ARRAY(sa.Text), comment="Airflow users who may see this athlete's training "
+              "page; null: every user, while this is the only athlete"),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    comment="the people whose data this database keeps; tokens in oauth_token, rows carry athlete_id",
+)
+
+
+def athlete_column() -> sa.Column:
+    """The ``athlete_id`` of a table of personal data; rows from before there were athletes are the default's.
+    The last column, in a new database as in a migrated one (where it was added): ``SELECT *`` reads the same."""
+    return sa.Column(ATHLETE_ID, sa.Integer, nullable=False, server_default=str(DEFAULT_ATHLETE_ID),
+                     comment="athlete.id of the person this row is about")
+
+
+def key_per_athlete(*columns: str) -> sa.PrimaryKeyConstraint:
+    """A primary key unique per athlete: ``(athlete_id, *columns)``."""
+    return sa.PrimaryKeyConstraint(ATHLETE_ID, *columns)
+
+
+def record_key(table: sa.Table) -> sa.Column:
+    """The column of ``table``'s key that names a record of one athlete (the key without ``athlete_id``)."""
+    (column,) = [c for c in table.primary_key.columns if c.name != ATHLETE_ID]
+    return column
+
+
 strava_activity = sa.Table(
     "strava_activity",
     metadata,
-    sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=False, comment="Strava activity id"),
+    sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=False,
+              comment="Strava activity id (unique across athletes)"),
     sa.Column("owner", sa.BigInteger, comment="athlete.id"),
     sa.Column("activity_type", sa.Text, comment="Strava's deprecated `type`"),
     sa.Column("sport_type", sa.Text, comment="Strava's `sport_type`; new values pass through unchanged"),
@@ -68,7 +112,9 @@ strava_activity = sa.Table(
     sa.Column("workout_type", sa.Integer),
     sa.Column("raw", pg.JSONB, nullable=False, comment="the SummaryActivity exactly as the API sent it"),
     *_managed_columns(),
+    athlete_column(),
     sa.Index("ix_strava_activity_start_date", "start_date"),
+    sa.Index("ix_strava_activity_athlete_start_date", ATHLETE_ID, "start_date"),
     sa.Index("ix_strava_activity_owner_start_date", "owner", "start_date"),
     comment="Strava activities (SummaryActivity), one row per activity id",
 )
@@ -92,8 +138,8 @@ sa.Index("ix_strava_activity_local_week", ACTIVITY_LOCAL_WEEK)
 fitbit_weight = sa.Table(
     "fitbit_weight",
     metadata,
-    sa.Column("id", sa.Numeric(20, 0), primary_key=True, autoincrement=False,
-              comment="the data point's id (last segment of its name; can exceed BIGINT)"),
+    sa.Column("id", sa.Numeric(20, 0), autoincrement=False,
+              comment="the data point's id (last segment of its name; can exceed BIGINT), unique per athlete"),
     sa.Column("weight", sa.Float, nullable=False, comment="kilograms (the API sends grams)"),
     sa.Column("bmi", sa.Float, comment="kg/m² with the latest height at that time; null without a height"),
     sa.Column("fat", sa.Float, comment="body-fat percent of the body-fat point measured with it (within 60 s)"),
@@ -106,6 +152,8 @@ fitbit_weight = sa.Table(
     sa.Column("data_point_name", sa.Text, nullable=False, comment="users/<id>/dataTypes/weight/dataPoints/<id>"),
     sa.Column("raw", pg.JSONB, nullable=False),
     *_managed_columns(),
+    athlete_column(),
+    key_per_athlete("id"),
     sa.Index("ix_fitbit_weight_measured_at", "measured_at"),
     sa.Index("ix_fitbit_weight_record_date", "record_date"),
     comment="body weight from the Google Health API (Fitbit), one row per data point",
@@ -114,52 +162,61 @@ fitbit_weight = sa.Table(
 fitbit_height = sa.Table(
     "fitbit_height",
     metadata,
-    sa.Column("id", sa.Numeric(20, 0), primary_key=True, autoincrement=False),
+    sa.Column("id", sa.Numeric(20, 0), autoincrement=False),
     sa.Column("height_mm", sa.Integer, nullable=False),
     sa.Column("measured_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("data_point_name", sa.Text, nullable=False),
     sa.Column("raw", pg.JSONB, nullable=False),
     *_managed_columns(deletable=False),
+    athlete_column(),
+    key_per_athlete("id"),
     comment="height data points; the BMI of fitbit_weight uses the latest one at each weighing",
 )
 
 fitbit_calories = sa.Table(
     "fitbit_calories",
     metadata,
-    sa.Column("record_date", sa.Date, primary_key=True, comment="local (civil) date; days without logs have no row"),
-    sa.Column("id", sa.BigInteger, nullable=False, unique=True,
-              comment="the seed's id: epoch seconds of record_date at 00:00 UTC"),
+    sa.Column("record_date", sa.Date, nullable=False, comment="local (civil) date; days without logs have no row"),
+    sa.Column("id", sa.BigInteger, nullable=False,
+              comment="the seed's id: epoch seconds of record_date at 00:00 UTC (unique per athlete)"),
     sa.Column("calories", sa.Float, nullable=False, comment="kcal eaten that day (sum of nutrition logs)"),
     sa.Column("raw", pg.JSONB, nullable=False),
     *_managed_columns(),
-    comment="calories eaten per local date (Google Health API nutrition-log daily roll-up)",
+    athlete_column(),
+    key_per_athlete("record_date"),
+    sa.UniqueConstraint(ATHLETE_ID, "id", name="uq_fitbit_calories_athlete_id_id"),
+    comment="calories eaten per athlete and local date (Google Health API nutrition-log daily roll-up)",
 )
 
 quarantine = sa.Table(
     "quarantine",
     metadata,
-    sa.Column("source", sa.Text, primary_key=True, comment="e.g. strava_activity"),
-    sa.Column("record_key", sa.Text, primary_key=True, comment="the record's id, or a hash when it has none"),
+    sa.Column("source", sa.Text, nullable=False, comment="e.g. strava_activity"),
+    sa.Column("record_key", sa.Text, nullable=False, comment="the record's id, or a hash when it has none"),
     sa.Column("reason", sa.Text, nullable=False),
     # text, not jsonb: jsonb rejects some payloads (\u0000) that we must still keep
     sa.Column("payload", sa.Text, nullable=False),
     sa.Column("first_seen", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
     sa.Column("last_seen", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
     sa.Column("times_seen", sa.Integer, nullable=False, server_default="1"),
+    athlete_column(),
+    key_per_athlete("source", "record_key"),
     comment="records that could not be loaded, with the reason; removed once a valid version loads",
 )
 
 oauth_token = sa.Table(
     "oauth_token",
     metadata,
-    sa.Column("token_key", sa.Text, primary_key=True, comment="<conn_type>:<conn_id>"),
+    sa.Column("token_key", sa.Text, primary_key=True,
+              comment="<conn_type>:<conn_id> (the default athlete's), <conn_type>:<conn_id>:athlete-<id>"),
     sa.Column("refresh_token", sa.Text, nullable=False),
     sa.Column("access_token", sa.Text),
     sa.Column("expires_at", sa.DateTime(timezone=True)),
     sa.Column("seed_fingerprint", sa.Text, nullable=False,
               comment="sha256 of the Connection's refresh token this row started from"),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
-    comment="newest OAuth tokens per connection; rows are locked while refreshing",
+    athlete_column(),
+    comment="newest OAuth tokens per connection and athlete; rows are locked while refreshing",
 )
 
 sync_run = sa.Table(
@@ -176,7 +233,9 @@ sync_run = sa.Table(
     sa.Column("unchanged", sa.Integer, nullable=False),
     sa.Column("deleted", sa.Integer, nullable=False, server_default="0", comment="rows marked deleted"),
     sa.Column("finished_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    athlete_column(),
     sa.Index("ix_sync_run_source_finished_at", "source", "finished_at"),
+    sa.Index("ix_sync_run_source_athlete_finished_at", "source", ATHLETE_ID, "finished_at"),
     comment="one row per loaded batch: what each run did",
 )
 

@@ -5,14 +5,13 @@ staging rows, merging, reconciling deletions, recording the run) reads it. Addin
 :func:`register` call (or an entry in :data:`BUILT_IN`), a hook method that lists its records, a pure
 row function and its table in :mod:`fitness_pipeline.schema`; see the README's "Adding a source".
 
-This module is imported when the DAG file is parsed: it imports nothing but the standard library
-and :mod:`fitness_pipeline.windows`. Hooks, row functions and tables are named by dotted path
-(``"package.module:attribute"``) and resolved when a task needs them.
+This module is imported when the DAG file is parsed: it imports nothing but the standard library,
+:mod:`fitness_pipeline.windows` and :mod:`fitness_pipeline.handover`. Hooks, row functions and tables
+are named by dotted path (``"package.module:attribute"``) and resolved when a task needs them.
 
 A declaration says nothing about *which* account: its connection id is a default that a run may
-override. What still assumes one account per run lives outside the declarations and is the athlete
-issue's to change: batch ids are ``<run_id>/<source>``, a reconciled range covers every row of the
-table in it (no owner column), and the weight transform reads every known height.
+override, and the DAG maps each source's tasks over the athletes (the hook is built with the athlete's
+id, batch ids name the athlete, the loader reconciles and quarantines per athlete).
 """
 
 from __future__ import annotations
@@ -23,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fitness_pipeline import windows
+from fitness_pipeline.handover import DEFAULT_ATHLETE_ID
 from fitness_pipeline.windows import Window
 
 #: a dotted path ``"package.module:attribute"`` resolved on first use, or the object itself
@@ -105,18 +105,20 @@ class SourceSpec:
     def companion_tables(self) -> list[Any]:
         return [_table(name) for name in self.companions]
 
-    def batch_id(self, run_id: str) -> str:
-        """The id of this source's batch in DAG run ``run_id`` (``sync_run.batch_id``)."""
-        return f"{run_id}/{self.id}"
+    def batch_id(self, run_id: str, athlete_id: int = DEFAULT_ATHLETE_ID) -> str:
+        """The id of this source's batch of athlete ``athlete_id`` in DAG run ``run_id`` (``sync_run.batch_id``):
+        ``<run_id>/<source>``, as before there were athletes, for the default athlete; ``.../athlete-<id>``
+        for the others."""
+        own = "" if athlete_id == DEFAULT_ATHLETE_ID else f"/athlete-{athlete_id}"
+        return f"{run_id}/{self.id}{own}"
 
-    @property
-    def batch_suffix(self) -> str:
-        """What every batch id of this source ends with."""
-        return self.batch_id("")
+    def batch_suffix(self, athlete_id: int = DEFAULT_ATHLETE_ID) -> str:
+        """What every batch id of this source and athlete ends with."""
+        return self.batch_id("", athlete_id)
 
-    def run_id_of(self, batch_id: str) -> str:
-        """The DAG run a batch id of this source belongs to (the inverse of :meth:`batch_id`)."""
-        return batch_id.removesuffix(self.batch_suffix)
+    def run_id_of(self, batch_id: str, athlete_id: int = DEFAULT_ATHLETE_ID) -> str:
+        """The DAG run a batch id of this source and athlete belongs to (the inverse of :meth:`batch_id`)."""
+        return batch_id.removesuffix(self.batch_suffix(athlete_id))
 
     def listed_range(self, window: Window) -> windows.Bounds | None:
         return self.reconcile.bounds(window) if self.reconcile else None

@@ -50,7 +50,7 @@ from sqlalchemy.dialects import postgresql as pg
 
 from fitness_pipeline.db import database_of, execute, transaction
 from fitness_pipeline.errors import NeedsPersonError, RetriableError
-from fitness_pipeline.schema import oauth_token
+from fitness_pipeline.schema import DEFAULT_ATHLETE_ID, oauth_token
 
 log = logging.getLogger(__name__)
 
@@ -81,9 +81,34 @@ Refresher = Callable[[str], TokenSet]
 
 
 class TokenStore(Protocol):
-    def get_token(self, key: str, seed_refresh_token: str, refresh: Refresher, min_valid_seconds: float) -> TokenSet:
-        """A token set whose access token is valid for ``min_valid_seconds`` more, refreshing if needed."""
+    def get_token(self, key: str, seed_refresh_token: str | None, refresh: Refresher,
+                  min_valid_seconds: float) -> TokenSet:
+        """A token set whose access token is valid for ``min_valid_seconds`` more, refreshing if needed.
+        ``seed_refresh_token``: the Connection's (the default athlete's); None for an athlete whose tokens
+        only the store holds (:class:`NotAuthorizedError` when it holds none)."""
         ...
+
+
+def token_key(conn_type: str, conn_id: str, athlete_id: int = DEFAULT_ATHLETE_ID) -> str:
+    """The store's key of one athlete's tokens of one connection (the default athlete's as before athletes)."""
+    own = "" if athlete_id == DEFAULT_ATHLETE_ID else f":athlete-{athlete_id}"
+    return f"{conn_type}:{conn_id}{own}"
+
+
+def athlete_of_key(key: str) -> int:
+    """The athlete whose tokens a :func:`token_key` names."""
+    _, marker, athlete = key.rpartition(":athlete-")
+    return int(athlete) if marker and athlete.isdigit() else DEFAULT_ATHLETE_ID
+
+
+class NotAuthorizedError(NeedsPersonError):
+    """An athlete's tokens were never stored (or were purged): the athlete has to authorize the app."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(
+            f"No OAuth tokens are stored for {key!r} (athlete {athlete_of_key(key)}): the athlete has not authorized "
+            "the app, or was purged. Run python -m fitness_pipeline.authorize <strava|fitbit> --athlete NAME, "
+            "then trigger fitness_sync again.")
 
 
 #: what an encrypted token value starts with in ``oauth_token``
@@ -162,12 +187,18 @@ class MemoryTokenStore:
         self._tokens: dict[str, tuple[str, TokenSet]] = {}
         self._lock = threading.Lock()
 
-    def get_token(self, key: str, seed_refresh_token: str, refresh: Refresher, min_valid_seconds: float) -> TokenSet:
+    def get_token(self, key: str, seed_refresh_token: str | None, refresh: Refresher,
+                  min_valid_seconds: float) -> TokenSet:
         with self._lock:
-            seed = fingerprint(seed_refresh_token)
             stored = self._tokens.get(key)
+            if seed_refresh_token is None:
+                if stored is None:
+                    raise NotAuthorizedError(key)
+                seed = stored[0]
+            else:
+                seed = fingerprint(seed_refresh_token)
             if stored is None or stored[0] != seed:
-                stored = (seed, TokenSet(None, seed_refresh_token, None))
+                stored = (seed, TokenSet(None, str(seed_refresh_token), None))
             if not stored[1].valid_for(min_valid_seconds):
                 stored = (seed, refresh(stored[1].refresh_token))
             self._tokens[key] = stored
@@ -294,12 +325,13 @@ class PostgresTokenStore:
             self._tables_checked.add(database)
         return conn
 
-    def get_token(self, key: str, seed_refresh_token: str, refresh: Refresher, min_valid_seconds: float) -> TokenSet:
-        seed = fingerprint(seed_refresh_token)
+    def get_token(self, key: str, seed_refresh_token: str | None, refresh: Refresher,
+                  min_valid_seconds: float) -> TokenSet:
+        seed = fingerprint(seed_refresh_token) if seed_refresh_token is not None else None
         database = self._database()
         with closing(self._connect()) as conn:
             if not self.spool.pending(database, key):  # the common case: no lock, one short transaction
-                current, _ = self._read(conn, key, seed_refresh_token, seed)
+                current, _, _ = self._read(conn, key, seed_refresh_token, seed)
                 if current.valid_for(min_valid_seconds):
                     return current
             with transaction(conn) as cur:  # session-level: held after this commit, until unlocked
@@ -311,15 +343,15 @@ class PostgresTokenStore:
                 with suppress(Exception), transaction(conn) as cur:  # a dead session released it already
                     cur.execute("SELECT pg_advisory_unlock(%(lock)s)", {"lock": advisory_lock_id(key)})
 
-    def _refresh_locked(self, conn: Any, database: str, key: str, seed_refresh_token: str, seed: str,
+    def _refresh_locked(self, conn: Any, database: str, key: str, seed_refresh_token: str | None, seed: str | None,
                         refresh: Refresher, min_valid_seconds: float) -> TokenSet:
         """Under the advisory lock: replay a spooled response, reuse a valid token, or refresh once."""
         self._replay(conn, database, key)
-        current, stored_refresh = self._read(conn, key, seed_refresh_token, seed)
+        current, stored_refresh, stored_seed = self._read(conn, key, seed_refresh_token, seed)
         if current.valid_for(min_valid_seconds):
             return current
         fresh = refresh(current.refresh_token)  # no transaction is open during the HTTP request
-        entry = {"key": key, "seed_fingerprint": seed, "replaces": fingerprint(stored_refresh),
+        entry = {"key": key, "seed_fingerprint": seed or stored_seed, "replaces": fingerprint(stored_refresh),
                  "access_token": fresh.access_token, "refresh_token": fresh.refresh_token,
                  "expires_at": fresh.expires_at.isoformat() if fresh.expires_at else None}
         # the provider has killed the old refresh token: to disk before anything else can fail
@@ -343,27 +375,33 @@ class PostgresTokenStore:
         self.spool.remove(database, key, entry)
         return fresh
 
-    def _read(self, conn: Any, key: str, seed_refresh_token: str, seed: str) -> tuple[TokenSet, str]:
-        """The token set to use (the seed's, if the Connection was re-authorized) and the row's refresh token.
-        A row stored in plain text (before encryption) is encrypted in place."""
+    def _read(self, conn: Any, key: str, seed_refresh_token: str | None,
+              seed: str | None) -> tuple[TokenSet, str, str]:
+        """The token set to use (the seed's, if the Connection was re-authorized), the row's refresh token and
+        its seed fingerprint. A row stored in plain text (before encryption) is encrypted in place."""
         cipher = self.cipher
         with transaction(conn) as cur:
-            insert = pg.insert(oauth_token).values(
-                token_key=key, refresh_token=cipher.seal(seed_refresh_token), seed_fingerprint=seed
-            ).on_conflict_do_nothing(index_elements=[oauth_token.c.token_key])
-            execute(cur, insert)
+            if seed_refresh_token is not None:
+                insert = pg.insert(oauth_token).values(
+                    token_key=key, refresh_token=cipher.seal(seed_refresh_token), seed_fingerprint=seed,
+                    athlete_id=athlete_of_key(key),
+                ).on_conflict_do_nothing(index_elements=[oauth_token.c.token_key])
+                execute(cur, insert)
             execute(cur, sa.select(oauth_token.c.access_token, oauth_token.c.refresh_token,
                                    oauth_token.c.expires_at, oauth_token.c.seed_fingerprint)
                     .where(oauth_token.c.token_key == key))
-            stored_access, stored_refresh, expires_at, stored_seed = cur.fetchone()
+            row = cur.fetchone()
+            if row is None:
+                raise NotAuthorizedError(key)
+            stored_access, stored_refresh, expires_at, stored_seed = row
             access, refresh_token = cipher.unseal(stored_access), str(cipher.unseal(stored_refresh))
             if not (cipher.stored_as_wanted(stored_access) and cipher.stored_as_wanted(stored_refresh)):
                 execute(cur, sa.update(oauth_token).where(oauth_token.c.token_key == key,
                                                           oauth_token.c.refresh_token == stored_refresh)
                         .values(access_token=cipher.seal(access), refresh_token=cipher.seal(refresh_token)))
-        if stored_seed != seed:  # the user put a new refresh token in the Connection
-            return TokenSet(None, seed_refresh_token, None), refresh_token
-        return TokenSet(access, refresh_token, expires_at), refresh_token
+        if seed is not None and stored_seed != seed:  # the user put a new refresh token in the Connection
+            return TokenSet(None, str(seed_refresh_token), None), refresh_token, seed
+        return TokenSet(access, refresh_token, expires_at), refresh_token, stored_seed
 
     def _replay(self, conn: Any, database: str, key: str) -> None:
         entry = self.spool.read(database, key)
@@ -391,6 +429,18 @@ class PostgresTokenStore:
             values = {"access_token": cipher.seal(entry["access_token"]),
                       "refresh_token": cipher.seal(entry["refresh_token"]),
                       "expires_at": expires_at, "seed_fingerprint": entry["seed_fingerprint"]}
-            execute(cur, pg.insert(oauth_token).values(token_key=key, **values).on_conflict_do_update(
-                index_elements=[oauth_token.c.token_key], set_={**values, "updated_at": sa.func.now()}))
+            execute(cur, pg.insert(oauth_token).values(token_key=key, athlete_id=athlete_of_key(key), **values)
+                    .on_conflict_do_update(index_elements=[oauth_token.c.token_key],
+                                           set_={**values, "updated_at": sa.func.now()}))
         return True
+
+    def store_authorized(self, key: str, tokens: TokenSet) -> None:
+        """Store the tokens an athlete's consent just gave (``python -m fitness_pipeline.authorize --athlete``),
+        over whatever the store held for ``key``: the store alone holds them from now on."""
+        cipher = self.cipher
+        values = {"access_token": cipher.seal(tokens.access_token), "refresh_token": cipher.seal(tokens.refresh_token),
+                  "expires_at": tokens.expires_at, "seed_fingerprint": fingerprint(tokens.refresh_token)}
+        with closing(self._connect()) as conn, transaction(conn) as cur:
+            execute(cur, pg.insert(oauth_token).values(token_key=key, athlete_id=athlete_of_key(key), **values)
+                    .on_conflict_do_update(index_elements=[oauth_token.c.token_key],
+                                           set_={**values, "updated_at": sa.func.now()}))

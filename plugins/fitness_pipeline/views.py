@@ -23,6 +23,7 @@ from fitness_pipeline.schema import (
     ACTIVITY_LOCAL_WEEK,
     DELETED_AT,
     api_rate_limit,
+    athlete,
     fitbit_calories,
     fitbit_weight,
     local_week,
@@ -89,9 +90,10 @@ training_activity = View(
              _divide(sa.cast(_a.moving_time, sa.Float), _distance_km)),
             else_=sa.null()), sa.Float).label("pace_s_per_km"),
         _a.average_heartrate,
+        _a.athlete_id,
     ).where(_live(strava_activity), _a.start_date_local.is_not(None)),
     "one row per Strava activity not deleted, on its local date (start_date_local); "
-    "distance in km, pace in s/km for runs only",
+    "distance in km, pace in s/km for runs only; athlete_id: whose",
 )
 
 
@@ -104,15 +106,15 @@ def _entries() -> sa.Subquery:
         sa.cast(sa.null(), sa.BigInteger)
     w, c = fitbit_weight.c, fitbit_calories.c
     activities = sa.select(
-        ta.day, ta.week_start, ta.id.label("activity_id"), ta.distance_km, ta.moving_time_s, ta.elevation_m,
-        null_float.label("weight_kg"), null_float.label("kcal"))
+        ta.athlete_id, ta.day, ta.week_start, ta.id.label("activity_id"), ta.distance_km, ta.moving_time_s,
+        ta.elevation_m, null_float.label("weight_kg"), null_float.label("kcal"))
     no_activity = (null_id.label("activity_id"), null_float.label("distance_km"), null_int.label("moving_time_s"),
                    null_float.label("elevation_m"))
     weighins = sa.select(
-        w.record_date.label("day"), local_week(w.record_date).label("week_start"), *no_activity,
+        w.athlete_id, w.record_date.label("day"), local_week(w.record_date).label("week_start"), *no_activity,
         w.weight.label("weight_kg"), null_float.label("kcal")).where(_live(fitbit_weight))
     calories = sa.select(
-        c.record_date.label("day"), local_week(c.record_date).label("week_start"), *no_activity,
+        c.athlete_id, c.record_date.label("day"), local_week(c.record_date).label("week_start"), *no_activity,
         null_float.label("weight_kg"), c.calories.label("kcal")).where(_live(fitbit_calories))
     return sa.union_all(activities, weighins, calories).subquery("entry")
 
@@ -141,9 +143,10 @@ training_day = View(
         sa.type_coerce(sa.func.avg(_e.weight_kg), sa.Float).label("weight_kg"),
         _count(_e.weight_kg).label("weighins"),
         sa.type_coerce(sa.func.sum(_e.kcal), sa.Float).label("kcal"),
-    ).group_by(_e.day, _e.week_start),
-    "one row per local date with an activity, a weigh-in or a nutrition log; weight_kg is the mean of the "
-    "day's weigh-ins, kcal is null (not 0) on a day without a nutrition log",
+        _e.athlete_id,
+    ).group_by(_e.athlete_id, _e.day, _e.week_start),
+    "one row per athlete and local date with an activity, a weigh-in or a nutrition log; weight_kg is the mean "
+    "of the day's weigh-ins, kcal is null (not 0) on a day without a nutrition log",
 )
 
 training_week = View(
@@ -158,8 +161,9 @@ training_week = View(
         _count(_e.weight_kg).label("weighins"),
         sa.type_coerce(sa.func.avg(_e.kcal), sa.Float).label("avg_kcal"),
         _count(_e.kcal).label("logged_days"),
-    ).group_by(_e.week_start),
-    "one row per ISO week (Monday first, local dates) with any data; avg_weight_kg is the mean of the "
+        _e.athlete_id,
+    ).group_by(_e.athlete_id, _e.week_start),
+    "one row per athlete and ISO week (Monday first, local dates) with any data; avg_weight_kg is the mean of the "
     "week's weigh-ins, avg_kcal the mean over the days with a nutrition log (logged_days)",
 )
 
@@ -173,8 +177,9 @@ training_week_sport = View(
         _total(_ta.distance_km, sa.Float).label("distance_km"),
         _total(_ta.moving_time_s, sa.Integer).label("moving_time_s"),
         _total(_ta.elevation_m, sa.Float).label("elevation_m"),
-    ).group_by(_ta.week_start, _ta.sport_type),
-    "activities per ISO week (local dates) and sport type",
+        _ta.athlete_id,
+    ).group_by(_ta.athlete_id, _ta.week_start, _ta.sport_type),
+    "activities per athlete, ISO week (local dates) and sport type",
 )
 
 
@@ -190,17 +195,20 @@ def _sync_health() -> sa.Select:
         sa.select(sa.select(sa.func.min(after.c.source)).where(after.c.source > seen.c.source).scalar_subquery())
         .where(seen.c.source.is_not(None)))
     source = sa.union(sa.select(seen.c.source).where(seen.c.source.is_not(None)), sa.select(q.source)).subquery("s")
+    # every athlete, for every source: an athlete not synced yet shows as such
+    who = athlete.alias("who")
     last = (sa.select(r.batch_id, r.finished_at, r.window_start, r.window_end, r.extracted, r.inserted,
                       r.updated, r.unchanged, r.deleted, r.quarantined)
-            .where(r.source == source.c.source)
+            .where(r.source == source.c.source, r.athlete_id == who.c.id)
             .order_by(r.finished_at.desc(), r.batch_id.desc()).limit(1).lateral("last_run"))
     recent = sync_run.alias("recent")
     runs_last_24h = (sa.select(_count(sa.literal_column("*")))
-                     .where(recent.c.source == source.c.source,
+                     .where(recent.c.source == source.c.source, recent.c.athlete_id == who.c.id,
                             recent.c.finished_at > sa.func.now() - sa.literal_column("interval '24 hours'"))
                      .scalar_subquery())
     held = quarantine.alias("held")
-    quarantined_now = sa.select(_count(sa.literal_column("*"))).where(held.c.source == source.c.source)
+    quarantined_now = sa.select(_count(sa.literal_column("*"))).where(held.c.source == source.c.source,
+                                                                      held.c.athlete_id == who.c.id)
     return sa.select(
         source.c.source,
         last.c.batch_id.label("last_batch_id"),
@@ -209,14 +217,15 @@ def _sync_health() -> sa.Select:
         last.c.unchanged, last.c.deleted, last.c.quarantined,
         runs_last_24h.label("runs_last_24h"),
         quarantined_now.scalar_subquery().label("quarantined_now"),
-    ).select_from(source.outerjoin(last, sa.true()))
+        who.c.id.label("athlete_id"),
+    ).select_from(source.join(who, sa.true()).outerjoin(last, sa.true()))
 
 
 sync_health = View(
     "sync_health",
     _sync_health(),
-    "per source seen in sync_run or quarantine: its latest loaded batch (by finished_at) and what it did, "
-    "the batches of the last 24 hours and the records in quarantine now; no payloads",
+    "per source seen in sync_run or quarantine, and athlete: the latest loaded batch (by finished_at) and what "
+    "it did, the batches of the last 24 hours and the records in quarantine now; no payloads",
 )
 
 _t = oauth_token.c
@@ -225,10 +234,11 @@ token_health = View(
     sa.select(
         _t.token_key,
         sa.type_coerce(sa.func.split_part(_t.token_key, ":", 1), sa.Text).label("conn_type"),
-        sa.type_coerce(sa.func.substr(_t.token_key, sa.func.strpos(_t.token_key, ":") + 1), sa.Text)
-        .label("conn_id"),
+        sa.type_coerce(sa.func.regexp_replace(sa.func.substr(_t.token_key, sa.func.strpos(_t.token_key, ":") + 1),
+                                              ":athlete-[0-9]+$", ""), sa.Text).label("conn_id"),
         _t.updated_at.label("refreshed_at"),
         _t.expires_at,
+        _t.athlete_id,
     ),
     "when each stored OAuth token was last refreshed and when its access token expires; never a token value",
 )

@@ -32,13 +32,15 @@ from fitness_pipeline.compat import BaseHook, mask_secret
 from fitness_pipeline.errors import (
     ApiError,
     AuthorizationError,
+    AuthorizationRevokedError,
     FatalApiError,
     PaginationLoopError,
     RateLimitError,
     RetriableApiError,
     error_class_for_status,
 )
-from fitness_pipeline.tokens import MemoryTokenStore, PostgresTokenStore, TokenSet, TokenStore
+from fitness_pipeline.schema import DEFAULT_ATHLETE_ID
+from fitness_pipeline.tokens import MemoryTokenStore, PostgresTokenStore, TokenSet, TokenStore, token_key
 
 __all__ = [
     "DEFAULT_MAX_REQUEST_SECONDS",
@@ -46,6 +48,7 @@ __all__ = [
     "RENAMED_EXTRAS",
     "ApiError",
     "AuthorizationError",
+    "AuthorizationRevokedError",
     "DeadlineRetry",
     "FatalApiError",
     "HttpSettings",
@@ -294,10 +297,12 @@ class OAuthApiHook(BaseHook):
     #: HTTP statuses retried with exponential backoff and jitter
     retry_statuses: ClassVar[frozenset[int]] = frozenset({500, 502, 503, 504})
 
-    def __init__(self, conn_id: str, *, token_store: TokenStore | None = None,
+    def __init__(self, conn_id: str, *, athlete_id: int = DEFAULT_ATHLETE_ID, token_store: TokenStore | None = None,
                  sleep: Callable[[float], None] = time.sleep) -> None:
         super().__init__()
         self.conn_id = conn_id
+        #: whose data: the default athlete's tokens come from the Connection's extra, another's from the token store
+        self.athlete_id = athlete_id
         self._token_store = token_store
         self._sleep = sleep
         self._session: requests.Session | None = None
@@ -389,9 +394,9 @@ class OAuthApiHook(BaseHook):
         """A valid access token, refreshed through the token store only when about to expire."""
         margin = float("inf") if force_refresh else self.token_refresh_margin
         if self._tokens is None or not self._tokens.valid_for(margin):  # the store only when needed
-            key = f"{self.conn_type}:{self.conn_id}"
-            self._tokens = self.token_store.get_token(key, self._refresh_token_from_connection(), self._refresh,
-                                                      margin)
+            seed = self._refresh_token_from_connection() if self.athlete_id == DEFAULT_ATHLETE_ID else None
+            self._tokens = self.token_store.get_token(token_key(self.conn_type, self.conn_id, self.athlete_id), seed,
+                                                      self._refresh, margin)
             mask_secret(self._tokens.access_token)
         return str(self._tokens.access_token)
 

@@ -17,6 +17,7 @@ from fitness_pipeline import apis, tokens
 from fitness_pipeline.hooks.base import (
     ApiError,
     AuthorizationError,
+    AuthorizationRevokedError,
     OAuthApiHook,
     RateLimitError,
     RetriableApiError,
@@ -132,7 +133,7 @@ class FitbitHook(OAuthApiHook):
     def token_error(self, response: requests.Response) -> ApiError:
         error = _oauth_error(response)
         if error == "invalid_grant":
-            return AuthorizationError(
+            return AuthorizationRevokedError(
                 f"Google refused the refresh token of connection {self.conn_id!r} (invalid_grant): re-authorize "
                 "with access_type=offline&prompt=consent and put the new refresh token in the Connection. Apps in "
                 "'Testing' status lose refresh tokens after 7 days: publish the OAuth app 'In production'.",

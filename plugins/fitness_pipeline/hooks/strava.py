@@ -16,6 +16,7 @@ from fitness_pipeline.budget import DAY, STRAVA_READ_LIMITS, Budget, Limits, Mem
 from fitness_pipeline.hooks.base import (
     ApiError,
     AuthorizationError,
+    AuthorizationRevokedError,
     OAuthApiHook,
     RateLimitError,
     RetriableApiError,
@@ -180,7 +181,7 @@ class StravaHook(OAuthApiHook):
     def token_error(self, response: requests.Response) -> ApiError:
         fields = _error_fields(response)
         if response.status_code == 400 and "refresh_token" in fields:
-            return AuthorizationError(
+            return AuthorizationRevokedError(
                 f"Strava refused the refresh token of connection {self.conn_id!r} (revoked, or replaced by a newer "
                 "one that was not saved). Authorize the app again and put the new refresh token in the "
                 "Connection's extra.", status=400)

@@ -18,7 +18,7 @@ from sqlalchemy.dialects import postgresql as pg
 from fitness_pipeline import sources
 from fitness_pipeline.db import FITNESS_DB_CONN_ID, connect, copy_rows, execute, transaction
 from fitness_pipeline.handover import Extracted, ReconcileRange
-from fitness_pipeline.schema import api_rate_limit, raw_record
+from fitness_pipeline.schema import ATHLETE_ID, DEFAULT_ATHLETE_ID, api_rate_limit, raw_record, record_key
 from fitness_pipeline.sources import SourceSpec, resolve
 from fitness_pipeline.windows import Window
 
@@ -26,9 +26,11 @@ log = logging.getLogger(__name__)
 
 
 def extract(source_id: str, run_id: str, window: Window, conn_id: str | None = None,
-            db_conn_id: str = FITNESS_DB_CONN_ID, budget_share: float = 1.0) -> Extracted:
+            db_conn_id: str = FITNESS_DB_CONN_ID, budget_share: float = 1.0,
+            athlete_id: int = DEFAULT_ATHLETE_ID) -> Extracted:
     """Land the records ``source_id`` lists for ``window`` (through connection ``conn_id``, default
-    the source's) as batch ``<run_id>/<source_id>``; returns what was landed and the range it proves complete.
+    the source's) of athlete ``athlete_id`` as batch :meth:`SourceSpec.batch_id`; returns what was landed and
+    the range it proves complete.
     ``budget_share``: the share of a shared rate-limit budget the hook may use (hooks that keep one).
 
     Errors leave as Airflow outcomes (:func:`fitness_pipeline.errors.airflow_outcome`): a rate limit
@@ -38,16 +40,23 @@ def extract(source_id: str, run_id: str, window: Window, conn_id: str | None = N
     from fitness_pipeline.errors import raise_for_airflow
 
     spec = sources.get(source_id)
-    batch = spec.batch_id(run_id)
-    hook = resolve(spec.hook)(conn_id or spec.conn_id)
+    if athlete_id != DEFAULT_ATHLETE_ID and ATHLETE_ID not in spec.target.c:
+        from fitness_pipeline.compat import AirflowSkipException
+
+        raise AirflowSkipException(f"{spec.id}: table {spec.table} has no {ATHLETE_ID} column, so it keeps the default "
+                                   "athlete's records only; add fitness_pipeline.schema.athlete_column() to it to sync "
+                                   "every athlete")
+    batch = spec.batch_id(run_id, athlete_id)
+    hook = resolve(spec.hook)(conn_id or spec.conn_id, athlete_id=athlete_id)
     if hasattr(hook, "budget_share"):
         hook.budget_share = budget_share
     try:
         if spec.extract is not None:
-            landed = resolve(spec.extract)(spec, hook, batch, window, db_conn_id)
+            landed = resolve(spec.extract)(spec, hook, batch, window, db_conn_id, athlete_id=athlete_id)
         else:
             landed = land_pages(db_conn_id, batch, resolve(spec.fetch)(hook, window))
     except Exception as error:
+        refused(error, spec, athlete_id, db_conn_id)
         raise_for_airflow(error)
     finally:
         try:
@@ -55,7 +64,37 @@ def extract(source_id: str, run_id: str, window: Window, conn_id: str | None = N
         finally:
             hook.close()
     log.info("%s: landed %d records for [%s, %s)", spec.id, landed, window.start, window.end)
-    return Extracted(spec.id, batch, landed, window, listed_range(spec, window))
+    return Extracted(spec.id, batch, landed, window, listed_range(spec, window), athlete_id=athlete_id)
+
+
+def refused(error: Exception, spec: SourceSpec, athlete_id: int, db_conn_id: str) -> None:
+    """What an athlete's refused authorization means beyond this task: an athlete other than the default one
+    (whose tokens live in the Connection, and whose runs simply fail until it is updated) whose refresh token
+    the provider refused for good is marked inactive, so the next runs leave them out instead of failing every
+    hour; one who never authorized this source's provider is skipped (they may use one provider only)."""
+    from fitness_pipeline.compat import AirflowSkipException
+    from fitness_pipeline.errors import AuthorizationRevokedError
+    from fitness_pipeline.tokens import NotAuthorizedError
+
+    if athlete_id == DEFAULT_ATHLETE_ID:
+        return
+    if isinstance(error, NotAuthorizedError):
+        raise AirflowSkipException(f"{spec.id}: athlete {athlete_id} has not authorized this source's provider "
+                                   f"(connection {spec.conn_id!r})") from None
+    if isinstance(error, AuthorizationRevokedError):
+        from fitness_pipeline import athletes
+
+        reason = (f"{spec.id}: the provider refused the athlete's authorization for good (revoked?). The athlete "
+                  "authorizes again with python -m fitness_pipeline.authorize <strava|fitbit> --athlete NAME, "
+                  "which makes them active again; or python -m fitness_pipeline.athletes purge NAME deletes "
+                  "their data, as Strava's terms ask when an athlete revokes access.")
+        try:
+            with closing(connect(db_conn_id)) as conn, transaction(conn) as cur:
+                athletes.set_active(cur, athlete_id, False, reason)
+        except Exception as problem:  # the task fails all the same, with the provider's message
+            log.warning("Could not mark athlete %d inactive (%s)", athlete_id, type(problem).__name__)
+            return
+        log.error("Athlete %d is now inactive: %s", athlete_id, reason)
 
 
 def record_rate_limit_usage(db_conn_id: str, hook: Any) -> int:
@@ -102,32 +141,36 @@ def land_pages(db_conn_id: str, batch: str, pages: Iterable[list[Any]]) -> int:
     return count
 
 
-def batches_of(spec: SourceSpec, batch_id: sa.ColumnElement[str]) -> sa.ColumnElement[bool]:
-    """Whether the ``batch_id`` column holds a batch of ``spec`` (of any run)."""
-    return sa.func.right(batch_id, len(spec.batch_suffix)) == spec.batch_suffix
+def batches_of(spec: SourceSpec, batch_id: sa.ColumnElement[str],
+               athlete_id: int = DEFAULT_ATHLETE_ID) -> sa.ColumnElement[bool]:
+    """Whether the ``batch_id`` column holds a batch of ``spec`` and ``athlete_id`` (of any run)."""
+    suffix = spec.batch_suffix(athlete_id)
+    return sa.func.right(batch_id, len(suffix)) == suffix
 
 
 def clear_landed(cur: Any, batch: str) -> None:
     execute(cur, sa.delete(raw_record).where(raw_record.c.batch_id == batch))
 
 
-def unlisted_span(cur: Any, spec: SourceSpec, listed: ReconcileRange, listed_keys: set[str]) -> tuple[Any, Any] | None:
-    """The earliest and latest ``listed.column`` values of the live rows of ``spec``'s table inside ``listed``
-    whose key is not in ``listed_keys`` (keys as text): the rows the load would mark deleted. None when there
-    are none."""
+def unlisted_span(cur: Any, spec: SourceSpec, listed: ReconcileRange, listed_keys: set[str],
+                  athlete_id: int = DEFAULT_ATHLETE_ID) -> tuple[Any, Any] | None:
+    """The earliest and latest ``listed.column`` values of ``athlete_id``'s live rows of ``spec``'s table inside
+    ``listed`` whose key is not in ``listed_keys`` (keys as text): the rows the load would mark deleted. None
+    when there are none."""
     from fitness_pipeline.loader import reconciled_range
 
     target = spec.target
-    key = next(iter(target.primary_key.columns))
+    key = record_key(target)
     execute(cur, sa.select(sa.cast(key, sa.Text), target.c[listed.column])
-            .where(reconciled_range(target, listed), target.c.deleted_at.is_(None)))
+            .where(reconciled_range(target, listed, athlete_id), target.c.deleted_at.is_(None)))
     unlisted = [value for held_key, value in cur.fetchall() if held_key not in listed_keys]
     return (min(unlisted), max(unlisted)) if unlisted else None
 
 
 def land_unlisted_again(conn: Any, spec: SourceSpec, batch: str, window: Window, listed_keys: set[str],
                         landed: int, relist: Callable[[Any, Any], Iterable[list[Any]]],
-                        counted: Callable[[Any, int], None] | None = None) -> int:
+                        counted: Callable[[Any, int], None] | None = None,
+                        athlete_id: int = DEFAULT_ATHLETE_ID) -> int:
     """Before the load may mark anything deleted: list once more the span of the rows we hold that the listing
     did not bring (``relist(first, last)`` yields pages covering ``[first, last]``) and land what comes after
     the ``landed`` records; returns how many. ``counted(cursor, n)`` runs in each page's transaction.
@@ -139,7 +182,7 @@ def land_unlisted_again(conn: Any, spec: SourceSpec, batch: str, window: Window,
     if reconcile is None:
         return 0
     with transaction(conn) as cur:
-        span = unlisted_span(cur, spec, reconcile, listed_keys)
+        span = unlisted_span(cur, spec, reconcile, listed_keys, athlete_id)
     if span is None:
         return 0
     log.info("%s: records we hold were missing from the listing: listing their span again before any is "

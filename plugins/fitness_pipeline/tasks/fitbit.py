@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 from fitness_pipeline import windows
 from fitness_pipeline.db import connect, execute, transaction
-from fitness_pipeline.schema import fitbit_height
+from fitness_pipeline.schema import ATHLETE_ID, DEFAULT_ATHLETE_ID, fitbit_height
 from fitness_pipeline.sources import SourceSpec
 from fitness_pipeline.tasks.extract import land_pages, land_unlisted_again
 from fitness_pipeline.transforms.fitbit import BODY_FAT_MATCH_SECONDS, data_point_id, fitbit_weight_batch
@@ -18,13 +18,15 @@ from fitness_pipeline.transforms.records import RecordError, TransformResult
 from fitness_pipeline.windows import Window
 
 
-def land_weights(spec: SourceSpec, hook: Any, batch: str, window: Window, db_conn_id: str) -> int:
+def land_weights(spec: SourceSpec, hook: Any, batch: str, window: Window, db_conn_id: str,
+                 athlete_id: int = DEFAULT_ATHLETE_ID) -> int:
     """Land the weight and body-fat points measured inside ``window`` as envelopes
     ``{"dataType": ..., "point": ...}``, and all height points when the run ends at midnight or
     none is known yet (heights change rarely and cost a request). Nothing but ``raw_record`` is
     written: the heights are staged by transform and merged by load with the weights."""
     with closing(connect(db_conn_id)) as conn, transaction(conn) as cur:
-        execute(cur, sa.select(sa.func.count()).select_from(fitbit_height))
+        execute(cur, sa.select(sa.func.count()).select_from(fitbit_height)
+                .where(fitbit_height.c[ATHLETE_ID] == athlete_id))
         heights_known = cur.fetchone()[0] > 0
     margin = dt.timedelta(seconds=BODY_FAT_MATCH_SECONDS)
     listed: set[str] = set()
@@ -43,7 +45,8 @@ def land_weights(spec: SourceSpec, hook: Any, batch: str, window: Window, db_con
         return landed + land_unlisted_again(
             conn, spec, batch, window, listed, landed,
             lambda first, last: [envelopes("weight", hook.list_samples(
-                "weight", max(first, window.start), min(last + dt.timedelta(seconds=1), window.end)))])
+                "weight", max(first, window.start), min(last + dt.timedelta(seconds=1), window.end)))],
+            athlete_id=athlete_id)
 
 
 def weight_key(point: Any) -> str | None:
@@ -58,9 +61,10 @@ def envelopes(data_type: str, points: list[Any]) -> list[dict[str, Any]]:
     return [{"dataType": data_type, "point": point} for point in points]
 
 
-def weight_rows(cur: Any, records: list[Any]) -> TransformResult:
-    """Rows of a landed weight batch, with BMI from the heights known and those in the batch."""
-    execute(cur, sa.select(fitbit_height.c.measured_at, fitbit_height.c.height_mm))
+def weight_rows(cur: Any, records: list[Any], athlete_id: int = DEFAULT_ATHLETE_ID) -> TransformResult:
+    """Rows of a landed weight batch of ``athlete_id``, with BMI from their heights known and those in the batch."""
+    execute(cur, sa.select(fitbit_height.c.measured_at, fitbit_height.c.height_mm)
+            .where(fitbit_height.c[ATHLETE_ID] == athlete_id))
     return fitbit_weight_batch(records, [(measured_at, height_mm) for measured_at, height_mm in cur.fetchall()])
 
 

@@ -13,7 +13,7 @@ from fitness_pipeline import sources
 from fitness_pipeline.db import FITNESS_DB_CONN_ID, connect, execute, transaction
 from fitness_pipeline.errors import NeedsPersonError, RetriableError, raise_for_airflow
 from fitness_pipeline.handover import Loaded, RunParams, Staged
-from fitness_pipeline.schema import extract_cursor, raw_record, staging_for, sync_run
+from fitness_pipeline.schema import DEFAULT_ATHLETE_ID, extract_cursor, raw_record, staging_for, sync_run
 from fitness_pipeline.sources import SourceSpec
 
 log = logging.getLogger(__name__)
@@ -40,19 +40,20 @@ def load(staged: Staged, max_deleted_share: float = RunParams.max_deleted_share,
                 staged = restage(conn, spec, staged, db_conn_id)
             loaded = _merge(conn, spec, staged, max_deleted_share)
             if dag_id is not None:
-                clear_finished_batches(conn, spec, staged.batch_id, dag_id)
+                clear_finished_batches(conn, spec, staged.batch_id, dag_id, staged.athlete_id)
             return loaded
     except Exception as error:
         raise_for_airflow(error)
 
 
-def clear_finished_batches(conn: Any, spec: SourceSpec, batch: str, dag_id: str) -> int:
-    """Remove what other batches of ``spec`` left in ``extract_cursor``, ``raw_record`` and the staging tables
-    (a killed import, a failed load) once Airflow reports their run finished, or no longer knows it (deleted).
-    A run still going (a backfill next to this one) keeps its rows, and so, when Airflow cannot be asked, does
-    every run. An unfinished extract's landed pages stay for :data:`~fitness_pipeline.tasks.strava.ADOPT_WITHIN`
-    so that a new run of its window can take them over. Never fails the load: a problem is logged.
-    Returns the rows removed."""
+def clear_finished_batches(conn: Any, spec: SourceSpec, batch: str, dag_id: str,
+                           athlete_id: int = DEFAULT_ATHLETE_ID) -> int:
+    """Remove what other batches of ``spec`` and ``athlete_id`` left in ``extract_cursor``, ``raw_record`` and the
+    staging tables (a killed import, a failed load) once Airflow reports their run finished, or no longer knows
+    it (deleted). A run still going (a backfill next to this one) keeps its rows, and so, when Airflow cannot be
+    asked, does every run. An unfinished extract's landed pages stay for
+    :data:`~fitness_pipeline.tasks.strava.ADOPT_WITHIN` so that a new run of its window can take them over. Never
+    fails the load: a problem is logged. Returns the rows removed."""
     from fitness_pipeline.compat import dag_run_finished
     from fitness_pipeline.tasks.extract import batches_of
     from fitness_pipeline.tasks.strava import ADOPT_WITHIN
@@ -65,13 +66,13 @@ def clear_finished_batches(conn: Any, spec: SourceSpec, batch: str, dag_id: str)
             others: set[str] = set()
             for table in tables:
                 execute(cur, sa.select(table.c.batch_id).distinct().where(
-                    batches_of(spec, table.c.batch_id), table.c.batch_id != batch))
+                    batches_of(spec, table.c.batch_id, athlete_id), table.c.batch_id != batch))
                 others.update(row[0] for row in cur.fetchall())
             execute(cur, sa.select(extract_cursor.c.batch_id).where(
                 extract_cursor.c.created_at > sa.func.now() - ADOPT_WITHIN))
             others -= {row[0] for row in cur.fetchall()}  # may still be taken over
         for other in sorted(others):
-            if not dag_run_finished(dag_id, spec.run_id_of(other)):
+            if not dag_run_finished(dag_id, spec.run_id_of(other, athlete_id)):
                 continue
             with transaction(conn) as cur:
                 for table in tables:
@@ -115,7 +116,7 @@ def restage(conn: Any, spec: SourceSpec, staged: Staged, db_conn_id: str) -> Sta
 def recorded_run(conn: Any, batch: str) -> Loaded | None:
     """What ``sync_run`` recorded for ``batch``, if it was loaded."""
     columns = [sync_run.c[name] for name in ("source", "batch_id", "inserted", "updated", "unchanged", "deleted",
-                                             "quarantined")]
+                                             "quarantined", "athlete_id")]
     with transaction(conn) as cur:
         execute(cur, sa.select(*columns).where(sync_run.c.batch_id == batch))
         row = cur.fetchone()
@@ -141,13 +142,13 @@ def staging_intact(conn: Any, spec: SourceSpec, staged: Staged) -> bool:
 def _merge(conn: Any, spec: SourceSpec, staged: Staged, max_deleted_share: float) -> Loaded:
     from fitness_pipeline.loader import delete_staged, mark_deleted, merge_staged, reconciled_range, release_quarantined
 
-    batch = staged.batch_id
+    batch, athlete_id = staged.batch_id, staged.athlete_id
     extracted = staged.extract
     deleted = 0
     with transaction(conn) as cur:
         for companion in spec.companion_tables():
             counts = merge_staged(cur, companion, batch)
-            release_quarantined(cur, companion.name, companion, staging_for(companion), batch)
+            release_quarantined(cur, companion.name, companion, staging_for(companion), batch, athlete_id)
             delete_staged(cur, staging_for(companion), batch)
             log.info("%s: %s: %d inserted, %d updated, %d unchanged", spec.id, companion.name, counts.inserted,
                      counts.updated, counts.unchanged)
@@ -155,12 +156,13 @@ def _merge(conn: Any, spec: SourceSpec, staged: Staged, max_deleted_share: float
         if extracted.reconcile is not None:
             # raises MassDeletionError (needs a person: a retry would see the same listing)
             deleted = mark_deleted(cur, spec.id, spec.target, batch,
-                                   reconciled_range(spec.target, extracted.reconcile), max_deleted_share)
-        release_quarantined(cur, spec.id, spec.target, spec.staging, batch)
+                                   reconciled_range(spec.target, extracted.reconcile, athlete_id), max_deleted_share,
+                                   athlete_id=athlete_id)
+        release_quarantined(cur, spec.id, spec.target, spec.staging, batch, athlete_id)
         delete_staged(cur, spec.staging, batch)
         execute(cur, sa.delete(raw_record).where(raw_record.c.batch_id == batch))
         loaded = Loaded(spec.id, batch, counts.inserted, counts.updated, counts.unchanged, deleted,
-                        staged.quarantined)
+                        staged.quarantined, athlete_id)
         record_run(cur, loaded, extracted.extracted, extracted.window.start, extracted.window.end)
     log.info("%s: %d inserted, %d updated, %d unchanged, %d marked deleted, %d quarantined", spec.id,
              loaded.inserted, loaded.updated, loaded.unchanged, deleted, loaded.quarantined)
@@ -172,7 +174,7 @@ def record_run(cur: Any, loaded: Loaded, extracted: int, window_start: Any, wind
     record = {"batch_id": loaded.batch_id, "source": loaded.source, "window_start": window_start,
               "window_end": window_end, "extracted": extracted, "quarantined": loaded.quarantined,
               "inserted": loaded.inserted, "updated": loaded.updated, "unchanged": loaded.unchanged,
-              "deleted": loaded.deleted}
+              "deleted": loaded.deleted, "athlete_id": loaded.athlete_id}
     insert = pg.insert(sync_run).values(**record)
     execute(cur, insert.on_conflict_do_update(
         index_elements=[sync_run.c.batch_id],

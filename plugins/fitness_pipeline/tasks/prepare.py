@@ -55,6 +55,22 @@ def ensure_schema(conn_id: str = FITNESS_DB_CONN_ID) -> dict[str, Any]:
     return dataclasses.asdict(changes)
 
 
+def athletes_to_sync(names: tuple[str, ...] = (), conn_id: str = FITNESS_DB_CONN_ID) -> list[dict[str, Any]]:
+    """The athletes a run syncs (each source's tasks are mapped over them): every active one, or those
+    ``names`` (the ``athletes`` param; an unknown or inactive name fails the task)."""
+    from fitness_pipeline import athletes
+    from fitness_pipeline.errors import raise_for_airflow
+
+    with closing(connect(conn_id)) as conn:
+        try:
+            with transaction(conn) as cur:
+                chosen = athletes.to_sync(cur, names)
+        except Exception as error:
+            raise_for_airflow(error)
+    log.info("Syncing %d athlete(s): %s", len(chosen), ", ".join(a.name for a in chosen) or "none active")
+    return [a.to_xcom() for a in chosen]
+
+
 def remove_stale_rows(conn: Any, tables: list[sa.Table]) -> None:
     """Delete the hand-over rows older than :data:`STALE_AFTER` from ``tables``. Housekeeping never waits for
     a table another session has locked (a long load, a person's maintenance): that table is left for the next

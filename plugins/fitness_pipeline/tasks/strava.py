@@ -13,7 +13,7 @@ from sqlalchemy.dialects import postgresql as pg
 from fitness_pipeline.apis import STRAVA_MAX_PER_PAGE as MAX_PER_PAGE
 from fitness_pipeline.compat import current_dag_id, dag_run_finished
 from fitness_pipeline.db import connect, execute, transaction
-from fitness_pipeline.schema import extract_cursor, raw_record
+from fitness_pipeline.schema import DEFAULT_ATHLETE_ID, extract_cursor, raw_record
 from fitness_pipeline.sources import SourceSpec
 from fitness_pipeline.tasks.extract import batches_of, clear_landed, land_page, land_unlisted_again, landed_keys
 from fitness_pipeline.windows import Window
@@ -22,8 +22,10 @@ log = logging.getLogger(__name__)
 SECOND = dt.timedelta(seconds=1)
 
 
-def land_activities(spec: SourceSpec, hook: Any, batch: str, window: Window, db_conn_id: str) -> int:
-    """Land every activity that started inside ``window``, committing page by page.
+def land_activities(spec: SourceSpec, hook: Any, batch: str, window: Window, db_conn_id: str,
+                    athlete_id: int = DEFAULT_ATHLETE_ID) -> int:
+    """Land every activity of ``athlete_id`` (the athlete ``hook`` is authorized as) that started inside
+    ``window``, committing page by page.
 
     A try that stopped (rate limit, crash, kill) leaves its progress in ``extract_cursor``;
     the next try lists on from the newest landed start instead of from the beginning, so a
@@ -40,7 +42,7 @@ def land_activities(spec: SourceSpec, hook: Any, batch: str, window: Window, db_
             progress = cur.fetchone()
             if progress is None:
                 clear_landed(cur, batch)
-                progress = adopt_progress(cur, spec, batch, window)
+                progress = adopt_progress(cur, spec, batch, window, athlete_id)
             listed = landed_keys(cur, batch, activity_key) if progress else set()
         after_epoch, landed = progress or (int(window.start.timestamp()), 0)
         if progress:
@@ -63,7 +65,8 @@ def land_activities(spec: SourceSpec, hook: Any, batch: str, window: Window, db_
                                                          min(last + SECOND, window.end)),
             # the cursor counts them: a resumed try numbers its records after them
             lambda cur, count: execute(cur, sa.update(extract_cursor).where(extract_cursor.c.batch_id == batch)
-                                       .values(landed=extract_cursor.c.landed + count)))
+                                       .values(landed=extract_cursor.c.landed + count)),
+            athlete_id=athlete_id)
         with transaction(conn) as cur:  # complete: a later re-run of this batch starts afresh
             execute(cur, sa.delete(extract_cursor).where(extract_cursor.c.batch_id == batch))
     return landed
@@ -80,8 +83,10 @@ def activity_key(activity: Any) -> str | None:
 ADOPT_WITHIN = dt.timedelta(hours=24)
 
 
-def adopt_progress(cur: Any, spec: SourceSpec, batch: str, window: Window) -> tuple[int, int] | None:
-    """Take over the landed pages of another, unfinished batch of ``spec`` that listed from the same start
+def adopt_progress(cur: Any, spec: SourceSpec, batch: str, window: Window,
+                   athlete_id: int = DEFAULT_ATHLETE_ID) -> tuple[int, int] | None:
+    """Take over the landed pages of another, unfinished batch of ``spec`` and the same athlete that listed
+    from the same start
     (a new run of the same window or import, after a run that was killed or failed): its records and
     cursor become ``batch``'s. Returns its ``(after_epoch, landed)``, or None when there is none.
 
@@ -91,7 +96,7 @@ def adopt_progress(cur: Any, spec: SourceSpec, batch: str, window: Window) -> tu
     ``SKIP LOCKED``: two new runs never take over the same batch.
     """
     execute(cur, sa.select(extract_cursor.c.batch_id, extract_cursor.c.after_epoch, extract_cursor.c.landed)
-            .where(batches_of(spec, extract_cursor.c.batch_id),
+            .where(batches_of(spec, extract_cursor.c.batch_id, athlete_id),
                    extract_cursor.c.batch_id != batch,
                    extract_cursor.c.window_start == window.start,
                    extract_cursor.c.after_epoch + 1 < int(window.end.timestamp()),
@@ -102,7 +107,7 @@ def adopt_progress(cur: Any, spec: SourceSpec, batch: str, window: Window) -> tu
         return None
     other, after_epoch, landed = found
     dag_id = current_dag_id()
-    if dag_id is not None and not dag_run_finished(dag_id, spec.run_id_of(other)):
+    if dag_id is not None and not dag_run_finished(dag_id, spec.run_id_of(other, athlete_id)):
         return None  # its run goes on (a backfill, the same import triggered twice): never take from it
     execute(cur, sa.select(sa.func.count()).select_from(raw_record).where(raw_record.c.batch_id == other))
     if cur.fetchone()[0] != landed:  # not all there (cleared by hand?): start afresh

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from fitness_pipeline import sources
 from fitness_pipeline.db import FITNESS_DB_CONN_ID, connect, execute, transaction
 from fitness_pipeline.handover import Extracted, Staged
-from fitness_pipeline.schema import raw_record, staging_for
+from fitness_pipeline.schema import DEFAULT_ATHLETE_ID, raw_record, staging_for
 from fitness_pipeline.sources import SourceSpec, resolve
 from fitness_pipeline.transforms.records import TransformResult, transform_batch
 
@@ -40,22 +40,24 @@ def transform(extracted: Extracted, db_conn_id: str = FITNESS_DB_CONN_ID) -> Sta
             staging = staging_for(table)
             execute(cur, sa.delete(staging).where(staging.c.batch_id == batch))
         for payloads in landed_chunks(conn, batch, None if spec.batch_rows else READ_CHUNK):
-            result = rows_for(spec, cur, [json.loads(p) for p in payloads])
+            result = rows_for(spec, cur, [json.loads(p) for p in payloads], extracted.athlete_id)
             parts = [(spec.table, spec.id, result), *((name, name, part) for name, part in result.companions.items())]
             for table_name, quarantine_source, part in parts:
                 staged_rows[table_name] += stage_rows(cur, targets[table_name], batch, part.rows,
-                                                      start_seq=staged_rows[table_name])
-                quarantined += quarantine_records(cur, quarantine_source, part.quarantined)
+                                                      start_seq=staged_rows[table_name],
+                                                      athlete_id=extracted.athlete_id)
+                quarantined += quarantine_records(cur, quarantine_source, part.quarantined, extracted.athlete_id)
     if quarantined:
         log.warning("%s: %d records quarantined (see table quarantine)", spec.id, quarantined)
     log.info("%s: %s staged", spec.id, ", ".join(f"{count} rows for {name}" for name, count in staged_rows.items()))
     return Staged(extracted, staged_rows.pop(spec.table), quarantined, companions_staged=staged_rows)
 
 
-def rows_for(spec: SourceSpec, cur: Any, records: list[Any]) -> TransformResult:
-    """``spec``'s rows of ``records`` (its ``batch_rows`` may read reference data through ``cur``)."""
+def rows_for(spec: SourceSpec, cur: Any, records: list[Any], athlete_id: int = DEFAULT_ATHLETE_ID) -> TransformResult:
+    """``spec``'s rows of ``records`` of ``athlete_id`` (its ``batch_rows`` may read that athlete's reference data
+    through ``cur``)."""
     if spec.batch_rows is not None:
-        return resolve(spec.batch_rows)(cur, records)
+        return resolve(spec.batch_rows)(cur, records, athlete_id)
     key = resolve(spec.quarantine_key) if spec.quarantine_key is not None else None
     return transform_batch(records, resolve(spec.row), key=key)
 

@@ -1,0 +1,249 @@
+"""The athletes one deployment syncs: the ``athlete`` table, and the command that manages it.
+
+The default athlete (``athlete.id`` 1, named ``default``) is the person of a single-athlete setup: their
+tokens come from the Connections' extra, as before there were athletes, and every row loaded before
+belongs to them. Every other athlete authorizes the app with ``python -m fitness_pipeline.authorize
+strava --athlete NAME`` (and ``fitbit``), which adds them here and puts their tokens in the token store.
+
+``python -m fitness_pipeline.athletes`` lists who is connected and when each token was last refreshed
+(never a token), disables and enables an athlete, says which Airflow users may see an athlete's
+training page, and purges an athlete: all their rows in every table, their quarantine entries and their
+tokens, in one transaction, after a confirmation. Strava's terms ask exactly that when an athlete revokes
+access (see the README's "Several athletes").
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from contextlib import closing
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg
+
+from fitness_pipeline.db import FITNESS_DB_CONN_ID, connect, execute, transaction
+from fitness_pipeline.errors import NeedsPersonError
+from fitness_pipeline.schema import (
+    ATHLETE_ID,
+    DEFAULT_ATHLETE_ID,
+    athlete,
+    extract_cursor,
+    metadata,
+    oauth_token,
+    raw_record,
+)
+
+
+class AthleteError(NeedsPersonError):
+    """An athlete that does not exist, or a change the registry refuses (the message says what to do)."""
+
+
+@dataclass(frozen=True)
+class Athlete:
+    id: int
+    name: str
+    active: bool
+    strava_athlete_id: int | None = None
+    google_user_id: str | None = None
+    inactive_reason: str | None = None
+    airflow_users: tuple[str, ...] | None = None
+
+    def to_xcom(self) -> dict[str, Any]:
+        """What a mapped task of the DAG gets: the id and the name (the name labels the task in the UI)."""
+        return {"athlete_id": self.id, "name": self.name}
+
+
+_COLUMNS = (athlete.c.id, athlete.c.name, athlete.c.active, athlete.c.strava_athlete_id, athlete.c.google_user_id,
+            athlete.c.inactive_reason, athlete.c.airflow_users)
+
+
+def _athlete(row: Sequence[Any]) -> Athlete:
+    users = row[6]
+    return Athlete(*row[:6], airflow_users=tuple(users) if users is not None else None)
+
+
+def all_athletes(cur: Any) -> list[Athlete]:
+    """Every athlete, by id."""
+    execute(cur, sa.select(*_COLUMNS).order_by(athlete.c.id))
+    return [_athlete(row) for row in cur.fetchall()]
+
+
+def find(cur: Any, name: str) -> Athlete:
+    """The athlete called ``name`` (or with that id); :class:`AthleteError` if there is none."""
+    where = athlete.c.name == name
+    if name.isdigit():
+        where = sa.or_(where, athlete.c.id == int(name))
+    execute(cur, sa.select(*_COLUMNS).where(where).order_by(athlete.c.id).limit(1))
+    row = cur.fetchone()
+    if row is None:
+        raise AthleteError(f"No athlete is called {name!r}: python -m fitness_pipeline.athletes list shows who is "
+                           "connected; python -m fitness_pipeline.authorize strava --athlete NAME adds one.")
+    return _athlete(row)
+
+
+def to_sync(cur: Any, names: Sequence[str] = ()) -> list[Athlete]:
+    """The active athletes (only those named in ``names``, if any: a name that is unknown or inactive fails, so a
+    history import for one athlete never silently imports nothing)."""
+    active = [a for a in all_athletes(cur) if a.active]
+    if not names:
+        return active
+    chosen = [find(cur, name) for name in names]
+    inactive = [a.name for a in chosen if not a.active]
+    if inactive:
+        raise AthleteError(f"Athlete(s) {', '.join(inactive)} are inactive: python -m fitness_pipeline.athletes "
+                           "enable NAME (after they authorized the app again) to sync them.")
+    return [a for a in active if a.id in {c.id for c in chosen}]
+
+
+def upsert(cur: Any, name: str, *, strava_athlete_id: int | None = None, google_user_id: str | None = None) -> Athlete:
+    """Add athlete ``name``, or update the provider ids of the one of that name; either way active again (they
+    have just authorized the app). Returns the athlete."""
+    values: dict[str, Any] = {"name": name, "active": True, "inactive_reason": None}
+    if strava_athlete_id is not None:
+        values["strava_athlete_id"] = strava_athlete_id
+    if google_user_id is not None:
+        values["google_user_id"] = google_user_id
+    insert = pg.insert(athlete).values(**values)
+    execute(cur, insert.on_conflict_do_update(
+        index_elements=[athlete.c.name],
+        set_={**{k: insert.excluded[k] for k in values if k != "name"}, "updated_at": sa.func.now()},
+    ).returning(*_COLUMNS))
+    return _athlete(cur.fetchone())
+
+
+def set_active(cur: Any, athlete_id: int, active: bool, reason: str | None = None) -> None:
+    """Mark the athlete active, or inactive with ``reason`` (what happened and what to do)."""
+    execute(cur, sa.update(athlete).where(athlete.c.id == athlete_id)
+            .values(active=active, inactive_reason=None if active else reason, updated_at=sa.func.now()))
+
+
+def set_users(cur: Any, athlete_id: int, users: Sequence[str] | None) -> None:
+    """Which Airflow users may see the athlete's training page (None: every user, while they are the only one)."""
+    execute(cur, sa.update(athlete).where(athlete.c.id == athlete_id)
+            .values(airflow_users=list(users) if users is not None else None, updated_at=sa.func.now()))
+
+
+def visible_to(athletes: Sequence[Athlete], user: str) -> list[Athlete]:
+    """The athletes Airflow user ``user`` may see: those whose ``airflow_users`` name them, and an athlete with
+    no list while they are the only athlete (a single-athlete deployment, as before athletes)."""
+    return [a for a in athletes if (a.airflow_users is None and len(athletes) == 1)
+            or (a.airflow_users is not None and user in a.airflow_users)]
+
+
+def personal_tables() -> list[sa.Table]:
+    """Every table holding rows about an athlete (``athlete_id``), staging tables included."""
+    return [t for t in metadata.sorted_tables if ATHLETE_ID in t.c and t is not athlete]
+
+
+def purge(cur: Any, person: Athlete) -> dict[str, int]:
+    """Delete everything about ``person`` in the caller's transaction: their rows in every table, their
+    quarantine entries, their tokens and what their unfinished batches left; the athlete row too, except the
+    default athlete's (kept, inactive: the Connections still name them). Returns the rows deleted per table."""
+    deleted: dict[str, int] = {}
+    for table in personal_tables():
+        execute(cur, sa.delete(table).where(table.c[ATHLETE_ID] == person.id))
+        deleted[table.name] = cur.rowcount
+    # the hand-over tables have no athlete column: their batch ids end with the athlete's
+    suffix = "" if person.id == DEFAULT_ATHLETE_ID else f"/athlete-{person.id}"
+    for table in (raw_record, extract_cursor):
+        # the default athlete's batches are "<run>/<source>"
+        owned = table.c.batch_id.like(f"%{suffix}") if suffix else sa.not_(table.c.batch_id.like("%/athlete-%"))
+        execute(cur, sa.delete(table).where(owned))
+        deleted[table.name] = cur.rowcount
+    if person.id == DEFAULT_ATHLETE_ID:
+        set_active(cur, person.id, False, "purged: put a new refresh token in the Connections, then "
+                                          "python -m fitness_pipeline.athletes enable default")
+    else:
+        execute(cur, sa.delete(athlete).where(athlete.c.id == person.id))
+        deleted[athlete.name] = cur.rowcount
+    return {name: count for name, count in deleted.items() if count}
+
+
+def token_refreshes(cur: Any) -> dict[int, list[tuple[str, Any]]]:
+    """Per athlete, each stored token's connection type and when it was last refreshed (never a token)."""
+    execute(cur, sa.select(oauth_token.c.athlete_id, oauth_token.c.token_key, oauth_token.c.updated_at)
+            .order_by(oauth_token.c.token_key))
+    refreshed: dict[int, list[tuple[str, Any]]] = {}
+    for athlete_id, key, updated_at in cur.fetchall():
+        refreshed.setdefault(athlete_id, []).append((key.split(":", 1)[0], updated_at))
+    return refreshed
+
+
+# --- the command -------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m fitness_pipeline.athletes",
+        description="Who fitness_sync syncs: list, disable, enable, set who sees the page, purge.")
+    parser.add_argument("--db-conn-id", default=FITNESS_DB_CONN_ID, help="the fitness database's connection")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("list", help="athletes, active or not, and when their tokens were last refreshed")
+    for name, text in (("disable", "stop syncing the athlete (their data stays)"),
+                       ("enable", "sync the athlete again (after they authorized the app again)")):
+        commands.add_parser(name, help=text).add_argument("athlete", help="name (or id)")
+    users = commands.add_parser("users", help="which Airflow users may see the athlete's training page")
+    users.add_argument("athlete", help="name (or id)")
+    users.add_argument("users", nargs="*", help="Airflow user names; none: every user while they are the only one")
+    purge_command = commands.add_parser(
+        "purge", help="delete all of the athlete's rows, quarantine entries and tokens, in one transaction")
+    purge_command.add_argument("athlete", help="name (or id)")
+    purge_command.add_argument("--yes", metavar="NAME",
+                               help="confirm without a prompt by giving the athlete's name again")
+    return parser
+
+
+def run(args: argparse.Namespace, out: TextIO, err: TextIO, ask: Any = input) -> int:
+    from fitness_pipeline.ddl import ensure_schema
+
+    with closing(connect(args.db_conn_id)) as conn:
+        ensure_schema(conn)
+        with transaction(conn) as cur:
+            if args.command == "list":
+                print_athletes(all_athletes(cur), token_refreshes(cur), out)
+                return 0
+            person = find(cur, args.athlete)
+            if args.command in ("disable", "enable"):
+                set_active(cur, person.id, args.command == "enable",
+                           "disabled by python -m fitness_pipeline.athletes disable")
+                print(f"{person.name}: {args.command}d", file=out)
+                return 0
+            if args.command == "users":
+                set_users(cur, person.id, args.users or None)
+                seen_by = ", ".join(args.users) if args.users else "every user while the only athlete"
+                print(f"{person.name}: seen by {seen_by}", file=out)
+                return 0
+            confirmation = args.yes if args.yes is not None else ask(
+                f"Delete every row, quarantine entry and token of athlete {person.name!r}? Type the name to confirm: ")
+            if confirmation != person.name:
+                print("Not confirmed: nothing was deleted.", file=err)
+                return 1
+            deleted = purge(cur, person)
+        print(f"{person.name}: purged ({', '.join(f'{n} {t}' for t, n in deleted.items()) or 'nothing stored'})",
+              file=out)
+        return 0
+
+
+def print_athletes(athletes: Sequence[Athlete], refreshed: dict[int, list[tuple[str, Any]]], out: TextIO) -> None:
+    for person in athletes:
+        state = "active" if person.active else f"inactive ({person.inactive_reason or 'no reason recorded'})"
+        tokens = ", ".join(f"{kind} refreshed {when:%Y-%m-%d %H:%M} UTC" for kind, when in refreshed.get(person.id, []))
+        users = ", ".join(person.airflow_users) if person.airflow_users is not None else "every user (if only athlete)"
+        print(f"{person.id}\t{person.name}\t{state}\ttokens: {tokens or 'none stored'}\tseen by: {users}", file=out)
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    out, err = out or sys.stdout, err or sys.stderr
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args, out, err)
+    except NeedsPersonError as error:
+        print(str(error), file=err)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
