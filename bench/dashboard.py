@@ -239,6 +239,7 @@ def main() -> int:
 
         app = create_app()
         app.dependency_overrides[app.state.requires_login] = lambda: None  # no JWT: see the docstring
+        app.dependency_overrides[app.state.user_name] = lambda: "admin"
         client = TestClient(app)
         today = dt.date.today()
         print("training page data routes, in-process (TestClient, login dependency overridden), "

@@ -199,4 +199,5 @@ def training_app(fitness_db: str) -> Any:
 
     app = create_app()
     app.dependency_overrides[app.state.requires_login] = lambda: None
+    app.dependency_overrides[app.state.user_name] = lambda: "admin"
     return TestClient(app)

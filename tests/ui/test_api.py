@@ -323,7 +323,8 @@ def test_sync_health_shows_what_runs_did_and_never_a_payload_or_token(training_s
             conn.commit()
     assert response.status_code == 200
     body = response.json()
-    assert set(body) == {"sources", "quarantine", "tokens", "rate_limits"}
+    assert set(body) == {"athlete", "sources", "quarantine", "tokens", "rate_limits"}
+    assert body["athlete"] == {"id": 1, "name": "default", "active": True, "inactive_reason": None}
     assert MARKER not in response.text and "81.2345" not in response.text and "payload" not in response.text
     (held,) = [q for q in body["quarantine"] if q["record_key"] == "424242"]
     assert set(held) == {"source", "record_key", "reason", "first_seen", "last_seen", "times_seen"}
@@ -333,7 +334,8 @@ def test_sync_health_shows_what_runs_did_and_never_a_payload_or_token(training_s
     for refresh_token, access_token in secrets_stored:
         assert refresh_token not in response.text and (not access_token or access_token not in response.text)
     assert {t["conn_type"] for t in body["tokens"]} == {"strava", "fitbit"}
-    assert all(set(t) == {"token_key", "conn_type", "conn_id", "refreshed_at", "expires_at"} for t in body["tokens"])
+    assert all(set(t) == {"token_key", "conn_type", "conn_id", "refreshed_at", "expires_at", "athlete_id"}
+               for t in body["tokens"])
 
     sources = {s["source"]: s for s in body["sources"]}
     for source, *counts in runs:
@@ -359,7 +361,9 @@ def test_empty_database_is_an_empty_state_not_an_error(training_app: Any, schema
     trends = training_app.get("/api/trends").json()
     assert (trends["weekly_by_sport"], trends["weight"], trends["kcal"]) == ([], [], [])
     assert trends["ytd"]["this_year"] == {"activities": 0, "distance_km": 0.0, "moving_time_s": 0, "elevation_m": 0.0}
-    assert training_app.get("/api/sync").json() == {"sources": [], "quarantine": [], "tokens": [], "rate_limits": []}
+    assert training_app.get("/api/sync").json() == {
+        "athlete": {"id": 1, "name": "default", "active": True, "inactive_reason": None},
+        "sources": [], "quarantine": [], "tokens": [], "rate_limits": []}
 
 
 def test_a_month_without_data_in_a_database_with_data_is_not_empty(training_app: Any, schema: Any) -> None:
@@ -409,7 +413,7 @@ def test_a_timed_out_query_is_a_503(training_app: Any, schema: Any, monkeypatch:
     from fitness_pipeline.ui import queries
 
     monkeypatch.setattr(queries, "STATEMENT_TIMEOUT", "1ms")
-    monkeypatch.setattr(queries, "sync", lambda cursor: cursor.execute("SELECT pg_sleep(1)"))
+    monkeypatch.setattr(queries, "sync", lambda cursor, athlete_id: cursor.execute("SELECT pg_sleep(1)"))
     response = training_app.get("/api/sync")
     assert response.status_code == 503 and response.json()["code"] == "timeout"
 
@@ -430,3 +434,48 @@ def test_same_day_last_year() -> None:
 
     assert same_day_last_year(dt.date(2028, 2, 29)) == dt.date(2027, 2, 28)
     assert same_day_last_year(dt.date(2026, 12, 2)) == dt.date(2025, 12, 2)
+
+
+# --- several athletes: each user sees only the athletes mapped to them ----------------------------------------
+
+
+def test_each_user_sees_only_the_athletes_mapped_to_them(training_app: Any, schema: Any) -> None:
+    from fitness_pipeline.db import transaction
+
+    with transaction(schema) as cur:
+        cur.execute("INSERT INTO athlete (name, airflow_users) VALUES ('alice', ARRAY['alice', 'coach']) RETURNING id")
+        (alice,) = cur.fetchone()
+        cur.execute("UPDATE athlete SET airflow_users = ARRAY['admin', 'coach'] WHERE id = 1")
+        for athlete, activity, km in ((1, 91, 10000.0), (alice, 92, 21100.0)):
+            cur.execute("INSERT INTO strava_activity (id, athlete_id, name, sport_type, distance, moving_time, "
+                        "start_date, start_date_local, raw) VALUES (%s, %s, 'run', 'Run', %s, 3600, "
+                        "'2026-03-02 06:00+00', '2026-03-02 07:00', '{}')", (activity, athlete, km))
+        cur.execute("UPDATE athlete SET active = false, inactive_reason = 'revoked: authorize again' WHERE id = %s",
+                    (alice,))
+    app = training_app.app
+
+    def as_user(name: str) -> None:
+        app.dependency_overrides[app.state.user_name] = lambda: name
+
+    def activity_ids(params: str = "") -> list[int]:
+        response = training_app.get(f"/api/calendar?month=2026-03{params}")
+        assert response.status_code == 200, response.text
+        return [a["id"] for w in response.json()["weeks"] for d in w["days"] for a in d["activities"]]
+
+    as_user("coach")  # mapped to both: a picker, the first by default, either on request
+    assert [a["name"] for a in training_app.get("/api/athletes").json()["athletes"]] == ["default", "alice"]
+    assert activity_ids() == [91] and activity_ids(f"&athlete={alice}") == [92]
+    sync = training_app.get(f"/api/sync?athlete={alice}").json()
+    assert sync["athlete"]["active"] is False and "authorize again" in sync["athlete"]["inactive_reason"]
+    as_user("alice")  # her own only; the default athlete is as unknown to her as one that does not exist
+    assert [a["name"] for a in training_app.get("/api/athletes").json()["athletes"]] == ["alice"]
+    assert activity_ids() == [92]
+    for path in ("/api/calendar?month=2026-03&athlete=1", "/api/trends?athlete=1", "/api/sync?athlete=1",
+                 "/api/sync?athlete=999"):
+        response = training_app.get(path)
+        assert response.status_code == 404 and response.json()["code"] == "no_such_athlete", path
+        assert "default" not in response.text and "10000" not in response.text
+    as_user("mallory")  # mapped to nobody: told who can map them, sees nothing
+    assert training_app.get("/api/athletes").json() == {"athletes": []}
+    response = training_app.get("/api/calendar?month=2026-03")
+    assert response.status_code == 403 and "fitness_pipeline.athletes users" in response.json()["detail"]

@@ -319,3 +319,42 @@ def test_a_failed_request_and_a_database_before_the_first_sync_show_their_states
         assert record.foreign_requests(training_server.url) == []
     finally:
         context.close()
+
+
+def test_two_airflow_users_each_see_only_their_own_athlete(chromium: Any, training_server: TrainingServer) -> None:
+    """A second athlete, seen by ``viewer`` only (the demo athlete by ``admin`` only): each user's page shows
+    their athlete's activities and no picker, and asking for the other athlete is a 404."""
+    today = dt.date.today()
+    with closing(training_server.connect()) as conn:
+        (alice,) = conn.execute(
+            "INSERT INTO athlete (name, airflow_users) VALUES ('alice', ARRAY['viewer']) RETURNING id").fetchone()
+        conn.execute("UPDATE athlete SET airflow_users = ARRAY['admin'] WHERE id = 1")
+        conn.execute("INSERT INTO strava_activity (id, athlete_id, name, sport_type, distance, moving_time, "
+                     "start_date, start_date_local, raw) VALUES (9900000001, %s, 'Alice long run', 'Run', 21100, "
+                     "6300, %s, %s, '{}')", (alice, dt.datetime.combine(today, dt.time(6), dt.UTC),
+                                             dt.datetime.combine(today, dt.time(7))))
+        conn.commit()
+        demo_ids = {row[0] for row in conn.execute("SELECT id FROM training_activity WHERE athlete_id = 1").fetchall()}
+    try:
+        for user, own, other in (("viewer", {9900000001}, 1), ("admin", demo_ids, alice)):
+            context = chromium.new_context(viewport=DESKTOP, locale="en-US", timezone_id="UTC")
+            context.add_cookies([{"name": "_token", "value": training_server.login(user), "url": training_server.url}])
+            page = context.new_page()
+            page.set_default_timeout(TIMEOUT_MS)
+            try:
+                page.goto(f"{training_server.url}/training/#month={today:%Y-%m}")
+                page.wait_for_selector("body[data-calendar='ready'][data-sync='ready']")
+                shown = {int(page.locator(".act").nth(i).get_attribute("data-activity"))
+                         for i in range(page.locator(".act").count())}
+                assert shown and shown <= own, user  # the demo athlete's of the weeks shown; alice's one run
+                assert page.locator("#athlete-pick").is_hidden()  # one athlete each: no picker
+                response = page.request.get(f"{training_server.url}/training/api/calendar?athlete={other}")
+                assert response.status == 404 and "Alice" not in response.text(), user
+            finally:
+                context.close()
+    finally:
+        with closing(training_server.connect()) as conn:
+            conn.execute("DELETE FROM strava_activity WHERE athlete_id = %s", (alice,))
+            conn.execute("DELETE FROM athlete WHERE id = %s", (alice,))
+            conn.execute("UPDATE athlete SET airflow_users = NULL WHERE id = 1")
+            conn.commit()

@@ -6,7 +6,11 @@ Routes (all GET, all behind Airflow's login, see :func:`create_app`):
 - ``/api/calendar?month=YYYY-MM`` (default: this month) or ``?start=YYYY-MM-DD&weeks=N`` (1-60, default 6):
   every ISO week touching the month (or N weeks from ``start``'s week), day by day, with week totals;
 - ``/api/trends?weeks=N`` (1-520, default 52, ending this week);
-- ``/api/sync``: sync health, quarantine (no payloads), OAuth token times, rate-limit usage.
+- ``/api/sync``: sync health, quarantine (no payloads), OAuth token times, rate-limit usage;
+- ``/api/athletes``: the athletes the logged-in Airflow user may see (table ``athlete``, ``airflow_users``).
+
+The data routes show one athlete: ``athlete=<id>`` (default: the first the user may see). An athlete the user
+may not see is a 404, as one that does not exist; a user who may see none gets a 403 saying who can map them.
 
 ``calendar`` and ``trends`` also take ``today=YYYY-MM-DD`` (the browser's local date; default: the
 server's), which decides the current week and the year to date.
@@ -24,7 +28,7 @@ import datetime as dt
 import logging
 import mimetypes
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +122,7 @@ def create_app() -> Any:
     ``Authorization: Bearer`` JWT or the ``_token`` cookie must be allowed to read ``fitness_sync``'s
     runs (``requires_access_dag("GET", DagAccessEntity.RUN, "fitness_sync")``). No OpenAPI or docs routes."""
     from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
-    from airflow.api_fastapi.core_api.security import requires_access_dag
+    from airflow.api_fastapi.core_api.security import get_user, requires_access_dag
     from fastapi import Depends, FastAPI, HTTPException, Request
     from fastapi.responses import FileResponse, JSONResponse
 
@@ -134,6 +138,11 @@ def create_app() -> Any:
     @app.exception_handler(queries.ParamError)
     def bad_parameter(request: Request, error: queries.ParamError) -> JSONResponse:
         return JSONResponse({"detail": str(error)}, status_code=422, headers=NO_STORE)
+
+    @app.exception_handler(queries.NotShown)
+    def not_shown(request: Request, error: queries.NotShown) -> JSONResponse:
+        return JSONResponse({"detail": error.message, "code": error.code}, status_code=error.status,
+                            headers=NO_STORE)
 
     @app.exception_handler(Unavailable)
     def unavailable(request: Request, error: Unavailable) -> JSONResponse:
@@ -159,9 +168,21 @@ def create_app() -> Any:
             raise HTTPException(404, "Not Found")
         return FileResponse(found, media_type=media_type(found), headers=STATIC_HEADERS)
 
+    def user_name(user: Annotated[Any, Depends(get_user)]) -> str:
+        return str(user.get_name())
+
+    #: the Airflow user asking: which athletes they may see is in the athlete table
+    UserName = Annotated[str, Depends(user_name)]
+    #: the user's name dependency, for ``app.dependency_overrides`` in benchmarks and tests
+    app.state.user_name = user_name
+
+    @app.get("/api/athletes")
+    def athletes(user: UserName) -> JSONResponse:
+        return data({"athletes": run_query(queries.athletes_shown, user)})
+
     @app.get("/api/calendar")
-    def calendar(month: str | None = None, start: str | None = None, weeks: str | None = None,
-                 today: str | None = None) -> JSONResponse:
+    def calendar(user: UserName, month: str | None = None, start: str | None = None, weeks: str | None = None,
+                 today: str | None = None, athlete: str | None = None) -> JSONResponse:
         now = today_or(today)
         if month is not None and (start is not None or weeks is not None):
             raise queries.ParamError("give either month=YYYY-MM or start=YYYY-MM-DD (with weeks=N), not both")
@@ -173,16 +194,17 @@ def create_app() -> Any:
         else:
             first_week, count = queries.month_weeks(
                 queries.parse_month(month) if month is not None else now.replace(day=1))
-        return data(run_query(queries.calendar, first_week, count, now))
+        return data(run_query(queries.for_athlete, user, athlete, queries.calendar, first_week, count, now))
 
     @app.get("/api/trends")
-    def trends(weeks: str | None = None, today: str | None = None) -> JSONResponse:
+    def trends(user: UserName, weeks: str | None = None, today: str | None = None,
+               athlete: str | None = None) -> JSONResponse:
         count = queries.parse_weeks(weeks, queries.MAX_TREND_WEEKS, queries.DEFAULT_TREND_WEEKS)
-        return data(run_query(queries.trends, count, today_or(today)))
+        return data(run_query(queries.for_athlete, user, athlete, queries.trends, count, today_or(today)))
 
     @app.get("/api/sync")
-    def sync() -> JSONResponse:
-        return data(run_query(queries.sync))
+    def sync(user: UserName, athlete: str | None = None) -> JSONResponse:
+        return data(run_query(queries.for_athlete, user, athlete, queries.sync))
 
     # last: any other path or method is a 404/405 only after the login check (an anonymous request learns
     # nothing about which routes exist), and no trailing-slash redirect answers before it either

@@ -108,6 +108,44 @@ def same_day_last_year(day: dt.date) -> dt.date:
         return day.replace(year=day.year - 1, day=28)
 
 
+# --- whose page ------------------------------------------------------------------------------------------
+
+class NotShown(Exception):
+    """The user may not see the athlete asked for (404: whether they exist is not told), or no athlete at all."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def athletes_shown(cursor: Any, user: str) -> list[dict[str, Any]]:
+    """The athletes Airflow user ``user`` may see (:func:`fitness_pipeline.athletes.visible_to`), by id."""
+    from fitness_pipeline import athletes
+
+    return [{"id": a.id, "name": a.name, "active": a.active, "inactive_reason": a.inactive_reason}
+            for a in athletes.visible_to(athletes.all_athletes(cursor), user)]
+
+
+def athlete_shown(cursor: Any, user: str, requested: str | None) -> dict[str, Any]:
+    """The athlete whose data this request shows: ``requested`` (an id) if ``user`` may see them, else the first
+    they may see. :class:`NotShown` when they may see none, or not the one asked for."""
+    shown = athletes_shown(cursor, user)
+    if not shown:
+        raise NotShown(403, "no_athlete", "No athlete's training is shown to you: an admin maps Airflow users to "
+                                          "athletes with python -m fitness_pipeline.athletes users NAME USER...")
+    if requested is None:
+        return shown[0]
+    for athlete in shown:
+        if str(athlete["id"]) == requested.strip():
+            return athlete
+    raise NotShown(404, "no_such_athlete", "There is no athlete of that id on your training page.")
+
+
+def for_athlete(cursor: Any, user: str, requested: str | None, query: Any, *args: Any) -> dict[str, Any]:
+    """``query(cursor, *args, athlete_id)`` for the athlete :func:`athlete_shown` picks, in the same transaction."""
+    return query(cursor, *args, athlete_shown(cursor, user, requested)["id"])
+
+
 # --- the transaction --------------------------------------------------------------------------------------
 
 @contextmanager
@@ -159,24 +197,27 @@ _NO_TOTALS = {"activities": 0, "distance_km": 0.0, "moving_time_s": 0, "elevatio
               "avg_weight_kg": None, "avg_kcal": None, "logged_days": 0}
 
 
-def calendar(cursor: Any, first_week: dt.date, weeks: int, today: dt.date) -> dict[str, Any]:
-    """``weeks`` ISO weeks from the Monday ``first_week``: each day's activities, weight and kcal, and
-    each week's totals. ``empty`` says that the database holds no data at all (not just in these weeks)."""
+def calendar(cursor: Any, first_week: dt.date, weeks: int, today: dt.date, athlete_id: int) -> dict[str, Any]:
+    """``weeks`` ISO weeks of ``athlete_id`` from the Monday ``first_week``: each day's activities, weight and kcal,
+    and each week's totals. ``empty`` says that the database holds no data of theirs at all (not just in these
+    weeks)."""
     end = first_week + weeks * WEEK
     a = views.training_activity.table.c
     activities = rows(cursor, sa.select(a.id, a.day, a.sport_type, a.name, a.distance_km, a.moving_time_s,
                                         a.elevation_m, a.pace_s_per_km)
-                      .where(a.day >= first_week, a.day < end).order_by(a.start_date_local, a.id))
+                      .where(a.athlete_id == athlete_id, a.day >= first_week, a.day < end)
+                      .order_by(a.start_date_local, a.id))
     d = views.training_day.table.c
     days = {row["day"]: row for row in rows(
         cursor, sa.select(d.day, d.weight_kg, d.kcal)
-        .where(d.day >= first_week, d.day < end, sa.or_(d.weighins > 0, d.kcal.is_not(None))))}
+        .where(d.athlete_id == athlete_id, d.day >= first_week, d.day < end,
+               sa.or_(d.weighins > 0, d.kcal.is_not(None))))}
     w = views.training_week.table.c
     totals = {row.pop("week_start"): row for row in rows(
         cursor, sa.select(w.week_start, w.activities, w.distance_km, w.moving_time_s, w.elevation_m,
                           w.avg_weight_kg, w.avg_kcal, w.logged_days)
-        .where(w.week_start >= first_week, w.week_start < end))}
-    empty = not (activities or days or totals) and not has_data(cursor)
+        .where(w.athlete_id == athlete_id, w.week_start >= first_week, w.week_start < end))}
+    empty = not (activities or days or totals) and not has_data(cursor, athlete_id)
 
     by_day: dict[str, list[dict[str, Any]]] = {}
     for activity in activities:
@@ -196,9 +237,10 @@ def calendar(cursor: Any, first_week: dt.date, weeks: int, today: dt.date) -> di
             "weeks": calendar_weeks}
 
 
-def has_data(cursor: Any) -> bool:
-    """Whether the database holds any activity, weigh-in or nutrition log (not deleted)."""
-    execute(cursor, sa.select(sa.exists().select_from(views.training_day.table)))
+def has_data(cursor: Any, athlete_id: int) -> bool:
+    """Whether the database holds any activity, weigh-in or nutrition log (not deleted) of ``athlete_id``."""
+    day = views.training_day.table
+    execute(cursor, sa.select(sa.exists().where(day.c.athlete_id == athlete_id)))
     return bool(cursor.fetchone()[0])
 
 
@@ -208,7 +250,7 @@ def has_data(cursor: Any) -> bool:
 _DAY_NUMBER_ORIGIN = sa.literal_column("DATE '2000-01-03'", sa.Date)
 
 
-def trends(cursor: Any, weeks: int, today: dt.date) -> dict[str, Any]:
+def trends(cursor: Any, weeks: int, today: dt.date, athlete_id: int) -> dict[str, Any]:
     """The ``weeks`` ISO weeks ending with ``today``'s: distance and time per week and sport, weight with
     its 7-day rolling average, kcal per logged day with the week's average; and the year to date."""
     last_week = monday(today)
@@ -217,7 +259,7 @@ def trends(cursor: Any, weeks: int, today: dt.date) -> dict[str, Any]:
     s = views.training_week_sport.table.c
     weekly_by_sport = rows(cursor, sa.select(s.week_start, s.sport_type, s.activities, s.distance_km,
                                              s.moving_time_s)
-                           .where(s.week_start >= first_week, s.week_start < end)
+                           .where(s.athlete_id == athlete_id, s.week_start >= first_week, s.week_start < end)
                            .order_by(s.week_start, s.sport_type))
 
     d = views.training_day.table.c
@@ -226,20 +268,23 @@ def trends(cursor: Any, weeks: int, today: dt.date) -> dict[str, Any]:
     weighed = (sa.select(d.day.label("date"), d.weight_kg,
                          sa.func.avg(d.weight_kg).over(order_by=d.day - _DAY_NUMBER_ORIGIN, range_=(-6, 0))
                          .label("avg7_kg"))
-               .where(d.day >= first_week - dt.timedelta(days=6), d.day < end, d.weighins > 0)
+               .where(d.athlete_id == athlete_id, d.day >= first_week - dt.timedelta(days=6), d.day < end,
+                      d.weighins > 0)
                .subquery("weighed"))
     weight = rows(cursor, sa.select(weighed).where(weighed.c.date >= first_week).order_by(weighed.c.date))
     kcal = rows(cursor, sa.select(d.day.label("date"), d.kcal,
                                   sa.func.avg(d.kcal).over(partition_by=d.week_start).label("week_avg_kcal"))
-                .where(d.day >= first_week, d.day < end, d.kcal.is_not(None)).order_by(d.day))
+                .where(d.athlete_id == athlete_id, d.day >= first_week, d.day < end, d.kcal.is_not(None))
+                .order_by(d.day))
     return {"first_week": first_week.isoformat(), "last_week": last_week.isoformat(),
-            "weekly_by_sport": weekly_by_sport, "weight": weight, "kcal": kcal, "ytd": year_to_date(cursor, today)}
+            "weekly_by_sport": weekly_by_sport, "weight": weight, "kcal": kcal,
+            "ytd": year_to_date(cursor, today, athlete_id)}
 
 
 _YTD_KEYS = ("activities", "distance_km", "moving_time_s", "elevation_m")
 
 
-def year_to_date(cursor: Any, today: dt.date) -> dict[str, Any]:
+def year_to_date(cursor: Any, today: dt.date, athlete_id: int) -> dict[str, Any]:
     """Activities, km, moving time and elevation from 1 January to ``today``, and over the same dates last year."""
     a = views.training_activity.table.c
     last_year_end = same_day_last_year(today)
@@ -250,7 +295,8 @@ def year_to_date(cursor: Any, today: dt.date) -> dict[str, Any]:
         columns += [sa.func.count().filter(inside).label(f"{period}_activities"),
                     *(sa.func.coalesce(sa.func.sum(a[key]).filter(inside), 0).label(f"{period}_{key}")
                       for key in _YTD_KEYS[1:])]
-    (row,) = rows(cursor, sa.select(*columns).where(a.day >= dt.date(today.year - 1, 1, 1), a.day <= today))
+    (row,) = rows(cursor, sa.select(*columns).where(a.athlete_id == athlete_id, a.day >= dt.date(today.year - 1, 1, 1),
+                                                    a.day <= today))
     result: dict[str, Any] = {"as_of": today.isoformat()}
     for period in periods:
         result[period] = {key: (float(row[f"{period}_{key}"]) if key in ("distance_km", "elevation_m")
@@ -261,18 +307,23 @@ def year_to_date(cursor: Any, today: dt.date) -> dict[str, Any]:
 
 # --- sync health ------------------------------------------------------------------------------------------
 
-def sync(cursor: Any) -> dict[str, Any]:
-    """Per source the latest sync and what it did, the quarantine (never a payload), the OAuth tokens'
-    refresh and expiry times (never a token) and the rate-limit usage last seen."""
+def sync(cursor: Any, athlete_id: int) -> dict[str, Any]:
+    """Per source the latest sync of ``athlete_id`` and what it did, their quarantine (never a payload), their
+    OAuth tokens' refresh and expiry times (never a token), and the application's rate-limit usage last seen."""
     h = views.sync_health.table
     q = schema.quarantine.c
     t = views.token_health.table
     r = views.rate_limit_health.table
+    from fitness_pipeline import athletes
+
+    person = next(a for a in athletes.all_athletes(cursor) if a.id == athlete_id)
     return {
-        "sources": rows(cursor, sa.select(h).order_by(h.c.source)),
+        "athlete": {"id": person.id, "name": person.name, "active": person.active,
+                    "inactive_reason": person.inactive_reason},
+        "sources": rows(cursor, sa.select(h).where(h.c.athlete_id == athlete_id).order_by(h.c.source)),
         "quarantine": rows(cursor, sa.select(q.source, q.record_key, q.reason, q.first_seen, q.last_seen,
-                                             q.times_seen)
+                                             q.times_seen).where(q.athlete_id == athlete_id)
                            .order_by(q.last_seen.desc(), q.source, q.record_key).limit(QUARANTINE_LIMIT)),
-        "tokens": rows(cursor, sa.select(t).order_by(t.c.token_key)),
+        "tokens": rows(cursor, sa.select(t).where(t.c.athlete_id == athlete_id).order_by(t.c.token_key)),
         "rate_limits": rows(cursor, sa.select(r).order_by(r.c.api, r.c.bucket)),
     }

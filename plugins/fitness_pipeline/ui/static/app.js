@@ -110,8 +110,16 @@
     }
   }
 
+  // The athlete shown (an id; null: the server's choice, the first the Airflow user may see).
+  let athleteId = null;
+
+  /** ``url`` for the athlete shown (every data route takes ``athlete``). */
+  function forAthlete(url) {
+    return athleteId === null ? url : `${url}${url.includes("?") ? "&" : "?"}athlete=${encodeURIComponent(athleteId)}`;
+  }
+
   async function getJSON(url) {
-    const response = await fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } });
+    const response = await fetch(forAthlete(url), { credentials: "same-origin", headers: { Accept: "application/json" } });
     if (!response.ok) {
       let body = null;
       try {
@@ -630,6 +638,9 @@
   }
 
   function renderSync(data) {
+    const person = data.athlete || {};
+    const inactive = person.active === false ? h("p", { class: "notice inactive", role: "alert" },
+      h("strong", {}, `${person.name} is not synced: `), person.inactive_reason || "disabled.") : null;
     const sources = (data.sources || []).map((s) => {
       const age = s.last_finished_at ? (Date.now() - Date.parse(s.last_finished_at)) / 3600000 : Infinity;
       const health = age <= 2 ? "ok" : age <= 26 ? "warn" : "bad";
@@ -656,7 +667,7 @@
       h("td", {}, r.api), h("td", {}, r.bucket), h("td", {}, usage(r.window_usage, r.window_limit)),
       h("td", {}, usage(r.daily_usage, r.daily_limit)), h("td", {}, when(r.seen_at))));
 
-    $("sync-body").replaceChildren(h("div", { class: "sync-grid" },
+    $("sync-body").replaceChildren(...[inactive].filter(Boolean), h("div", { class: "sync-grid" },
       h("div", {}, h("h3", {}, "Sources: the last successful sync and what it did"),
         table([["Source"], ["Last sync"], ["Fetched", "n"], ["Inserted", "n"], ["Updated", "n"], ["Unchanged", "n"],
           ["Deleted", "n"], ["Quarantined", "n"], ["Runs in 24 h", "n"], ["In quarantine", "n"]], sources,
@@ -687,10 +698,35 @@
   }
   $("sync-reload").addEventListener("click", loadSync);
 
+  // ------------------------------------------------------------------ athletes
+  /** A picker when the Airflow user may see several athletes; one athlete (the usual case): no picker. */
+  async function loadAthletes() {
+    try {
+      const { athletes } = await getJSON("api/athletes");
+      if (athletes.length > 1) {
+        const select = $("athlete");
+        select.replaceChildren(...athletes.map((a) => h("option", { value: String(a.id) }, a.name)));
+        athleteId = String(athletes[0].id);
+        select.value = athleteId;
+        select.addEventListener("change", () => {
+          athleteId = select.value;
+          loadCalendar();
+          loadTrends();
+          loadSync();
+        });
+        $("athlete-pick").hidden = false;
+      }
+    } catch {
+      // each part says what went wrong when it loads
+    }
+  }
+
   // ------------------------------------------------------------------ start
   shownMonth = monthFromHash() || monthKey(localToday());
   history.replaceState(null, "", `#month=${shownMonth}`);
-  loadCalendar();
-  loadTrends();
-  loadSync();
+  loadAthletes().then(() => {
+    loadCalendar();
+    loadTrends();
+    loadSync();
+  });
 })();
