@@ -39,7 +39,8 @@ except ImportError:  # Airflow 2.10/2.11
 
     MAP_OVER_ATHLETES = False
 
-DEFAULTS = RunParams()
+#: a deployment's Strava retention comes from the environment, so that the scheduled runs keep to it too
+DEFAULTS = RunParams(strava_retention_days=RunParams.retention_from_environment())
 #: the athlete of a single-athlete deployment (the only one synced on Airflow 2)
 DEFAULT_ATHLETE = {"athlete_id": DEFAULT_ATHLETE_ID, "name": "default"}
 
@@ -89,6 +90,20 @@ DEFAULT_ATHLETE = {"athlete_id": DEFAULT_ATHLETE_ID, "name": "default"}
             DEFAULTS.max_deleted_share, type="number", minimum=0, maximum=1,
             description="Refuse (fail) to mark more than this share of a window's rows deleted.",
         ),
+        "strava_retention_days": Param(  # noqa: AIR311
+            DEFAULTS.strava_retention_days, type=["null", "integer"], minimum=1,
+            description="Keep only this many days of Strava activities (for deployers bound by a caching limit): "
+                        "older ones are not fetched and are deleted. Empty: keep everything.",
+        ),
+        "purge_athlete": Param(  # noqa: AIR311
+            DEFAULTS.purge_athlete, type=["null", "string"],
+            description="Purge this athlete (name) before syncing: all their rows, quarantine entries and tokens, "
+                        "in one transaction. Only with purge_confirm set to the same name.",
+        ),
+        "purge_confirm": Param(  # noqa: AIR311
+            DEFAULTS.purge_confirm, type=["null", "string"],
+            description="The purged athlete's name again, to confirm the purge.",
+        ),
         "history_budget_share": Param(  # noqa: AIR311
             DEFAULTS.history_budget_share, type="number", minimum=0.05, maximum=1,
             description="A history import uses at most this share of each Strava rate-limit window and day; "
@@ -109,7 +124,8 @@ def fitness_sync() -> None:
     def athletes(schema_report: dict[str, Any], params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         from fitness_pipeline.tasks import prepare
 
-        return prepare.athletes_to_sync(RunParams.from_params(params).athletes)
+        run = RunParams.from_params(params)
+        return prepare.athletes_to_sync(run.athletes, purge=run.purge_athlete, confirm=run.purge_confirm)
 
     schema = ensure_schema()
     who = athletes(schema) if MAP_OVER_ATHLETES else None
@@ -170,9 +186,13 @@ def source_group(spec: SourceSpec, schema: Any, athletes: Any) -> Any:
             from fitness_pipeline.tasks import load as step
 
             name_map_index(athlete["name"])
+            from fitness_pipeline import sources
+            from fitness_pipeline.tasks import plan
+
             run = RunParams.from_params(params)
             return step.load(Staged.from_xcom(staged), max_deleted_share=run.max_deleted_share,
-                             dag_id=dag_run.dag_id).to_xcom()
+                             dag_id=dag_run.dag_id,
+                             retention_days=plan.retention_days(sources.get(source), run)).to_xcom()
 
         load(transform(extract(schema, athlete), athlete), athlete)
 

@@ -268,6 +268,41 @@ def test_ten_athletes_share_one_application_and_each_gets_exactly_their_own(db_c
     assert emulator.stats()["rate_limited"] == 0
 
 
+@pytest.mark.usefixtures("airflow_db")
+def test_strava_retention_keeps_only_the_last_days_and_the_purge_param_needs_the_name_twice(
+        db_conn: Any, all_connections: Any) -> None:
+    emulator = all_connections
+    hour = this_hour()
+    assert "success" in str(run_dag(hour, lookback_hours=LOOKBACK_HOURS).state).lower()
+    kept_days = 10
+    older = query(db_conn, "SELECT count(*) FROM strava_activity WHERE start_date < %s",
+                  (hour - dt.timedelta(days=kept_days),))[0][0]
+    assert older, "the first run should load activities older than the retention"
+    weights = digest(db_conn, "fitbit_weight")
+
+    dag_run = run_dag(hour, lookback_hours=LOOKBACK_HOURS, strava_retention_days=kept_days)
+    assert "success" in str(dag_run.state).lower()
+    recent = sorted(a["id"] for a in emulator.state.strava.find_activities(
+        lambda a: hour - dt.timedelta(days=kept_days) <= dt.datetime.fromisoformat(a["start_date"]) < hour))
+    assert loaded_activities(db_conn, 1) == recent
+    assert query(db_conn, "SELECT count(*) FROM strava_activity") == [(len(recent),)]  # older ones deleted for good
+    assert digest(db_conn, "fitbit_weight") == weights  # Strava-sourced rows only
+
+    # the purge param: a wrong confirmation fails the run before anything is synced or deleted
+    with transaction(db_conn) as cur:
+        cur.execute("INSERT INTO athlete (name) VALUES ('bob') RETURNING id")
+        (bob,) = cur.fetchone()
+        cur.execute("INSERT INTO fitbit_calories (athlete_id, record_date, id, calories, raw) "
+                    "VALUES (%s, '2026-03-02', 1, 1900, '{}')", (bob,))
+    dag_run = run_dag(hour, purge_athlete="bob", purge_confirm="bobby")
+    assert "failed" in str(dag_run.state).lower()
+    assert query(db_conn, "SELECT count(*) FROM fitbit_calories WHERE athlete_id = %s", (bob,)) == [(1,)]
+    dag_run = run_dag(hour, purge_athlete="bob", purge_confirm="bob")
+    assert "success" in str(dag_run.state).lower()
+    assert query(db_conn, "SELECT count(*) FROM fitbit_calories WHERE athlete_id = %s", (bob,)) == [(0,)]
+    assert "bob" not in athlete_ids(db_conn)
+
+
 def test_the_purge_needs_the_name_typed_again(db_conn: Any, capsys: pytest.CaptureFixture[str]) -> None:
     from fitness_pipeline import athletes
 
@@ -312,3 +347,13 @@ def test_who_sees_which_athlete() -> None:
     assert [a.name for a in visible_to(club, "coach")] == ["alice", "bob"]
     assert [a.name for a in visible_to(club, "alice")] == ["alice"]
     assert visible_to(club, "mallory") == []  # the unmapped default athlete is nobody's once there are several
+
+
+def test_the_retention_default_comes_from_the_environment() -> None:
+    from fitness_pipeline.handover import RunParams
+
+    assert RunParams.retention_from_environment({}) is None
+    assert RunParams.retention_from_environment({"FITNESS_STRAVA_RETENTION_DAYS": " 30 "}) == 30
+    for bad in ("0", "-3", "thirty", "1.5"):
+        with pytest.raises(ValueError, match="FITNESS_STRAVA_RETENTION_DAYS"):
+            RunParams.retention_from_environment({"FITNESS_STRAVA_RETENTION_DAYS": bad})

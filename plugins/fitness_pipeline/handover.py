@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -19,6 +20,9 @@ from typing import Any, TypeVar
 from fitness_pipeline.windows import Bounds, Window
 
 T = TypeVar("T", bound="_Handover")
+
+#: the environment variable with a deployment's ``strava_retention_days``
+RETENTION_ENV = "FITNESS_STRAVA_RETENTION_DAYS"
 
 #: ``athlete.id`` of the default athlete (:data:`fitness_pipeline.schema.DEFAULT_ATHLETE_ID`; repeated here
 #: because this module is parsed with the DAG and imports no SQLAlchemy): hand-overs of versions before
@@ -47,6 +51,11 @@ class RunParams:
     #: a history import uses at most this share of each Strava rate-limit window and day (the hourly runs
     #: keep the rest)
     history_budget_share: float = 0.5
+    #: keep only this many days of Strava-sourced rows (None: all): older ones are not fetched, and deleted
+    strava_retention_days: int | None = None
+    #: purge this athlete (name) before syncing: only when ``purge_confirm`` names them too
+    purge_athlete: str | None = None
+    purge_confirm: str | None = None
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any] | None) -> RunParams:
@@ -63,9 +72,22 @@ class RunParams:
         for name in ("max_deleted_share", "history_budget_share"):
             if name in values:
                 values[name] = float(values[name])
+        if "strava_retention_days" in values:
+            values["strava_retention_days"] = int(values["strava_retention_days"])
         if "daily_full_reconcile" in values:
             values["daily_full_reconcile"] = bool(values["daily_full_reconcile"])
         return cls(**values)
+
+    @staticmethod
+    def retention_from_environment(environ: Mapping[str, str] | None = None) -> int | None:
+        """``$FITNESS_STRAVA_RETENTION_DAYS`` (a positive whole number of days), the default of
+        ``strava_retention_days``; None when unset or empty."""
+        raw = (os.environ if environ is None else environ).get(RETENTION_ENV, "").strip()
+        if not raw:
+            return None
+        if not raw.isdigit() or int(raw) < 1:
+            raise ValueError(f"{RETENTION_ENV}={raw!r}: expected a whole number of days (1 or more), or nothing")
+        return int(raw)
 
     @property
     def lookback(self) -> dt.timedelta:
@@ -147,6 +169,8 @@ class Loaded(_Handover):
     deleted: int
     quarantined: int
     athlete_id: int = DEFAULT_ATHLETE_ID
+    #: rows deleted for good because they were older than the source's retention
+    expired: int = 0
 
 
 def _plain(value: Any) -> Any:

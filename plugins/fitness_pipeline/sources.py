@@ -81,6 +81,9 @@ class SourceSpec:
     #: None: the source's listing never proves anything deleted
     reconcile: Reconcile | None = None
     companions: tuple[str, ...] = ()
+    #: the run param (a :class:`~fitness_pipeline.handover.RunParams` field) that, when set, keeps only this many
+    #: days of the source's records (by ``reconcile.column``): older ones are neither fetched nor kept
+    retention_param: str | None = None
     #: one line for the trigger form and the docs
     description: str = ""
 
@@ -178,6 +181,7 @@ BUILT_IN: tuple[SourceSpec, ...] = (
         row="fitness_pipeline.transforms.strava:strava_activity_row",
         # Strava's after/before are exclusive whole seconds
         reconcile=Reconcile("start_date", windows.exclusive_seconds, daily_full=True),
+        retention_param="strava_retention_days",
         description="Strava activities (SummaryActivity)",
     ),
     SourceSpec(

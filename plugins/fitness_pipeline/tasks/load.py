@@ -20,13 +20,17 @@ log = logging.getLogger(__name__)
 
 
 def load(staged: Staged, max_deleted_share: float = RunParams.max_deleted_share,
-         db_conn_id: str = FITNESS_DB_CONN_ID, dag_id: str | None = None) -> Loaded:
+         db_conn_id: str = FITNESS_DB_CONN_ID, dag_id: str | None = None,
+         retention_days: int | None = None) -> Loaded:
     """Merge the staged batch into its table (companion tables first), mark what vanished upstream
     inside the listed range as deleted, and record the run in ``sync_run``: all in one transaction,
     so a failure leaves every table as it was. Returns what the merge did.
 
     Then, with ``dag_id`` (inside Airflow), the hand-over rows other batches of this source left behind
     are removed once Airflow says their run has finished (:func:`clear_finished_batches`).
+
+    With ``retention_days`` (the source's retention param), the athlete's rows older than that before the
+    window's end are deleted for good in the same transaction (:func:`expire`).
 
     Errors leave as Airflow outcomes (:func:`fitness_pipeline.errors.airflow_outcome`): a refused
     mass deletion, or a batch that is gone, fails the task without retries.
@@ -38,7 +42,7 @@ def load(staged: Staged, max_deleted_share: float = RunParams.max_deleted_share,
                 if (done := loaded_already(conn, staged)) is not None:
                     return done
                 staged = restage(conn, spec, staged, db_conn_id)
-            loaded = _merge(conn, spec, staged, max_deleted_share)
+            loaded = _merge(conn, spec, staged, max_deleted_share, retention_days)
             if dag_id is not None:
                 clear_finished_batches(conn, spec, staged.batch_id, dag_id, staged.athlete_id)
             return loaded
@@ -139,7 +143,8 @@ def staging_intact(conn: Any, spec: SourceSpec, staged: Staged) -> bool:
                    for table in (spec.target, *spec.companion_tables()))
 
 
-def _merge(conn: Any, spec: SourceSpec, staged: Staged, max_deleted_share: float) -> Loaded:
+def _merge(conn: Any, spec: SourceSpec, staged: Staged, max_deleted_share: float,
+           retention_days: int | None = None) -> Loaded:
     from fitness_pipeline.loader import delete_staged, mark_deleted, merge_staged, reconciled_range, release_quarantined
 
     batch, athlete_id = staged.batch_id, staged.athlete_id
@@ -159,14 +164,30 @@ def _merge(conn: Any, spec: SourceSpec, staged: Staged, max_deleted_share: float
                                    reconciled_range(spec.target, extracted.reconcile, athlete_id), max_deleted_share,
                                    athlete_id=athlete_id)
         release_quarantined(cur, spec.id, spec.target, spec.staging, batch, athlete_id)
+        expired = expire(cur, spec, athlete_id, extracted.window.end, retention_days)
         delete_staged(cur, spec.staging, batch)
         execute(cur, sa.delete(raw_record).where(raw_record.c.batch_id == batch))
         loaded = Loaded(spec.id, batch, counts.inserted, counts.updated, counts.unchanged, deleted,
-                        staged.quarantined, athlete_id)
+                        staged.quarantined, athlete_id, expired)
         record_run(cur, loaded, extracted.extracted, extracted.window.start, extracted.window.end)
     log.info("%s: %d inserted, %d updated, %d unchanged, %d marked deleted, %d quarantined", spec.id,
              loaded.inserted, loaded.updated, loaded.unchanged, deleted, loaded.quarantined)
     return loaded
+
+
+def expire(cur: Any, spec: SourceSpec, athlete_id: int, window_end: Any, retention_days: int | None) -> int:
+    """Delete for good ``athlete_id``'s rows of ``spec`` older than ``retention_days`` before ``window_end`` (by
+    the reconciled column); the extract no longer fetches them either. Returns the rows deleted."""
+    if retention_days is None or spec.reconcile is None:
+        return 0
+    import datetime as dt
+
+    target = spec.target
+    horizon = window_end - dt.timedelta(days=retention_days)
+    execute(cur, sa.delete(target).where(target.c.athlete_id == athlete_id, target.c[spec.reconcile.column] < horizon))
+    if cur.rowcount:
+        log.info("%s: %d rows older than the retention of %d days deleted", spec.id, cur.rowcount, retention_days)
+    return int(cur.rowcount)
 
 
 def record_run(cur: Any, loaded: Loaded, extracted: int, window_start: Any, window_end: Any) -> None:

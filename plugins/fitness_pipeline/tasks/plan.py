@@ -24,8 +24,23 @@ def window_for_run(spec: SourceSpec, params: RunParams, data_interval_start: dt.
     base = extraction_window(data_interval_start, data_interval_end, run_after, params.lookback)
     full = (params.daily_full_reconcile and spec.reconcile is not None and spec.reconcile.daily_full
             and data_interval_end is not None and base.end.hour == 0)
-    return fetch_window(base, history_start=params.history_start, history_end=params.history_end,
-                        full_history=full)
+    return retained(spec, params, fetch_window(base, history_start=params.history_start,
+                                               history_end=params.history_end, full_history=full))
+
+
+def retention_days(spec: SourceSpec, params: RunParams) -> int | None:
+    """How many days of ``spec``'s records a run keeps (its ``retention_param``), None: all."""
+    return getattr(params, spec.retention_param) if spec.retention_param else None
+
+
+def retained(spec: SourceSpec, params: RunParams, window: Window) -> Window:
+    """``window`` without what lies beyond ``spec``'s retention (counted back from the window's end): records
+    the load would delete again are never fetched (a deployer bound by a caching limit, e.g. Strava's)."""
+    days = retention_days(spec, params)
+    if days is None:
+        return window
+    horizon = window.end - dt.timedelta(days=days)
+    return Window(max(window.start, horizon), window.end)
 
 
 def wanted(spec: SourceSpec, params: RunParams) -> bool:

@@ -55,19 +55,30 @@ def ensure_schema(conn_id: str = FITNESS_DB_CONN_ID) -> dict[str, Any]:
     return dataclasses.asdict(changes)
 
 
-def athletes_to_sync(names: tuple[str, ...] = (), conn_id: str = FITNESS_DB_CONN_ID) -> list[dict[str, Any]]:
+def athletes_to_sync(names: tuple[str, ...] = (), conn_id: str = FITNESS_DB_CONN_ID, purge: str | None = None,
+                     confirm: str | None = None) -> list[dict[str, Any]]:
     """The athletes a run syncs (each source's tasks are mapped over them): every active one, or those
-    ``names`` (the ``athletes`` param; an unknown or inactive name fails the task)."""
+    ``names`` (the ``athletes`` param; an unknown or inactive name fails the task). With ``purge`` (param
+    ``purge_athlete``) that athlete is purged first, in one transaction, if ``confirm`` names them too."""
     from fitness_pipeline import athletes
     from fitness_pipeline.errors import raise_for_airflow
 
     with closing(connect(conn_id)) as conn:
         try:
+            if purge is not None:
+                with transaction(conn) as cur:
+                    person = athletes.find(cur, purge)
+                    if confirm != person.name:
+                        raise athletes.AthleteError(
+                            f"Not purging {person.name!r}: set purge_confirm to the same name to confirm.")
+                    deleted = athletes.purge(cur, person)
+                log.warning("Athlete %d purged: %s", person.id, ", ".join(f"{n} {t}" for t, n in deleted.items()))
             with transaction(conn) as cur:
                 chosen = athletes.to_sync(cur, names)
         except Exception as error:
             raise_for_airflow(error)
-    log.info("Syncing %d athlete(s): %s", len(chosen), ", ".join(a.name for a in chosen) or "none active")
+    # ids, not names: a name may be a person's (the UI shows it to those allowed to see the run)
+    log.info("Syncing %d athlete(s): ids %s", len(chosen), ", ".join(str(a.id) for a in chosen) or "none active")
     return [a.to_xcom() for a in chosen]
 
 
