@@ -57,6 +57,7 @@ bench: $(VENV)/.dev
 	$(BIN)/python bench/api_calls.py
 	$(BIN)/python bench/history_import.py
 	$(BIN)/python bench/dashboard.py
+	$(BIN)/python bench/club.py
 
 ## lock: rewrite constraints.txt from the current virtualenv
 lock:

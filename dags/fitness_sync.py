@@ -158,6 +158,8 @@ def source_group(spec: SourceSpec, schema: Any, athletes: Any) -> Any:
 
             name_map_index(athlete["name"])
             run = RunParams.from_params(params)
+            if not MAP_OVER_ATHLETES:
+                prepare.default_athlete_only(run.athletes)
             spec = sources.get(source)
             if not plan.wanted(spec, run):
                 raise AirflowSkipException(f"{source} is not in this run's sources")

@@ -357,3 +357,96 @@ def test_the_retention_default_comes_from_the_environment() -> None:
     for bad in ("0", "-3", "thirty", "1.5"):
         with pytest.raises(ValueError, match="FITNESS_STRAVA_RETENTION_DAYS"):
             RunParams.retention_from_environment({"FITNESS_STRAVA_RETENTION_DAYS": bad})
+
+
+# --- what the review found --------------------------------------------------------------------------------
+
+
+def test_an_account_is_never_silently_swapped_or_shared_and_names_are_not_ids(db_conn: Any) -> None:
+    from fitness_pipeline.athletes import AthleteError, find, upsert
+
+    ensure_schema(db_conn)
+    with transaction(db_conn) as cur:
+        upsert(cur, "alice", strava_athlete_id=2)
+        upsert(cur, "alice", strava_athlete_id=2, google_user_id="g-2")  # the same account again: fine
+        with pytest.raises(AthleteError, match="authorized another Strava account before: pass --replace"):
+            upsert(cur, "alice", strava_athlete_id=3)
+        with pytest.raises(AthleteError, match="already connected as athlete 'alice'"):
+            upsert(cur, "bob", strava_athlete_id=2)
+        assert upsert(cur, "alice", strava_athlete_id=3, replace=True).strava_athlete_id == 3
+        with pytest.raises(AthleteError, match="cannot be '3'"):
+            upsert(cur, "3")
+        bob = upsert(cur, "bob")
+        assert find(cur, str(bob.id)).name == "bob" and find(cur, "alice").name == "alice"
+
+
+def test_a_strava_activity_stays_with_the_athlete_who_brought_it_first(schema: Any) -> None:
+    from fitness_pipeline.loader import upsert_rows
+    from fitness_pipeline.schema import strava_activity
+    from tests.test_loader import rows
+
+    (first,) = rows(1)
+    with transaction(schema) as cur:
+        cur.execute("INSERT INTO athlete (name) VALUES ('me-again')")
+        upsert_rows(cur, strava_activity, [first], athlete_id=1)
+    with transaction(schema) as cur:  # the same person connected a second time lists the same activity
+        upsert_rows(cur, strava_activity, [{**first, "name": "renamed"}], athlete_id=2)
+    assert query(schema, "SELECT athlete_id, name FROM strava_activity") == [(1, first["name"])]
+
+
+def test_the_purge_takes_the_athletes_hand_over_rows_and_only_theirs(schema: Any) -> None:
+    from fitness_pipeline import athletes
+
+    with transaction(schema) as cur:
+        for n in range(2, 13):
+            cur.execute("INSERT INTO athlete (name) VALUES (%s)", (f"a{n}",))
+        for batch in ("r1/strava_activity", "r1/strava_activity/athlete-2", "r1/strava_activity/athlete-12"):
+            cur.execute("INSERT INTO raw_record (batch_id, seq, payload) VALUES (%s, 0, '{}')", (batch,))
+            cur.execute("INSERT INTO extract_cursor (batch_id, after_epoch, landed) VALUES (%s, 0, 1)", (batch,))
+        cur.execute("INSERT INTO stage_fitbit_calories (batch_id, seq, record_date, id, calories, raw, athlete_id) "
+                    "VALUES ('r1/fitbit_calories/athlete-2', 0, '2026-03-02', 1, 1, '{}', 2)")
+        athletes.purge(cur, athletes.find(cur, "a2"))
+    assert query(schema, "SELECT batch_id FROM raw_record ORDER BY 1") == [
+        ("r1/strava_activity",), ("r1/strava_activity/athlete-12",)]
+    assert query(schema, "SELECT count(*) FROM extract_cursor") == [(2,)]
+    assert query(schema, "SELECT count(*) FROM stage_fitbit_calories") == [(0,)]
+    with transaction(schema) as cur:
+        athletes.purge(cur, athletes.find(cur, "default"))  # kept, inactive: the Connections still name them
+    assert query(schema, "SELECT batch_id FROM raw_record") == [("r1/strava_activity/athlete-12",)]
+    assert query(schema, "SELECT active FROM athlete WHERE id = 1") == [(False,)]
+
+
+def test_a_write_for_a_purged_athlete_is_refused(schema: Any) -> None:
+    from fitness_pipeline.athletes import AthleteError, hold, set_active
+
+    with transaction(schema) as cur:
+        hold(cur, 1)
+        set_active(cur, 1, False, "revoked: authorize again")
+        hold(cur, 1)  # what this run fetched before the revocation still loads
+        set_active(cur, 1, False, "purged: put a new refresh token in the Connections")
+    with pytest.raises(AthleteError, match="purged"), transaction(schema) as cur:
+        hold(cur, 1)
+    with pytest.raises(AthleteError, match="purged"), transaction(schema) as cur:
+        hold(cur, 99)
+
+
+def test_staging_tables_give_rows_staged_before_the_upgrade_the_default_athlete(schema: Any) -> None:
+    defaults = query(schema, "SELECT table_name, column_default FROM information_schema.columns "
+                             "WHERE column_name = 'athlete_id' AND table_name LIKE 'stage_%' ORDER BY 1")
+    assert defaults and all(default == "1" for _, default in defaults), defaults
+
+
+def test_on_airflow_2_only_an_active_default_athlete_is_synced(db_conn: Any) -> None:
+    from fitness_pipeline.athletes import set_active
+    from fitness_pipeline.compat import AirflowFailException, AirflowSkipException
+    from fitness_pipeline.tasks.prepare import default_athlete_only
+
+    ensure_schema(db_conn)
+    default_athlete_only(())
+    default_athlete_only(("default",))
+    with pytest.raises(AirflowFailException, match="several athletes need Airflow 3"):
+        default_athlete_only(("alice",))
+    with transaction(db_conn) as cur:
+        set_active(cur, 1, False, "purged")
+    with pytest.raises(AirflowSkipException, match="purged"):
+        default_athlete_only(())

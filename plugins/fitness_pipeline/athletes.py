@@ -15,6 +15,7 @@ access (see the README's "Several athletes").
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import sys
 from collections.abc import Sequence
 from contextlib import closing
@@ -35,6 +36,9 @@ from fitness_pipeline.schema import (
     oauth_token,
     raw_record,
 )
+
+#: how the reason of the (kept) default athlete starts once purged
+PURGED = "purged"
 
 
 class AthleteError(NeedsPersonError):
@@ -72,12 +76,13 @@ def all_athletes(cur: Any) -> list[Athlete]:
 
 
 def find(cur: Any, name: str) -> Athlete:
-    """The athlete called ``name`` (or with that id); :class:`AthleteError` if there is none."""
-    where = athlete.c.name == name
-    if name.isdigit():
-        where = sa.or_(where, athlete.c.id == int(name))
-    execute(cur, sa.select(*_COLUMNS).where(where).order_by(athlete.c.id).limit(1))
+    """The athlete called ``name`` (or, for digits, with that id: names are never all digits);
+    :class:`AthleteError` if there is none."""
+    execute(cur, sa.select(*_COLUMNS).where(athlete.c.name == name))
     row = cur.fetchone()
+    if row is None and name.isdigit():
+        execute(cur, sa.select(*_COLUMNS).where(athlete.c.id == int(name)))
+        row = cur.fetchone()
     if row is None:
         raise AthleteError(f"No athlete is called {name!r}: python -m fitness_pipeline.athletes list shows who is "
                            "connected; python -m fitness_pipeline.authorize strava --athlete NAME adds one.")
@@ -98,9 +103,29 @@ def to_sync(cur: Any, names: Sequence[str] = ()) -> list[Athlete]:
     return [a for a in active if a.id in {c.id for c in chosen}]
 
 
-def upsert(cur: Any, name: str, *, strava_athlete_id: int | None = None, google_user_id: str | None = None) -> Athlete:
+def upsert(cur: Any, name: str, *, strava_athlete_id: int | None = None, google_user_id: str | None = None,
+           replace: bool = False) -> Athlete:
     """Add athlete ``name``, or update the provider ids of the one of that name; either way active again (they
-    have just authorized the app). Returns the athlete."""
+    have just authorized the app). Returns the athlete.
+
+    Refused (:class:`AthleteError`): an all-digit name (ids are given as digits); a provider account already
+    connected as another athlete; and, unless ``replace``, another account of the same provider than the one
+    ``name`` authorized before (their rows and page would then show someone else's data)."""
+    if not name or name.isdigit():
+        raise AthleteError(f"An athlete's name cannot be {name!r}: use letters (digits alone name an id).")
+    for column, value in (("strava_athlete_id", strava_athlete_id), ("google_user_id", google_user_id)):
+        if value is None:
+            continue
+        execute(cur, sa.select(athlete.c.name, athlete.c[column] == value).where(
+            sa.or_(athlete.c.name == name, athlete.c[column] == value)))
+        for holder, same_account in cur.fetchall():
+            if holder != name and same_account:
+                raise AthleteError(f"That {column.split('_')[0].title()} account is already connected as athlete "
+                                   f"{holder!r}: authorize it under that name, or purge {holder!r} first.")
+            if holder == name and same_account is False and not replace:
+                raise AthleteError(f"Athlete {name!r} authorized another {column.split('_')[0].title()} account "
+                                   "before: pass --replace to connect this one instead (their rows stay; purge "
+                                   "them first if they are someone else's).")
     values: dict[str, Any] = {"name": name, "active": True, "inactive_reason": None}
     if strava_athlete_id is not None:
         values["strava_athlete_id"] = strava_athlete_id
@@ -112,6 +137,19 @@ def upsert(cur: Any, name: str, *, strava_athlete_id: int | None = None, google_
         set_={**{k: insert.excluded[k] for k in values if k != "name"}, "updated_at": sa.func.now()},
     ).returning(*_COLUMNS))
     return _athlete(cur.fetchone())
+
+
+def hold(cur: Any, athlete_id: int) -> None:
+    """Before a transform or load writes rows of ``athlete_id``: lock their athlete row (``FOR SHARE``) until the
+    caller's transaction ends, so that a purge (which locks it ``FOR UPDATE`` first) waits for the write and a
+    write after a purge finds nothing to write for. :class:`AthleteError` when the athlete was purged (an athlete
+    disabled or revoked meanwhile still gets what this run fetched: the next runs leave them out)."""
+    execute(cur, sa.select(athlete.c.active, athlete.c.inactive_reason).where(athlete.c.id == athlete_id)
+            .with_for_update(read=True))
+    row = cur.fetchone()
+    if row is None or (not row[0] and str(row[1] or "").startswith(PURGED)):
+        raise AthleteError(f"Athlete {athlete_id} was purged while this run went on: nothing of theirs was written. "
+                           "Nothing to do (the next runs leave them out).")
 
 
 def set_active(cur: Any, athlete_id: int, active: bool, reason: str | None = None) -> None:
@@ -143,6 +181,8 @@ def purge(cur: Any, person: Athlete) -> dict[str, int]:
     quarantine entries, their tokens and what their unfinished batches left; the athlete row too, except the
     default athlete's (kept, inactive: the Connections still name them). Returns the rows deleted per table."""
     deleted: dict[str, int] = {}
+    # first: a transform or load of theirs still writing finishes before (see hold), and none writes after
+    execute(cur, sa.select(athlete.c.id).where(athlete.c.id == person.id).with_for_update())
     for table in personal_tables():
         execute(cur, sa.delete(table).where(table.c[ATHLETE_ID] == person.id))
         deleted[table.name] = cur.rowcount
@@ -154,7 +194,7 @@ def purge(cur: Any, person: Athlete) -> dict[str, int]:
         execute(cur, sa.delete(table).where(owned))
         deleted[table.name] = cur.rowcount
     if person.id == DEFAULT_ATHLETE_ID:
-        set_active(cur, person.id, False, "purged: put a new refresh token in the Connections, then "
+        set_active(cur, person.id, False, f"{PURGED}: put a new refresh token in the Connections, then "
                                           "python -m fitness_pipeline.athletes enable default")
     else:
         execute(cur, sa.delete(athlete).where(athlete.c.id == person.id))
@@ -197,10 +237,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace, out: TextIO, err: TextIO, ask: Any = input) -> int:
+    from fitness_pipeline import sources
     from fitness_pipeline.ddl import ensure_schema
+    from fitness_pipeline.tasks.prepare import source_tables
 
     with closing(connect(args.db_conn_id)) as conn:
-        ensure_schema(conn)
+        # as the DAG does: one source's schema problem (reported by fitness_sync) does not stop the command
+        ensure_schema(conn, groups={spec.id: source_tables(spec) for spec in sources.REGISTRY})
         with transaction(conn) as cur:
             if args.command == "list":
                 print_athletes(all_athletes(cur), token_refreshes(cur), out)
@@ -216,8 +259,12 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO, ask: Any = input) ->
                 seen_by = ", ".join(args.users) if args.users else "every user while the only athlete"
                 print(f"{person.name}: seen by {seen_by}", file=out)
                 return 0
-            confirmation = args.yes if args.yes is not None else ask(
-                f"Delete every row, quarantine entry and token of athlete {person.name!r}? Type the name to confirm: ")
+            try:
+                confirmation = args.yes if args.yes is not None else ask(
+                    f"Delete every row, quarantine entry and token of athlete {person.name!r}? Type the name to "
+                    "confirm: ")
+            except EOFError:  # not a terminal: only --yes NAME confirms
+                confirmation = None
             if confirmation != person.name:
                 print("Not confirmed: nothing was deleted.", file=err)
                 return 1
@@ -230,7 +277,8 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO, ask: Any = input) ->
 def print_athletes(athletes: Sequence[Athlete], refreshed: dict[int, list[tuple[str, Any]]], out: TextIO) -> None:
     for person in athletes:
         state = "active" if person.active else f"inactive ({person.inactive_reason or 'no reason recorded'})"
-        tokens = ", ".join(f"{kind} refreshed {when:%Y-%m-%d %H:%M} UTC" for kind, when in refreshed.get(person.id, []))
+        tokens = ", ".join(f"{kind} refreshed {when.astimezone(dt.UTC):%Y-%m-%d %H:%M} UTC"
+                           for kind, when in refreshed.get(person.id, []))
         users = ", ".join(person.airflow_users) if person.airflow_users is not None else "every user (if only athlete)"
         print(f"{person.id}\t{person.name}\t{state}\ttokens: {tokens or 'none stored'}\tseen by: {users}", file=out)
 

@@ -337,6 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="authorize one more athlete of this deployment: store the tokens in the fitness "
                              "database under NAME instead of printing a connection")
     parser.add_argument("--db-conn-id", default="fitness_db", help="with --athlete: the fitness database (fitness_db)")
+    parser.add_argument("--replace", action="store_true",
+                        help="with --athlete: connect this account although NAME authorized another one before")
     return parser
 
 
@@ -380,7 +382,8 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     for warning in scope_warnings(service, scopes):
         print(f"WARNING: {warning}", file=err)
     if args.athlete is not None:
-        stored = store_athlete_tokens(service, args.athlete.strip(), conn_id, tokens, api_root, args.db_conn_id)
+        stored = store_athlete_tokens(service, args.athlete.strip(), conn_id, tokens, api_root, args.db_conn_id,
+                                      replace=args.replace)
         print(f"Athlete {args.athlete.strip()!r} (id {stored}) is connected to {service.label}: the tokens are in the "
               f"fitness database (table oauth_token); fitness_sync syncs them from its next run.", file=err)
         return 0
@@ -395,7 +398,7 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def store_athlete_tokens(service: Service, name: str, conn_id: str, tokens: Mapping[str, Any], api_root: str,
-                         db_conn_id: str) -> int:
+                         db_conn_id: str, *, replace: bool = False) -> int:
     """Add athlete ``name`` (or update them: active again) with the provider's id of the account, and store the
     tokens in the token store under them. Returns the athlete's id."""
     from contextlib import closing
@@ -413,7 +416,11 @@ def store_athlete_tokens(service: Service, name: str, conn_id: str, tokens: Mapp
     with closing(connect(db_conn_id)) as conn:
         ensure_schema(conn)
         with transaction(conn) as cur:
-            person = athletes.upsert(cur, name, strava_athlete_id=strava_id, google_user_id=google_id)
+            try:
+                person = athletes.upsert(cur, name, strava_athlete_id=strava_id, google_user_id=google_id,
+                                         replace=replace)
+            except athletes.AthleteError as error:
+                raise AuthorizeError(str(error)) from None
     PostgresTokenStore(db_conn_id).store_authorized(
         token_key(service.conn_type, conn_id, person.id),
         TokenSet(tokens.get("access_token"), str(tokens["refresh_token"]), token_expiry(tokens)))

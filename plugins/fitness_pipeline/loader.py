@@ -244,10 +244,16 @@ def _merge_statement(target: sa.Table, staging: sa.Table, *, dedupe: bool = True
     set_ = {**{n: insert.excluded[n] for n in changing}, LAST_TIME: sa.func.now()}
     if DELETED_AT in target.c:
         set_[DELETED_AT] = None
+    where = differs(insert.excluded)  # an unchanged row is a no-op: no new tuple, last_time kept
+    if ATHLETE_ID in target.c and ATHLETE_ID not in keys:
+        # a record keyed across athletes (a Strava activity id) stays with the athlete who brought it first: the
+        # same person connected twice must not make two athletes take it from each other on every run
+        del set_[ATHLETE_ID]
+        where = sa.and_(where, target.c[ATHLETE_ID] == insert.excluded[ATHLETE_ID])
     insert = insert.on_conflict_do_update(
         index_elements=keys,
         set_=set_,
-        where=differs(insert.excluded),  # an unchanged row is a no-op: no new tuple, last_time kept
+        where=where,
     ).returning(sa.literal_column("xmax = 0").label("inserted"))
     upserted = insert.cte("upserted")
     return sa.select(

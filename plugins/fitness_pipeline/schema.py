@@ -301,7 +301,9 @@ extract_cursor = sa.Table(
 def staging_table_for(target: sa.Table) -> sa.Table:
     """The staging table between transform and load: the target's data columns plus the batch."""
     columns = [sa.Column("batch_id", sa.Text, nullable=False), sa.Column("seq", sa.Integer, nullable=False)]
-    columns += [sa.Column(c.name, c.type) for c in data_columns(target)]
+    # athlete_id keeps its default: a batch staged before the upgrade that added it loads as the default athlete's
+    columns += [sa.Column(c.name, c.type, server_default=c.server_default.arg if c.name == ATHLETE_ID else None)
+                for c in data_columns(target)]
     columns.append(sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()))
     return sa.Table(
         f"stage_{target.name}",

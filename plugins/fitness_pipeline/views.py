@@ -195,7 +195,7 @@ def _sync_health() -> sa.Select:
         sa.select(sa.select(sa.func.min(after.c.source)).where(after.c.source > seen.c.source).scalar_subquery())
         .where(seen.c.source.is_not(None)))
     source = sa.union(sa.select(seen.c.source).where(seen.c.source.is_not(None)), sa.select(q.source)).subquery("s")
-    # every athlete, for every source: an athlete not synced yet shows as such
+    # every athlete with every source, kept where the athlete has a run or a quarantined record of it
     who = athlete.alias("who")
     last = (sa.select(r.batch_id, r.finished_at, r.window_start, r.window_end, r.extracted, r.inserted,
                       r.updated, r.unchanged, r.deleted, r.quarantined)
@@ -218,7 +218,10 @@ def _sync_health() -> sa.Select:
         runs_last_24h.label("runs_last_24h"),
         quarantined_now.scalar_subquery().label("quarantined_now"),
         who.c.id.label("athlete_id"),
-    ).select_from(source.join(who, sa.true()).outerjoin(last, sa.true()))
+    ).select_from(source.join(who, sa.true()).outerjoin(last, sa.true())).where(
+        # the pairs with something to show: an athlete who never used a provider has no row for its sources
+        sa.or_(last.c.batch_id.is_not(None),
+               sa.exists().where(held.c.source == source.c.source, held.c.athlete_id == who.c.id)))
 
 
 sync_health = View(

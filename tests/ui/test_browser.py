@@ -349,7 +349,7 @@ def test_two_airflow_users_each_see_only_their_own_athlete(chromium: Any, traini
                 assert shown and shown <= own, user  # the demo athlete's of the weeks shown; alice's one run
                 assert page.locator("#athlete-pick").is_hidden()  # one athlete each: no picker
                 response = page.request.get(f"{training_server.url}/training/api/calendar?athlete={other}")
-                assert response.status == 404 and "Alice" not in response.text(), user
+                assert response.status == 404 and response.json()["code"] == "no_such_athlete", user
             finally:
                 context.close()
     finally:

@@ -349,6 +349,19 @@ class OAuthApiHook(BaseHook):
             return PostgresTokenStore(self.settings.credential_store_conn_id)
         return MemoryTokenStore()
 
+    def whose(self) -> str:
+        """`` for athlete <id>`` for another athlete than the default one, for messages (an id, never a name)."""
+        return "" if self.athlete_id == DEFAULT_ATHLETE_ID else f" for athlete {self.athlete_id}"
+
+    def authorize_again(self) -> str:
+        """What to do when the provider refused the refresh token for good: the default athlete's lives in the
+        Connection, another athlete's in the token store (``authorize --athlete``)."""
+        if self.athlete_id == DEFAULT_ATHLETE_ID:
+            return (f"Authorize the app again (python -m fitness_pipeline.authorize {self.conn_type}) and put the new "
+                    "refresh token in the Connection's extra.")
+        return (f"The athlete authorizes the app again: python -m fitness_pipeline.authorize {self.conn_type} "
+                "--athlete NAME (python -m fitness_pipeline.athletes list shows the names).")
+
     def _refresh_token_from_connection(self) -> str:
         token = self.extra.get("refresh_token")
         if not token:

@@ -134,8 +134,8 @@ class FitbitHook(OAuthApiHook):
         error = _oauth_error(response)
         if error == "invalid_grant":
             return AuthorizationRevokedError(
-                f"Google refused the refresh token of connection {self.conn_id!r} (invalid_grant): re-authorize "
-                "with access_type=offline&prompt=consent and put the new refresh token in the Connection. Apps in "
+                f"Google refused the refresh token of connection {self.conn_id!r}{self.whose()} (invalid_grant): "
+                f"re-authorize (with access_type=offline&prompt=consent). {self.authorize_again()} Apps in "
                 "'Testing' status lose refresh tokens after 7 days: publish the OAuth app 'In production'.",
                 status=response.status_code)
         if error in ("invalid_client", "unauthorized_client"):

@@ -182,9 +182,8 @@ class StravaHook(OAuthApiHook):
         fields = _error_fields(response)
         if response.status_code == 400 and "refresh_token" in fields:
             return AuthorizationRevokedError(
-                f"Strava refused the refresh token of connection {self.conn_id!r} (revoked, or replaced by a newer "
-                "one that was not saved). Authorize the app again and put the new refresh token in the "
-                "Connection's extra.", status=400)
+                f"Strava refused the refresh token of connection {self.conn_id!r}{self.whose()} (revoked, or replaced "
+                f"by a newer one that was not saved). {self.authorize_again()}", status=400)
         if "client_id" in fields or "client_secret" in fields or response.status_code == 401:
             return AuthorizationError(
                 f"Strava refused the client id/secret of connection {self.conn_id!r}: check login and password "

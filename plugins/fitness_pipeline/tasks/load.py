@@ -145,12 +145,14 @@ def staging_intact(conn: Any, spec: SourceSpec, staged: Staged) -> bool:
 
 def _merge(conn: Any, spec: SourceSpec, staged: Staged, max_deleted_share: float,
            retention_days: int | None = None) -> Loaded:
+    from fitness_pipeline import athletes
     from fitness_pipeline.loader import delete_staged, mark_deleted, merge_staged, reconciled_range, release_quarantined
 
     batch, athlete_id = staged.batch_id, staged.athlete_id
     extracted = staged.extract
     deleted = 0
     with transaction(conn) as cur:
+        athletes.hold(cur, athlete_id)
         for companion in spec.companion_tables():
             counts = merge_staged(cur, companion, batch)
             release_quarantined(cur, companion.name, companion, staging_for(companion), batch, athlete_id)

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from fitness_pipeline import sources
 from fitness_pipeline.db import FITNESS_DB_CONN_ID, connect, execute, transaction
-from fitness_pipeline.schema import extract_cursor, raw_record, staging_for
+from fitness_pipeline.schema import DEFAULT_ATHLETE_ID, extract_cursor, raw_record, staging_for
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,24 @@ def athletes_to_sync(names: tuple[str, ...] = (), conn_id: str = FITNESS_DB_CONN
     # ids, not names: a name may be a person's (the UI shows it to those allowed to see the run)
     log.info("Syncing %d athlete(s): ids %s", len(chosen), ", ".join(str(a.id) for a in chosen) or "none active")
     return [a.to_xcom() for a in chosen]
+
+
+def default_athlete_only(names: tuple[str, ...] = (), conn_id: str = FITNESS_DB_CONN_ID) -> None:
+    """Where the DAG is not mapped over athletes (Airflow 2): a run syncs the default athlete, unless they are
+    inactive (disabled, purged: the task is skipped, so a purge is never undone by the Connection's token) or
+    the ``athletes`` param names only others (a clear failure: several athletes need Airflow 3)."""
+    from fitness_pipeline import athletes
+    from fitness_pipeline.compat import AirflowSkipException
+    from fitness_pipeline.errors import raise_for_airflow
+
+    with closing(connect(conn_id)) as conn, transaction(conn) as cur:
+        person = next((a for a in athletes.all_athletes(cur) if a.id == DEFAULT_ATHLETE_ID), None)
+    if names and (person is None or person.name not in names):
+        raise_for_airflow(athletes.AthleteError(
+            "This Airflow syncs the default athlete only (several athletes need Airflow 3): leave the athletes "
+            "param empty."))
+    if person is not None and not person.active:
+        raise AirflowSkipException(f"The default athlete is inactive: {person.inactive_reason or 'disabled'}")
 
 
 def remove_stale_rows(conn: Any, tables: list[sa.Table]) -> None:

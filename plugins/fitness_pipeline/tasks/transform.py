@@ -35,7 +35,10 @@ def transform(extracted: Extracted, db_conn_id: str = FITNESS_DB_CONN_ID) -> Sta
     targets = {table.name: table for table in (spec.target, *spec.companion_tables())}
     staged_rows = dict.fromkeys(targets, 0)
     quarantined = 0
+    from fitness_pipeline import athletes
+
     with closing(connect(db_conn_id)) as conn, transaction(conn) as cur:
+        athletes.hold(cur, extracted.athlete_id)
         for table in targets.values():
             staging = staging_for(table)
             execute(cur, sa.delete(staging).where(staging.c.batch_id == batch))
