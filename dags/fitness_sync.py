@@ -51,7 +51,10 @@ DEFAULT_ATHLETE = {"athlete_id": DEFAULT_ATHLETE_ID, "name": "default"}
     schedule=CronDataIntervalTimetable("0 * * * *", timezone="UTC"),
     start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
     catchup=False,
-    max_active_runs=1,  # runs overlap by the lookback: in parallel they would fetch the same data
+    # two: a history import (e.g. of a new athlete) and the hourly runs side by side. More would only fetch the
+    # same data again (runs overlap by the lookback); two that overlap are safe (merges serialize per table,
+    # the shared budget holds, an unfinished run's progress is never taken over)
+    max_active_runs=2,
     default_args={
         "owner": "fitness",
         "retries": 3,

@@ -45,7 +45,7 @@ def test_schedule_tasks_and_defaults_are_as_documented() -> None:
     assert getattr(timetable, "expression", None) or timetable._expression == "0 * * * *"
     assert "UTC" in str(getattr(timetable, "timezone", None) or timetable._timezone)
     assert dag.catchup is False
-    assert dag.max_active_runs == 1
+    assert dag.max_active_runs == 2  # a history import next to the hourly runs
     assert set(dag.task_ids) == {"ensure_schema", "athletes"} | {
         f"{group}.{step}" for group in ("strava_activity", "fitbit_weight", "fitbit_calories")
         for step in ("extract", "transform", "load")}
