@@ -450,3 +450,17 @@ def test_on_airflow_2_only_an_active_default_athlete_is_synced(db_conn: Any) -> 
         set_active(cur, 1, False, "purged")
     with pytest.raises(AirflowSkipException, match="purged"):
         default_athlete_only(())
+
+
+def test_hand_over_rows_of_an_athlete_purged_meanwhile_go_at_the_next_run(schema: Any) -> None:
+    from fitness_pipeline.schema import extract_cursor, raw_record, staging_for, strava_activity
+    from fitness_pipeline.tasks.prepare import remove_stale_rows
+
+    with transaction(schema) as cur:  # what an extract of athlete 7 landed after their purge, and the default's
+        for batch in ("r1/strava_activity", "r1/strava_activity/athlete-7"):
+            cur.execute("INSERT INTO raw_record (batch_id, seq, payload) VALUES (%s, 0, '{}')", (batch,))
+        cur.execute("INSERT INTO stage_strava_activity (batch_id, seq, id, start_date, raw, athlete_id) "
+                    "VALUES ('r1/strava_activity/athlete-7', 0, 5, now(), '{}', 7)")
+    remove_stale_rows(schema, [raw_record, extract_cursor, staging_for(strava_activity)])
+    assert query(schema, "SELECT batch_id FROM raw_record") == [("r1/strava_activity",)]
+    assert query(schema, "SELECT count(*) FROM stage_strava_activity") == [(0,)]

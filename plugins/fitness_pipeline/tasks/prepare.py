@@ -101,14 +101,25 @@ def default_athlete_only(names: tuple[str, ...] = (), conn_id: str = FITNESS_DB_
 
 
 def remove_stale_rows(conn: Any, tables: list[sa.Table]) -> None:
-    """Delete the hand-over rows older than :data:`STALE_AFTER` from ``tables``. Housekeeping never waits for
+    """Delete the hand-over rows older than :data:`STALE_AFTER` from ``tables``, and those of athletes no
+    longer in the athlete table (purged while an extract of theirs was landing pages). Housekeeping never waits for
     a table another session has locked (a long load, a person's maintenance): that table is left for the next
     run (``lock_timeout``), and the run goes on."""
+    from fitness_pipeline.schema import ATHLETE_ID, athlete
+
     for table in tables:
+        stale = table.c.created_at < sa.func.now() - STALE_AFTER
+        # and at once what an extract of an athlete purged meanwhile landed (a batch id ends with the athlete's)
+        known = sa.select(athlete.c.id)
+        if ATHLETE_ID in table.c:
+            stale = sa.or_(stale, table.c[ATHLETE_ID].not_in(known))
+        else:
+            owner = sa.func.substring(table.c.batch_id, r"/athlete-(\d+)$")
+            stale = sa.or_(stale, sa.and_(owner.is_not(None), sa.cast(owner, sa.Integer).not_in(known)))
         try:
             with transaction(conn) as cur:
                 cur.execute("SET LOCAL lock_timeout = '2s'")
-                execute(cur, sa.delete(table).where(table.c.created_at < sa.func.now() - STALE_AFTER))
+                execute(cur, sa.delete(table).where(stale))
         except Exception as error:
             if (getattr(error, "sqlstate", None) or getattr(error, "pgcode", None)) != "55P03":  # lock_not_available
                 raise
