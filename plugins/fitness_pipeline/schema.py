@@ -271,6 +271,22 @@ api_budget = sa.Table(
             "is reserved here before it is sent (no personal data)",
 )
 
+webhook_event = sa.Table(
+    "webhook_event",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+    sa.Column("provider", sa.Text, nullable=False, comment="strava or google"),
+    sa.Column("dedup_key", sa.Text, nullable=False, unique=True,
+              comment="sha256 of what makes an event itself (a delivery repeated by the provider has the same)"),
+    sa.Column("payload", sa.Text, nullable=False, comment="the event's body as received (text: kept byte for byte)"),
+    sa.Column("received_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("processed_at", sa.DateTime(timezone=True), comment="when the event was applied; null: pending"),
+    sa.Column("error", sa.Text, comment="why it could not be applied (then it is also in quarantine)"),
+    sa.Index("ix_webhook_event_pending", "id", postgresql_where=sa.text("processed_at IS NULL")),
+    comment="events pushed by the providers (Strava webhooks, Google Health notifications), appended by the "
+            "receiver after validation; applied by the event-driven sync",
+)
+
 raw_record = sa.Table(
     "raw_record",
     metadata,

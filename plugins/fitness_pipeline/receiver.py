@@ -1,0 +1,244 @@
+"""The webhook receiver: a small ASGI service of its own that takes the providers' pushed events and appends
+them to ``webhook_event``, nothing else (issue 12, part 1).
+
+Not Airflow's API server, which users should not expose to the internet: this app runs on its own
+(``uvicorn fitness_pipeline.receiver:app``) behind the deployer's HTTPS proxy, and only validates and
+inserts, so it answers well within Strava's 2 s whatever the rest of the pipeline is doing.
+
+- ``GET /strava``: Strava's subscription handshake. ``hub.challenge`` is echoed only when
+  ``hub.verify_token`` equals ``$FITNESS_STRAVA_VERIFY_TOKEN`` (403 otherwise).
+- ``POST /strava``: an event. The body must be at most ``$FITNESS_WEBHOOK_MAX_BYTES`` bytes (413), JSON (400)
+  of Strava's shape (400), for ``$FITNESS_STRAVA_SUBSCRIPTION_ID`` (403). An event for an athlete nobody
+  here authorized is answered 200 (Strava would retry anything else) and not stored. Stored once per
+  event: a delivery Strava repeats has the same ``dedup_key``.
+- ``POST /google``: Google Health's subscriber endpoint. ``{"type": "verification"}`` answers 201 with the
+  configured secret (``Authorization: Bearer $FITNESS_GOOGLE_ENDPOINT_SECRET``) and 401 without it; a
+  notification must carry ``X-HEALTHAPI-SIGNATURE`` (base64 of an ECDSA P-256 / SHA-256 signature of the
+  body) that Google's public key (``$FITNESS_GOOGLE_PUBLIC_KEY``, PEM) verifies (401 otherwise), and is
+  stored as received.
+
+The database unreachable or slow (1 s to connect, 1 s per statement) is a 503: Strava retries a delivery up
+to three times in all. Nothing of an event, a token or a secret is logged.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import logging
+import os
+from collections.abc import Callable, Mapping
+from contextlib import closing
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg
+
+from fitness_pipeline.db import FITNESS_DB_CONN_ID, execute, transaction
+from fitness_pipeline.schema import athlete, strava_activity, webhook_event
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_BYTES = 16_384
+STRAVA_OBJECT_TYPES = frozenset({"activity", "athlete"})
+STRAVA_ASPECT_TYPES = frozenset({"create", "update", "delete"})
+MAX_CHALLENGE_LENGTH = 255
+
+
+@dataclass(frozen=True)
+class ReceiverSettings:
+    """What the receiver checks against (from the environment: :meth:`from_environment`)."""
+
+    strava_verify_token: str | None = None
+    strava_subscription_id: int | None = None
+    google_endpoint_secret: str | None = None
+    google_public_key_pem: str | None = None
+    max_body_bytes: int = DEFAULT_MAX_BYTES
+    db_conn_id: str = FITNESS_DB_CONN_ID
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str] | None = None) -> ReceiverSettings:
+        env = os.environ if environ is None else environ
+        subscription = env.get("FITNESS_STRAVA_SUBSCRIPTION_ID", "").strip()
+        return cls(strava_verify_token=env.get("FITNESS_STRAVA_VERIFY_TOKEN") or None,
+                   strava_subscription_id=int(subscription) if subscription else None,
+                   google_endpoint_secret=env.get("FITNESS_GOOGLE_ENDPOINT_SECRET") or None,
+                   google_public_key_pem=env.get("FITNESS_GOOGLE_PUBLIC_KEY") or None,
+                   max_body_bytes=int(env.get("FITNESS_WEBHOOK_MAX_BYTES") or DEFAULT_MAX_BYTES),
+                   db_conn_id=env.get("FITNESS_RECEIVER_DB_CONN_ID") or FITNESS_DB_CONN_ID)
+
+
+class Refused(Exception):
+    """A request the receiver refuses: ``status`` and a short reason (never a value of the request)."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status, self.reason = status, reason
+
+
+def same_secret(given: str | None, expected: str | None) -> bool:
+    """Constant-time comparison; nothing configured matches nothing."""
+    return bool(given) and bool(expected) and hmac.compare_digest(str(given).encode(), str(expected).encode())
+
+
+def strava_event(body: bytes, settings: ReceiverSettings) -> dict[str, Any]:
+    """The event in ``body`` if it is one of Strava's for our subscription; :class:`Refused` otherwise."""
+    try:
+        event = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise Refused(400, "the body is not JSON") from None
+    if not isinstance(event, dict):
+        raise Refused(400, "the body is not a JSON object")
+
+    def whole(name: str) -> int:
+        value = event.get(name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise Refused(400, f"{name} must be a whole number")
+        return value
+
+    if event.get("object_type") not in STRAVA_OBJECT_TYPES or event.get("aspect_type") not in STRAVA_ASPECT_TYPES:
+        raise Refused(400, "object_type or aspect_type is not one of Strava's")
+    for name in ("object_id", "owner_id", "subscription_id", "event_time"):
+        whole(name)
+    if not isinstance(event.get("updates", {}), dict):
+        raise Refused(400, "updates must be an object")
+    if settings.strava_subscription_id is None or event["subscription_id"] != settings.strava_subscription_id:
+        raise Refused(403, "not our subscription")
+    return event
+
+
+def strava_dedup_key(event: Mapping[str, Any]) -> str:
+    """What makes a Strava event itself: a repeated delivery of it has the same key."""
+    identity = [event[k] for k in ("subscription_id", "object_type", "object_id", "aspect_type", "owner_id",
+                                   "event_time")] + [event.get("updates", {})]
+    return "strava:" + hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+def known_strava_athlete(cur: Any, owner_id: int) -> bool:
+    """Whether a Strava athlete of ours: one in the athlete table, or the owner of activities we hold (the default
+    athlete, whose Strava id the Connection does not say)."""
+    execute(cur, sa.select(sa.or_(
+        sa.exists().where(athlete.c.strava_athlete_id == owner_id),
+        sa.exists().where(strava_activity.c.owner == owner_id))))
+    return bool(cur.fetchone()[0])
+
+
+def google_signature_valid(body: bytes, signature: str | None, public_key_pem: str | None) -> bool:
+    """Whether ``signature`` (base64 DER, ECDSA P-256 over SHA-256) is the body's, by Google's public key."""
+    if not signature or not public_key_pem:
+        return False
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    try:
+        key = serialization.load_pem_public_key(public_key_pem.encode())
+        if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
+            return False
+        key.verify(base64.b64decode(signature, validate=True), body, ec.ECDSA(hashes.SHA256()))
+    except (InvalidSignature, ValueError, binascii.Error, TypeError):
+        return False
+    return True
+
+
+def create_app(settings: ReceiverSettings | None = None, connect: Callable[[], Any] | None = None) -> Any:
+    """The receiver's Starlette app. ``connect``: a DB-API connection to the fitness database (default: the
+    Airflow connection ``settings.db_conn_id`` with 1 s timeouts)."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    settings = settings or ReceiverSettings.from_environment()
+    connect = connect or (lambda: _connect(settings.db_conn_id))
+
+    async def body_of(request: Request) -> bytes:
+        declared = request.headers.get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > settings.max_body_bytes):
+            raise Refused(413, "the body is too large")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > settings.max_body_bytes:
+                raise Refused(413, "the body is too large")
+        return bytes(body)
+
+    def store(provider: str, dedup_key: str, payload: str, owner_id: int | None = None) -> bool:
+        """Insert the event once; False when it is a repeat or (``owner_id``) for an athlete not ours."""
+        try:
+            with closing(connect()) as conn, transaction(conn) as cur:
+                cur.execute("SET LOCAL statement_timeout = '1s'")
+                if owner_id is not None and not known_strava_athlete(cur, owner_id):
+                    log.info("receiver: a %s event for an athlete nobody here authorized was dropped", provider)
+                    return False
+                execute(cur, pg.insert(webhook_event).values(provider=provider, dedup_key=dedup_key,
+                                                             payload=payload)
+                        .on_conflict_do_nothing(index_elements=[webhook_event.c.dedup_key]))
+                return bool(cur.rowcount)
+        except Exception as error:  # the provider retries a 503
+            log.warning("receiver: the fitness database cannot take events now (%s)", type(error).__name__)
+            raise Refused(503, "the events table cannot be written now; send it again") from None
+
+    def refused(error: Refused) -> JSONResponse:
+        return JSONResponse({"error": error.reason}, status_code=error.status)
+
+    def strava_handshake(request: Request) -> JSONResponse:
+        params = request.query_params
+        challenge = params.get("hub.challenge")
+        if (params.get("hub.mode") != "subscribe" or not challenge or len(challenge) > MAX_CHALLENGE_LENGTH
+                or not same_secret(params.get("hub.verify_token"), settings.strava_verify_token)):
+            return refused(Refused(403, "not a subscription handshake with our verify token"))
+        return JSONResponse({"hub.challenge": challenge})
+
+    async def strava_post(request: Request) -> JSONResponse:
+        from starlette.concurrency import run_in_threadpool
+
+        try:
+            body = await body_of(request)
+            event = strava_event(body, settings)
+            stored = await run_in_threadpool(store, "strava", strava_dedup_key(event), body.decode(),
+                                             event["owner_id"])
+        except Refused as error:
+            return refused(error)
+        return JSONResponse({"stored": stored})
+
+    async def google_post(request: Request) -> JSONResponse:
+        from starlette.concurrency import run_in_threadpool
+
+        try:
+            body = await body_of(request)
+            try:
+                message = json.loads(body)
+            except (ValueError, UnicodeDecodeError):
+                raise Refused(400, "the body is not JSON") from None
+            if isinstance(message, dict) and message.get("type") == "verification":
+                given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+                if not same_secret(given, settings.google_endpoint_secret):
+                    raise Refused(401, "not our endpoint secret")
+                return JSONResponse({"verified": True}, status_code=201)
+            if not google_signature_valid(body, request.headers.get("x-healthapi-signature"),
+                                          settings.google_public_key_pem):
+                raise Refused(401, "the signature is missing or not Google's")
+            key = "google:" + hashlib.sha256(body).hexdigest()
+            stored = await run_in_threadpool(store, "google", key, body.decode())
+        except Refused as error:
+            return refused(error)
+        return JSONResponse({"stored": stored})
+
+    return Starlette(routes=[Route("/strava", strava_handshake, methods=["GET"]),
+                             Route("/strava", strava_post, methods=["POST"]),
+                             Route("/google", google_post, methods=["POST"])])
+
+
+def _connect(conn_id: str) -> Any:
+    """A connection to the fitness database that gives up after 1 s (the provider's 2 s must hold)."""
+    from airflow.providers.postgres.hooks.postgres import PostgresHook
+
+    hook = PostgresHook(postgres_conn_id=conn_id)
+    connection = hook.connection  # the hook's own copy: its get_conn() passes the extras on to the driver
+    connection.extra = json.dumps({**(connection.extra_dejson or {}), "connect_timeout": 1})
+    return hook.get_conn()

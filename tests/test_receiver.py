@@ -1,0 +1,160 @@
+"""The webhook receiver (issue 12, part 1) on a real PostgreSQL: Strava's handshake and events, Google's
+endpoint verification and signed notifications, and everything that must be refused without storing a row."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import time
+from typing import Any
+
+import pytest
+
+from fitness_pipeline.db import transaction
+from tests.helpers import query
+
+VERIFY_TOKEN = "verify-" + "x" * 20
+GOOGLE_SECRET = "endpoint-secret-" + "y" * 16
+SUBSCRIPTION = 120475
+ALICE = 2
+
+
+@pytest.fixture
+def google_key() -> Any:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+@pytest.fixture
+def receiver(schema: Any, google_key: Any) -> Any:
+    """A TestClient of the receiver on ``fitness_db``, with athlete ``alice`` (Strava athlete 2)."""
+    from cryptography.hazmat.primitives import serialization
+    from starlette.testclient import TestClient
+
+    from fitness_pipeline.receiver import ReceiverSettings, create_app
+
+    with transaction(schema) as cur:
+        cur.execute("INSERT INTO athlete (name, strava_athlete_id) VALUES ('alice', %s)", (ALICE,))
+    pem = google_key.public_key().public_bytes(serialization.Encoding.PEM,
+                                               serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    settings = ReceiverSettings(strava_verify_token=VERIFY_TOKEN, strava_subscription_id=SUBSCRIPTION,
+                                google_endpoint_secret=GOOGLE_SECRET, google_public_key_pem=pem, max_body_bytes=2048)
+    return TestClient(create_app(settings))
+
+
+def event(**changes: Any) -> dict[str, Any]:
+    return {"aspect_type": "create", "event_time": 1765000000, "object_id": 1360128428, "object_type": "activity",
+            "owner_id": ALICE, "subscription_id": SUBSCRIPTION, "updates": {}, **changes}
+
+
+def stored(conn: Any) -> list[tuple[str, str]]:
+    return query(conn, "SELECT provider, payload FROM webhook_event ORDER BY id")
+
+
+def test_the_strava_handshake_echoes_the_challenge_only_with_our_verify_token(receiver: Any) -> None:
+    ok = receiver.get("/strava", params={"hub.mode": "subscribe", "hub.challenge": "15f7d1a9", "hub.verify_token":
+                                         VERIFY_TOKEN})
+    assert ok.status_code == 200 and ok.json() == {"hub.challenge": "15f7d1a9"}
+    for params in ({"hub.mode": "subscribe", "hub.challenge": "15f7d1a9", "hub.verify_token": "wrong"},
+                   {"hub.mode": "subscribe", "hub.challenge": "15f7d1a9"},
+                   {"hub.mode": "unsubscribe", "hub.challenge": "15f7d1a9", "hub.verify_token": VERIFY_TOKEN},
+                   {"hub.mode": "subscribe", "hub.challenge": "c" * 256, "hub.verify_token": VERIFY_TOKEN}):
+        refused = receiver.get("/strava", params=params)
+        assert refused.status_code == 403 and "15f7d1a9" not in refused.text
+
+
+def test_an_event_delivered_three_times_is_stored_once(receiver: Any, schema: Any) -> None:
+    body = json.dumps(event(aspect_type="update", updates={"title": "Morning Run"}))
+    answers = [receiver.post("/strava", content=body, headers={"content-type": "application/json"}) for _ in range(3)]
+    assert [a.status_code for a in answers] == [200, 200, 200]
+    assert [a.json()["stored"] for a in answers] == [True, False, False]
+    assert stored(schema) == [("strava", body)]  # kept as received
+    # another event of the same activity (a later edit) is another row
+    assert receiver.post("/strava", json=event(aspect_type="update", event_time=1765000060)).json()["stored"]
+    assert len(stored(schema)) == 2
+
+
+@pytest.mark.parametrize(("body", "status"), [
+    (b"{not json", 400),
+    (b"[1, 2]", 400),
+    (json.dumps(event(object_type="segment")).encode(), 400),
+    (json.dumps(event(object_id="1360128428")).encode(), 400),
+    (json.dumps(event(owner_id=True)).encode(), 400),
+    (json.dumps(event(updates=["title"])).encode(), 400),
+    (json.dumps(event(subscription_id=999)).encode(), 403),
+    (json.dumps(event(name="x" * 3000)).encode(), 413),
+])
+def test_what_is_not_our_strava_event_is_refused_and_not_stored(receiver: Any, schema: Any, body: bytes,
+                                                                status: int) -> None:
+    assert receiver.post("/strava", content=body).status_code == status
+    assert stored(schema) == []
+
+
+def test_an_event_of_an_athlete_nobody_here_authorized_is_answered_but_not_stored(receiver: Any, schema: Any) -> None:
+    answer = receiver.post("/strava", json=event(owner_id=77))
+    assert answer.status_code == 200 and answer.json() == {"stored": False}  # Strava would retry anything else
+    assert stored(schema) == []
+    # the default athlete's Strava id is known from the activities we hold of theirs
+    with transaction(schema) as cur:
+        cur.execute("INSERT INTO strava_activity (id, owner, start_date, raw) VALUES (5, 77, now(), '{}')")
+    assert receiver.post("/strava", json=event(owner_id=77)).json() == {"stored": True}
+
+
+def test_a_revocation_event_is_stored(receiver: Any, schema: Any) -> None:
+    revoked = event(object_type="athlete", object_id=ALICE, aspect_type="update", updates={"authorized": "false"})
+    assert receiver.post("/strava", json=revoked).json() == {"stored": True}
+    assert json.loads(stored(schema)[0][1])["updates"] == {"authorized": "false"}
+
+
+def sign(key: Any, body: bytes) -> str:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    return base64.b64encode(key.sign(body, ec.ECDSA(hashes.SHA256()))).decode()
+
+
+def test_the_google_endpoint_is_verified_only_with_our_secret(receiver: Any) -> None:
+    body = json.dumps({"type": "verification"})
+    assert receiver.post("/google", content=body, headers={"Authorization": f"Bearer {GOOGLE_SECRET}"}).status_code \
+        == 201
+    assert receiver.post("/google", content=body).status_code == 401
+    assert receiver.post("/google", content=body, headers={"Authorization": "Bearer guess"}).status_code == 401
+
+
+def test_a_signed_google_notification_is_stored_as_received_once_and_a_forged_one_never(
+        receiver: Any, schema: Any, google_key: Any) -> None:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    body = json.dumps({"healthUserId": "108527364915620845633", "dataTypes": ["weight"]}).encode()
+    for _ in range(2):
+        answer = receiver.post("/google", content=body, headers={"X-HEALTHAPI-SIGNATURE": sign(google_key, body)})
+        assert answer.status_code == 200
+    assert stored(schema) == [("google", body.decode())]
+    forger = ec.generate_private_key(ec.SECP256R1())
+    other = json.dumps({"healthUserId": "1", "dataTypes": ["weight"]}).encode()
+    for headers in ({}, {"X-HEALTHAPI-SIGNATURE": sign(forger, other)}, {"X-HEALTHAPI-SIGNATURE": "not base64!"},
+                    {"X-HEALTHAPI-SIGNATURE": sign(google_key, body)}):  # a signature of another body
+        assert receiver.post("/google", content=other, headers=headers).status_code == 401
+    assert len(stored(schema)) == 1
+
+
+def test_with_the_database_down_the_answer_is_a_quick_503_and_nothing_leaks(
+        schema: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from starlette.testclient import TestClient
+
+    from fitness_pipeline.receiver import ReceiverSettings, create_app
+
+    monkeypatch.setenv("AIRFLOW_CONN_UNREACHABLE_DB", json.dumps(
+        {"conn_type": "postgres", "host": "127.0.0.1", "port": 9, "login": "u", "password": "p-secret",
+         "schema": "fitness"}))
+    caplog.set_level(logging.DEBUG)
+    client = TestClient(create_app(ReceiverSettings(strava_verify_token=VERIFY_TOKEN,
+                                                    strava_subscription_id=SUBSCRIPTION,
+                                                    db_conn_id="unreachable_db")))
+    started = time.monotonic()
+    answer = client.post("/strava", json=event())
+    assert answer.status_code == 503 and time.monotonic() - started < 2
+    logged = caplog.text
+    assert "p-secret" not in logged and VERIFY_TOKEN not in logged and str(ALICE) not in answer.text
