@@ -158,3 +158,47 @@ def test_with_the_database_down_the_answer_is_a_quick_503_and_nothing_leaks(
     assert answer.status_code == 503 and time.monotonic() - started < 2
     logged = caplog.text
     assert "p-secret" not in logged and VERIFY_TOKEN not in logged and str(ALICE) not in answer.text
+
+
+def test_the_receiver_serves_real_http_with_uvicorn(schema: Any, receiver: Any) -> None:
+    """The same app behind uvicorn on loopback, as it is deployed (``uvicorn --factory ...:create_app``)."""
+    import socket
+    import threading
+
+    import requests
+    import uvicorn
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(receiver.app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started:
+            assert time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.05)
+        url = f"http://127.0.0.1:{port}/strava"
+        handshake = requests.get(url, params={"hub.mode": "subscribe", "hub.challenge": "abc",
+                                              "hub.verify_token": VERIFY_TOKEN}, timeout=5)
+        assert handshake.json() == {"hub.challenge": "abc"}
+        started = time.monotonic()
+        assert requests.post(url, json=event(), timeout=5).json() == {"stored": True}
+        assert time.monotonic() - started < 2
+        assert len(stored(schema)) == 1
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def test_a_purge_deletes_the_events_of_the_athlete(receiver: Any, schema: Any) -> None:
+    from fitness_pipeline import athletes
+
+    assert receiver.post("/strava", json=event()).json() == {"stored": True}
+    with transaction(schema) as cur:
+        cur.execute("INSERT INTO strava_activity (id, owner, start_date, raw) VALUES (5, 77, now(), '{}')")
+    assert receiver.post("/strava", json=event(owner_id=77)).json() == {"stored": True}
+    with transaction(schema) as cur:
+        athletes.purge(cur, athletes.find(cur, "alice"))
+    assert query(schema, "SELECT account_id FROM webhook_event") == [("77",)]

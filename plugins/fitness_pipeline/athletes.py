@@ -35,6 +35,7 @@ from fitness_pipeline.schema import (
     metadata,
     oauth_token,
     raw_record,
+    webhook_event,
 )
 
 #: how the reason of the (kept) default athlete starts once purged
@@ -186,6 +187,12 @@ def purge(cur: Any, person: Athlete) -> dict[str, int]:
     for table in personal_tables():
         execute(cur, sa.delete(table).where(table.c[ATHLETE_ID] == person.id))
         deleted[table.name] = cur.rowcount
+    # the events the providers pushed about them (by the provider's id of the account)
+    for provider, account in (("strava", person.strava_athlete_id), ("google", person.google_user_id)):
+        if account is not None:
+            execute(cur, sa.delete(webhook_event).where(webhook_event.c.provider == provider,
+                                                        webhook_event.c.account_id == str(account)))
+            deleted[f"{webhook_event.name} ({provider})"] = cur.rowcount
     # the hand-over tables have no athlete column: their batch ids end with the athlete's
     suffix = "" if person.id == DEFAULT_ATHLETE_ID else f"/athlete-{person.id}"
     for table in (raw_record, extract_cursor):

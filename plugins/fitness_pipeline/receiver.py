@@ -167,7 +167,8 @@ def create_app(settings: ReceiverSettings | None = None, connect: Callable[[], A
                 raise Refused(413, "the body is too large")
         return bytes(body)
 
-    def store(provider: str, dedup_key: str, payload: str, owner_id: int | None = None) -> bool:
+    def store(provider: str, dedup_key: str, payload: str, owner_id: int | None = None,
+              account_id: str | None = None) -> bool:
         """Insert the event once; False when it is a repeat or (``owner_id``) for an athlete not ours."""
         try:
             with closing(connect()) as conn, transaction(conn) as cur:
@@ -175,8 +176,9 @@ def create_app(settings: ReceiverSettings | None = None, connect: Callable[[], A
                 if owner_id is not None and not known_strava_athlete(cur, owner_id):
                     log.info("receiver: a %s event for an athlete nobody here authorized was dropped", provider)
                     return False
+                account = str(owner_id) if owner_id is not None else account_id
                 execute(cur, pg.insert(webhook_event).values(provider=provider, dedup_key=dedup_key,
-                                                             payload=payload)
+                                                             payload=payload, account_id=account)
                         .on_conflict_do_nothing(index_elements=[webhook_event.c.dedup_key]))
                 return bool(cur.rowcount)
         except Exception as error:  # the provider retries a 503
@@ -224,7 +226,9 @@ def create_app(settings: ReceiverSettings | None = None, connect: Callable[[], A
                                           settings.google_public_key_pem):
                 raise Refused(401, "the signature is missing or not Google's")
             key = "google:" + hashlib.sha256(body).hexdigest()
-            stored = await run_in_threadpool(store, "google", key, body.decode())
+            user = message.get("healthUserId") if isinstance(message, dict) else None
+            stored = await run_in_threadpool(store, "google", key, body.decode(), None,
+                                             str(user) if isinstance(user, str | int) else None)
         except Refused as error:
             return refused(error)
         return JSONResponse({"stored": stored})

@@ -279,6 +279,7 @@ webhook_event = sa.Table(
     sa.Column("dedup_key", sa.Text, nullable=False, unique=True,
               comment="sha256 of what makes an event itself (a delivery repeated by the provider has the same)"),
     sa.Column("payload", sa.Text, nullable=False, comment="the event's body as received (text: kept byte for byte)"),
+    sa.Column("account_id", sa.Text, comment="whose: Strava's owner_id, Google's healthUserId (what a purge finds)"),
     sa.Column("received_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
     sa.Column("processed_at", sa.DateTime(timezone=True), comment="when the event was applied; null: pending"),
     sa.Column("error", sa.Text, comment="why it could not be applied (then it is also in quarantine)"),
