@@ -57,6 +57,8 @@ STRAVA = OAuthApi(
     consent_params=MappingProxyType({"approval_prompt": "force"}),
 )
 STRAVA_ACTIVITIES_PATH = "/api/v3/athlete/activities"
+#: ``GET {STRAVA_ACTIVITY_PATH}/{id}``: one DetailedActivity
+STRAVA_ACTIVITY_PATH = "/api/v3/activities"
 #: the largest ``per_page`` Strava accepts
 STRAVA_MAX_PER_PAGE = 200
 #: Strava's short rate-limit window (the long one is the UTC day)

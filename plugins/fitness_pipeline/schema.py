@@ -281,6 +281,8 @@ webhook_event = sa.Table(
     sa.Column("payload", sa.Text, nullable=False, comment="the event's body as received (text: kept byte for byte)"),
     sa.Column("account_id", sa.Text, comment="whose: Strava's owner_id, Google's healthUserId (what a purge finds)"),
     sa.Column("received_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("claimed_at", sa.DateTime(timezone=True),
+              comment="when a worker took the event to apply it (taken again once older than 10 minutes)"),
     sa.Column("processed_at", sa.DateTime(timezone=True), comment="when the event was applied; null: pending"),
     sa.Column("error", sa.Text, comment="why it could not be applied (then it is also in quarantine)"),
     sa.Index("ix_webhook_event_pending", "id", postgresql_where=sa.text("processed_at IS NULL")),

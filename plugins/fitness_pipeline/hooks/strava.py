@@ -25,6 +25,7 @@ from fitness_pipeline.hooks.base import (
 from fitness_pipeline.tokens import PostgresTokenStore, TokenSet
 
 ACTIVITIES_PATH = apis.STRAVA_ACTIVITIES_PATH
+ACTIVITY_PATH = apis.STRAVA_ACTIVITY_PATH
 MAX_PER_PAGE = apis.STRAVA_MAX_PER_PAGE
 MAX_429_IN_A_ROW = 5
 
@@ -168,6 +169,20 @@ class StravaHook(OAuthApiHook):
     def list_activities(self, after: dt.datetime, before: dt.datetime) -> list[dict[str, Any]]:
         """All SummaryActivity dicts that started in ``(after, before)``, as a list."""
         return [activity for page in self.iter_activity_pages(after, before) for activity in page]
+
+    def get_activity(self, activity_id: int) -> dict[str, Any] | None:
+        """The DetailedActivity ``activity_id`` of this hook's athlete (``GET /activities/{id}``, one read of the
+        shared budget); None when Strava does not have it (deleted, or not this athlete's: 404)."""
+        try:
+            activity = self.json_body(self.request("GET", f"{ACTIVITY_PATH}/{int(activity_id)}"))
+        except ApiError as error:
+            if getattr(error, "status", None) == 404:
+                return None
+            raise
+        if not isinstance(activity, dict):
+            raise RetriableApiError(f"{ACTIVITY_PATH}/<id> answered a JSON {type(activity).__name__}, expected an "
+                                    "object")
+        return activity
 
     # --- tokens ------------------------------------------------------------------------------
 

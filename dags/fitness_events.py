@@ -1,0 +1,57 @@
+"""
+### fitness_events
+
+Applies the events the webhook receiver stored (table `webhook_event`): an activity created or updated is
+read again from Strava and upserted, one deleted is marked deleted, an athlete who revoked the app is
+marked inactive (`fitness_pipeline.tasks.events`). Each event is applied once however often it was
+delivered; one that cannot be applied goes to `quarantine` with its reason.
+
+On Airflow 3 the DAG is scheduled on the asset `fitness_webhook_events`, whose watcher (a trigger in the
+triggerer, `fitness_pipeline.triggers.PendingWebhookEventsTrigger`) polls the table every 5 s: a new event
+starts a run within seconds. Airflow 2.11 has no asset watchers: there the DAG runs every 5 minutes.
+`fitness_sync` stays the backstop that catches what events missed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+try:
+    from airflow.sdk import Asset, AssetWatcher, dag, task
+
+    from fitness_pipeline.triggers import PendingWebhookEventsTrigger
+
+    #: an asset event per new pending Strava event (a burst of them: one run)
+    WEBHOOK_EVENTS = Asset("fitness_webhook_events", watchers=[
+        AssetWatcher(name="fitness_webhook_events_watcher", trigger=PendingWebhookEventsTrigger())])
+    SCHEDULE: Any = [WEBHOOK_EVENTS]
+except ImportError:  # Airflow 2.10/2.11: no asset watchers
+    from airflow.decorators import dag, task
+
+    SCHEDULE = "*/5 * * * *"
+
+
+@dag(
+    dag_id="fitness_events",
+    schedule=SCHEDULE,
+    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+    catchup=False,
+    max_active_runs=1,  # one run applies every pending event; a second would find them claimed
+    default_args={"owner": "fitness", "retries": 3, "retry_delay": dt.timedelta(seconds=30)},
+    tags=["fitness", "strava", "webhooks"],
+    doc_md=__doc__,
+)
+def fitness_events() -> None:
+    @task
+    def apply_events() -> dict[str, int]:
+        import dataclasses
+
+        from fitness_pipeline.tasks.events import apply_pending
+
+        return dataclasses.asdict(apply_pending())
+
+    apply_events()
+
+
+fitness_events()

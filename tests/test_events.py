@@ -1,0 +1,173 @@
+"""Applying stored webhook events (issue 12): an upload, a rename and a deletion in the emulator reach the
+tables through the receiver and ``tasks.events.apply_pending``, one detail read per created or updated
+activity, each event applied once however often it was delivered; what cannot be applied is quarantined
+without stopping the others."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+import pytest
+import requests
+
+from fitness_pipeline.db import transaction
+from tests.helpers import query
+
+SUBSCRIPTION = 7001
+
+
+@pytest.fixture
+def receiver(schema: Any) -> Any:
+    from starlette.testclient import TestClient
+
+    from fitness_pipeline.receiver import ReceiverSettings, create_app
+
+    return TestClient(create_app(ReceiverSettings(strava_verify_token="t" * 24, strava_subscription_id=SUBSCRIPTION)))
+
+
+def push(receiver: Any, owner: int, object_id: int, aspect: str, updates: dict[str, Any] | None = None,
+         object_type: str = "activity", at: int = 1765000000) -> None:
+    """What Strava POSTs to the callback after a change."""
+    answer = receiver.post("/strava", json={
+        "aspect_type": aspect, "event_time": at, "object_id": object_id, "object_type": object_type,
+        "owner_id": owner, "subscription_id": SUBSCRIPTION, "updates": updates or {}})
+    assert answer.status_code == 200, answer.text
+
+
+def test_an_upload_a_rename_and_a_deletion_reach_the_table_once_each(schema: Any, all_connections: Any,
+                                                                     receiver: Any) -> None:
+    from fitness_pipeline.tasks.events import apply_pending
+
+    emulator = all_connections
+    owner = emulator.state.strava.settings.athlete_id
+    with transaction(schema) as cur:  # the default athlete's Strava id, as the first poll makes it known
+        cur.execute("UPDATE athlete SET strava_athlete_id = %s WHERE id = 1", (owner,))
+        cur.execute("INSERT INTO athlete (name, strava_athlete_id) VALUES ('alice', 2)")
+    start = (dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)).replace(microsecond=0)
+    upload = requests.post(f"{emulator.url}/_emulator/strava/activities", timeout=10,
+                           json={"start_date": start.isoformat(), "name": "Lunch Run", "sport_type": "Run"})
+    upload.raise_for_status()
+    activity_id = upload.json()["id"]
+    emulator.reset_stats()
+
+    push(receiver, owner, activity_id, "create")
+    assert apply_pending().upserted == 1
+    assert query(schema, "SELECT name, athlete_id, deleted_at FROM strava_activity WHERE id = %s", (activity_id,)) \
+        == [("Lunch Run", 1, None)]
+
+    requests.put(f"{emulator.url}/_emulator/strava/activities/{activity_id}", json={"name": "Easy Run"},
+                 timeout=10).raise_for_status()
+    for _ in range(3):  # Strava delivers an event up to three times
+        push(receiver, owner, activity_id, "update", {"title": "Easy Run"}, at=1765000060)
+    assert apply_pending().upserted == 1
+    assert query(schema, "SELECT name FROM strava_activity WHERE id = %s", (activity_id,)) == [("Easy Run",)]
+    assert apply_pending().upserted == 0  # nothing pending: nothing read again
+
+    requests.delete(f"{emulator.url}/_emulator/strava/activities/{activity_id}", timeout=10).raise_for_status()
+    push(receiver, owner, activity_id, "delete", at=1765000120)
+    assert apply_pending().deleted == 1
+    assert query(schema, "SELECT deleted_at IS NOT NULL FROM strava_activity WHERE id = %s", (activity_id,)) == [
+        (True,)]
+    # one detail read per created or updated activity, none for the deletion
+    assert emulator.stats()["requests"].get("GET /api/v3/activities/{activity_id}") == 2
+
+    # alice revokes the app: she is inactive, with what to do
+    push(receiver, 2, 2, "update", {"authorized": "false"}, object_type="athlete")
+    assert apply_pending().deauthorized == 1
+    (active, reason), = query(schema, "SELECT active, inactive_reason FROM athlete WHERE name = 'alice'")
+    assert not active and "--athlete" in reason
+    assert query(schema, "SELECT count(*) FROM webhook_event WHERE processed_at IS NULL") == [(0,)]
+
+
+def test_an_event_that_cannot_be_applied_is_quarantined_and_the_others_go_on(schema: Any, all_connections: Any,
+                                                                             receiver: Any) -> None:
+    from fitness_pipeline.tasks.events import apply_pending
+
+    emulator = all_connections
+    owner = emulator.state.strava.settings.athlete_id
+    with transaction(schema) as cur:
+        cur.execute("UPDATE athlete SET strava_athlete_id = %s WHERE id = 1", (owner,))
+        for key, payload in (("k1", json.dumps({"object_type": "activity", "aspect_type": "create",
+                                                 "object_id": 5, "owner_id": 999})),  # not our athlete
+                             ("k2", json.dumps(["not", "an", "event"])),
+                             ("k3", json.dumps({"healthUserId": "1"}))):  # Google's: waits for the poll
+            cur.execute("INSERT INTO webhook_event (provider, dedup_key, payload) VALUES (%s, %s, %s)",
+                        ("google" if key == "k3" else "strava", key, payload))
+    (activity,) = emulator.state.strava.find_activities(lambda a: True)[-1:]
+    push(receiver, owner, activity["id"], "create")
+
+    applied = apply_pending()
+    assert (applied.upserted, applied.quarantined) == (1, 2)
+    reasons = dict(query(schema, "SELECT record_key, reason FROM quarantine WHERE source = 'webhook_event'"))
+    assert any("not one of ours" in reason for reason in reasons.values())
+    assert any("malformed event" in reason for reason in reasons.values())
+    assert query(schema, "SELECT provider FROM webhook_event WHERE processed_at IS NULL") == [("google",)]
+    assert query(schema, "SELECT count(*) FROM strava_activity WHERE id = %s", (activity["id"],)) == [(1,)]
+
+
+def test_the_trigger_fires_once_per_new_pending_event(schema: Any) -> None:
+    import asyncio
+    import importlib
+
+    from fitness_pipeline.triggers import PendingWebhookEventsTrigger
+
+    trigger = PendingWebhookEventsTrigger(poll_interval=0.05)
+    path, kwargs = trigger.serialize()  # what the triggerer stores and builds it again from
+    module, _, name = path.rpartition(".")
+    assert isinstance(getattr(importlib.import_module(module), name)(**kwargs), PendingWebhookEventsTrigger)
+
+    def add(key: str, processed: bool = False) -> None:
+        with transaction(schema) as cur:
+            cur.execute("INSERT INTO webhook_event (provider, dedup_key, payload, processed_at) VALUES "
+                        "('strava', %s, '{}', CASE WHEN %s THEN now() END)", (key, processed))
+
+    async def fired(after: list[str], wait: float = 0.5) -> list[int]:
+        """The events the trigger yields within ``wait`` seconds, with ``after`` added once it runs."""
+        found: list[int] = []
+        stream = trigger.run()
+
+        async def collect() -> None:
+            async for event in stream:
+                found.append(event.payload["newest_pending_event"])
+
+        task = asyncio.ensure_future(collect())
+        await asyncio.sleep(0.2)
+        for key in after:
+            add(key)
+        await asyncio.sleep(wait)
+        task.cancel()
+        return found
+
+    add("done", processed=True)  # applied already: nothing to fire for
+    assert asyncio.run(fired([])) == []
+    add("first")
+    (first,) = asyncio.run(fired([]))
+    # a trigger started anew (the triggerer restarted) fires for what waits, then for each newer event it sees:
+    # a burst seen in one poll is one asset event
+    again = asyncio.run(fired(["second", "third"]))
+    assert again[0] == first and again[-1] == first + 2 and again == sorted(set(again)), again
+
+
+@pytest.mark.usefixtures("airflow_db")
+def test_the_events_dag_applies_what_waits(schema: Any, all_connections: Any, receiver: Any) -> None:
+    from airflow.models import DagBag
+
+    emulator = all_connections
+    owner = emulator.state.strava.settings.athlete_id
+    with transaction(schema) as cur:
+        cur.execute("UPDATE athlete SET strava_athlete_id = %s WHERE id = 1", (owner,))
+    (activity,) = emulator.state.strava.find_activities(lambda a: True)[-1:]
+    push(receiver, owner, activity["id"], "create")
+
+    bag = DagBag(dag_folder=str(__import__("pathlib").Path(__file__).resolve().parents[1] / "dags" /
+                                "fitness_events.py"))
+    assert bag.import_errors == {}
+    dag = bag.get_dag("fitness_events")
+    assert [type(w.trigger).__name__ for a in dag.timetable.asset_condition.objects for w in a.watchers] == [
+        "PendingWebhookEventsTrigger"]
+    run = dag.test()
+    assert "success" in str(run.state).lower()
+    assert query(schema, "SELECT count(*) FROM strava_activity WHERE id = %s", (activity["id"],)) == [(1,)]
+    assert query(schema, "SELECT count(*) FROM webhook_event WHERE processed_at IS NULL") == [(0,)]
