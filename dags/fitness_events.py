@@ -8,7 +8,8 @@ delivered; one that cannot be applied goes to `quarantine` with its reason.
 
 On Airflow 3 the DAG is scheduled on the asset `fitness_webhook_events`, whose watcher (a trigger in the
 triggerer, `fitness_pipeline.triggers.PendingWebhookEventsTrigger`) polls the table every 5 s: a new event
-starts a run within seconds. Airflow 2.11 has no asset watchers: there the DAG runs every 5 minutes.
+starts a run within seconds (and every 15 minutes a run all the same, should the triggerer be down).
+Airflow 2.11 has no asset watchers: there the DAG runs every 5 minutes.
 `fitness_sync` stays the backstop that catches what events missed.
 """
 
@@ -18,17 +19,24 @@ import datetime as dt
 from typing import Any
 
 try:
-    from airflow.sdk import Asset, AssetWatcher, dag, task
+    from airflow.sdk import Asset, AssetOrTimeSchedule, AssetWatcher, CronTriggerTimetable, dag, task
 
+    ASSET_WATCHERS = True
+except ImportError:  # Airflow 2.10/2.11: no asset watchers
+    from airflow.decorators import dag, task
+
+    ASSET_WATCHERS = False
+
+if ASSET_WATCHERS:
     from fitness_pipeline.triggers import PendingWebhookEventsTrigger
 
     #: an asset event per new pending Strava event (a burst of them: one run)
     WEBHOOK_EVENTS = Asset("fitness_webhook_events", watchers=[
         AssetWatcher(name="fitness_webhook_events_watcher", trigger=PendingWebhookEventsTrigger())])
-    SCHEDULE: Any = [WEBHOOK_EVENTS]
-except ImportError:  # Airflow 2.10/2.11: no asset watchers
-    from airflow.decorators import dag, task
-
+    # and every 15 minutes all the same: a backstop should the triggerer be down
+    SCHEDULE: Any = AssetOrTimeSchedule(timetable=CronTriggerTimetable("*/15 * * * *", timezone="UTC"),
+                                        assets=WEBHOOK_EVENTS)
+else:
     SCHEDULE = "*/5 * * * *"
 
 

@@ -38,13 +38,18 @@ def push(receiver: Any, owner: int, object_id: int, aspect: str, updates: dict[s
 
 def test_an_upload_a_rename_and_a_deletion_reach_the_table_once_each(schema: Any, all_connections: Any,
                                                                      receiver: Any) -> None:
+    from fitness_pipeline import athletes
     from fitness_pipeline.tasks.events import apply_pending
+    from fitness_pipeline.tokens import PostgresTokenStore, TokenSet, token_key
 
     emulator = all_connections
     owner = emulator.state.strava.settings.athlete_id
     with transaction(schema) as cur:  # the default athlete's Strava id, as the first poll makes it known
         cur.execute("UPDATE athlete SET strava_athlete_id = %s WHERE id = 1", (owner,))
-        cur.execute("INSERT INTO athlete (name, strava_athlete_id) VALUES ('alice', 2)")
+        alice = athletes.upsert(cur, "alice", strava_athlete_id=2)
+    created = requests.post(f"{emulator.url}/_emulator/strava/athletes", json={"athlete_id": 2}, timeout=10)
+    PostgresTokenStore("fitness_db").store_authorized(token_key("strava", "strava_default", alice.id),
+                                                      TokenSet(None, created.json()["refresh_token"], None))
     start = (dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)).replace(microsecond=0)
     upload = requests.post(f"{emulator.url}/_emulator/strava/activities", timeout=10,
                            json={"start_date": start.isoformat(), "name": "Lunch Run", "sport_type": "Run"})
@@ -65,16 +70,25 @@ def test_an_upload_a_rename_and_a_deletion_reach_the_table_once_each(schema: Any
     assert query(schema, "SELECT name FROM strava_activity WHERE id = %s", (activity_id,)) == [("Easy Run",)]
     assert apply_pending().upserted == 0  # nothing pending: nothing read again
 
+    # a forged deletion (the activity is still there): Strava is asked, the row stays
+    push(receiver, owner, activity_id, "delete", at=1765000090)
+    assert apply_pending().deleted == 0
+    assert query(schema, "SELECT deleted_at FROM strava_activity WHERE id = %s", (activity_id,)) == [(None,)]
     requests.delete(f"{emulator.url}/_emulator/strava/activities/{activity_id}", timeout=10).raise_for_status()
     push(receiver, owner, activity_id, "delete", at=1765000120)
     assert apply_pending().deleted == 1
     assert query(schema, "SELECT deleted_at IS NOT NULL FROM strava_activity WHERE id = %s", (activity_id,)) == [
         (True,)]
-    # one detail read per created or updated activity, none for the deletion
-    assert emulator.stats()["requests"].get("GET /api/v3/activities/{activity_id}") == 2
+    # one detail read per event applied, whatever its aspect (an event is not trusted)
+    assert emulator.stats()["requests"].get("GET /api/v3/activities/{activity_id}") == 4
 
-    # alice revokes the app: she is inactive, with what to do
+    # a revocation that did not happen (late or forged): alice's token still refreshes, she stays active
     push(receiver, 2, 2, "update", {"authorized": "false"}, object_type="athlete")
+    assert apply_pending().deauthorized == 0
+    assert query(schema, "SELECT active FROM athlete WHERE name = 'alice'") == [(True,)]
+    # alice really revokes the app: confirmed by a refused refresh, she is inactive with what to do
+    requests.post(f"{emulator.url}/_emulator/strava/revoke", params={"athlete_id": 2}, timeout=10).raise_for_status()
+    push(receiver, 2, 2, "update", {"authorized": "false"}, object_type="athlete", at=1765000300)
     assert apply_pending().deauthorized == 1
     (active, reason), = query(schema, "SELECT active, inactive_reason FROM athlete WHERE name = 'alice'")
     assert not active and "--athlete" in reason
@@ -165,9 +179,60 @@ def test_the_events_dag_applies_what_waits(schema: Any, all_connections: Any, re
                                 "fitness_events.py"))
     assert bag.import_errors == {}
     dag = bag.get_dag("fitness_events")
-    assert [type(w.trigger).__name__ for a in dag.timetable.asset_condition.objects for w in a.watchers] == [
-        "PendingWebhookEventsTrigger"]
+    # the asset whose watcher runs our trigger, or every 15 minutes should the triggerer be down
+    assert type(dag.timetable).__name__ == "AssetOrTimeSchedule"
+    asset = dag.timetable.asset_condition
+    assert [type(w.trigger).__name__ for w in asset.watchers] == ["PendingWebhookEventsTrigger"]
     run = dag.test()
     assert "success" in str(run.state).lower()
     assert query(schema, "SELECT count(*) FROM strava_activity WHERE id = %s", (activity["id"],)) == [(1,)]
     assert query(schema, "SELECT count(*) FROM webhook_event WHERE processed_at IS NULL") == [(0,)]
+
+
+def test_an_api_error_gives_the_claims_back_and_the_next_try_applies_them(schema: Any, all_connections: Any,
+                                                                          receiver: Any) -> None:
+    from fitness_pipeline.errors import RetriableApiError
+    from fitness_pipeline.hooks.strava import StravaHook
+    from fitness_pipeline.tasks.events import apply_pending
+
+    emulator = all_connections
+    owner = emulator.state.strava.settings.athlete_id
+    with transaction(schema) as cur:
+        cur.execute("UPDATE athlete SET strava_athlete_id = %s WHERE id = 1", (owner,))
+    for activity in emulator.state.strava.find_activities(lambda a: True)[-2:]:
+        push(receiver, owner, activity["id"], "create")
+
+    class Failing(StravaHook):
+        def get_activity(self, activity_id: int) -> Any:
+            raise RetriableApiError("Strava answered 502", status=502)
+
+    with pytest.raises(RetriableApiError):
+        apply_pending(hook_for=lambda athlete_id: Failing(athlete_id=athlete_id))
+    # nothing applied, every claim given back: the retry takes them at once
+    assert query(schema, "SELECT count(*) FROM webhook_event "
+                         "WHERE claimed_at IS NOT NULL OR processed_at IS NOT NULL") == [(0,)]
+    assert apply_pending().upserted == 2
+
+
+def test_events_left_waiting_fire_the_trigger_again(schema: Any) -> None:
+    import asyncio
+
+    from fitness_pipeline.triggers import PendingWebhookEventsTrigger
+
+    with transaction(schema) as cur:
+        cur.execute("INSERT INTO webhook_event (provider, dedup_key, payload) VALUES ('strava', 'k', '{}')")
+
+    async def fired() -> list[int]:
+        found: list[int] = []
+
+        async def collect() -> None:
+            async for event in PendingWebhookEventsTrigger(poll_interval=0.05, refire_seconds=0.3).run():
+                found.append(event.payload["newest_pending_event"])
+
+        task = asyncio.ensure_future(collect())
+        await asyncio.sleep(1.0)
+        task.cancel()
+        return found
+
+    found = asyncio.run(fired())
+    assert 2 <= len(found) <= 5 and len(set(found)) == 1  # the same event, again every 0.3 s, not every poll

@@ -35,6 +35,7 @@ from fitness_pipeline.schema import (
     metadata,
     oauth_token,
     raw_record,
+    strava_activity,
     webhook_event,
 )
 
@@ -184,15 +185,24 @@ def purge(cur: Any, person: Athlete) -> dict[str, int]:
     deleted: dict[str, int] = {}
     # first: a transform or load of theirs still writing finishes before (see hold), and none writes after
     execute(cur, sa.select(athlete.c.id).where(athlete.c.id == person.id).with_for_update())
+    # the events the providers pushed about them (by the provider's ids of the account: the default athlete's
+    # Strava id is known from their activities only, so these are read before the activities go)
+    execute(cur, sa.select(strava_activity.c.owner).distinct().where(strava_activity.c[ATHLETE_ID] == person.id,
+                                                                       strava_activity.c.owner.is_not(None)))
+    accounts = {"strava": {str(owner) for (owner,) in cur.fetchall()}, "google": set()}
+    if person.strava_athlete_id is not None:
+        accounts["strava"].add(str(person.strava_athlete_id))
+    if person.google_user_id is not None:
+        accounts["google"].add(person.google_user_id)
+    for provider, ids in accounts.items():
+        if ids:
+            execute(cur, sa.delete(webhook_event).where(webhook_event.c.provider == provider,
+                                                        webhook_event.c.account_id == sa.any_(
+                                                            sa.cast(sorted(ids), pg.ARRAY(sa.Text)))))
+            deleted[f"{webhook_event.name} ({provider})"] = cur.rowcount
     for table in personal_tables():
         execute(cur, sa.delete(table).where(table.c[ATHLETE_ID] == person.id))
         deleted[table.name] = cur.rowcount
-    # the events the providers pushed about them (by the provider's id of the account)
-    for provider, account in (("strava", person.strava_athlete_id), ("google", person.google_user_id)):
-        if account is not None:
-            execute(cur, sa.delete(webhook_event).where(webhook_event.c.provider == provider,
-                                                        webhook_event.c.account_id == str(account)))
-            deleted[f"{webhook_event.name} ({provider})"] = cur.rowcount
     # the hand-over tables have no athlete column: their batch ids end with the athlete's
     suffix = "" if person.id == DEFAULT_ATHLETE_ID else f"/athlete-{person.id}"
     for table in (raw_record, extract_cursor):

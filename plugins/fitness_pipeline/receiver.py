@@ -87,10 +87,7 @@ def same_secret(given: str | None, expected: str | None) -> bool:
 
 def strava_event(body: bytes, settings: ReceiverSettings) -> dict[str, Any]:
     """The event in ``body`` if it is one of Strava's for our subscription; :class:`Refused` otherwise."""
-    try:
-        event = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise Refused(400, "the body is not JSON") from None
+    event = parse_json(body)
     if not isinstance(event, dict):
         raise Refused(400, "the body is not a JSON object")
 
@@ -109,6 +106,23 @@ def strava_event(body: bytes, settings: ReceiverSettings) -> dict[str, Any]:
     if settings.strava_subscription_id is None or event["subscription_id"] != settings.strava_subscription_id:
         raise Refused(403, "not our subscription")
     return event
+
+
+def parse_json(body: bytes) -> Any:
+    """The JSON value of a UTF-8 ``body``; :class:`Refused` 400 for anything else (nesting too deep included)."""
+    try:
+        return json.loads(body.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise Refused(400, "the body is not JSON (UTF-8)") from None
+
+
+#: the fields of a Strava event: only these are stored (a sender may add anything else to a body)
+STRAVA_FIELDS = ("object_type", "object_id", "aspect_type", "updates", "owner_id", "subscription_id", "event_time")
+
+
+def strava_payload(event: Mapping[str, Any]) -> str:
+    """What is stored of a Strava event: its own fields, nothing a sender added."""
+    return json.dumps({name: event.get(name, {} if name == "updates" else None) for name in STRAVA_FIELDS})
 
 
 def strava_dedup_key(event: Mapping[str, Any]) -> str:
@@ -202,21 +216,18 @@ def create_app(settings: ReceiverSettings | None = None, connect: Callable[[], A
         try:
             body = await body_of(request)
             event = strava_event(body, settings)
-            stored = await run_in_threadpool(store, "strava", strava_dedup_key(event), body.decode(),
-                                             event["owner_id"])
+            await run_in_threadpool(store, "strava", strava_dedup_key(event), strava_payload(event),
+                                    event["owner_id"])
         except Refused as error:
             return refused(error)
-        return JSONResponse({"stored": stored})
+        return JSONResponse({})  # the same answer whether stored, a repeat or not ours: it tells a sender nothing
 
     async def google_post(request: Request) -> JSONResponse:
         from starlette.concurrency import run_in_threadpool
 
         try:
             body = await body_of(request)
-            try:
-                message = json.loads(body)
-            except (ValueError, UnicodeDecodeError):
-                raise Refused(400, "the body is not JSON") from None
+            message = parse_json(body)
             if isinstance(message, dict) and message.get("type") == "verification":
                 given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
                 if not same_secret(given, settings.google_endpoint_secret):
@@ -227,11 +238,11 @@ def create_app(settings: ReceiverSettings | None = None, connect: Callable[[], A
                 raise Refused(401, "the signature is missing or not Google's")
             key = "google:" + hashlib.sha256(body).hexdigest()
             user = message.get("healthUserId") if isinstance(message, dict) else None
-            stored = await run_in_threadpool(store, "google", key, body.decode(), None,
-                                             str(user) if isinstance(user, str | int) else None)
+            await run_in_threadpool(store, "google", key, body.decode("utf-8"), None,
+                                    str(user) if isinstance(user, str | int) else None)
         except Refused as error:
             return refused(error)
-        return JSONResponse({"stored": stored})
+        return JSONResponse({})
 
     return Starlette(routes=[Route("/strava", strava_handshake, methods=["GET"]),
                              Route("/strava", strava_post, methods=["POST"]),

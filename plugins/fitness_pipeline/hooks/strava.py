@@ -172,11 +172,12 @@ class StravaHook(OAuthApiHook):
 
     def get_activity(self, activity_id: int) -> dict[str, Any] | None:
         """The DetailedActivity ``activity_id`` of this hook's athlete (``GET /activities/{id}``, one read of the
-        shared budget); None when Strava does not have it (deleted, or not this athlete's: 404)."""
+        shared budget); None when Strava says it has no such record (deleted, or not this athlete's: 404 with
+        "Record Not Found"; any other 404, e.g. a wrong host, raises)."""
         try:
             activity = self.json_body(self.request("GET", f"{ACTIVITY_PATH}/{int(activity_id)}"))
         except ApiError as error:
-            if getattr(error, "status", None) == 404:
+            if getattr(error, "status", None) == 404 and "Record Not Found" in str(error):
                 return None
             raise
         if not isinstance(activity, dict):

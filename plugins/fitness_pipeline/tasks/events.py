@@ -22,10 +22,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg
 
 from fitness_pipeline.db import FITNESS_DB_CONN_ID, connect, execute, transaction
 from fitness_pipeline.errors import NeedsPersonError
-from fitness_pipeline.schema import DELETED_AT, LAST_TIME, athlete, strava_activity, webhook_event
+from fitness_pipeline.schema import DEFAULT_ATHLETE_ID, DELETED_AT, LAST_TIME, athlete, strava_activity, webhook_event
 from fitness_pipeline.transforms.fields import RecordError
 from fitness_pipeline.transforms.records import QuarantineEntry
 
@@ -79,7 +80,10 @@ def athlete_of(cur: Any, owner_id: int) -> int | None:
 
 def apply_pending(db_conn_id: str = FITNESS_DB_CONN_ID, hook_for: Any = None) -> Applied:
     """Apply every pending Strava event; returns what was done. ``hook_for(athlete_id)``: the Strava hook of an
-    athlete (default: ``StravaHook(athlete_id=...)``)."""
+    athlete (default: ``StravaHook(athlete_id=...)``).
+
+    An error that is not the event's fault (the API, the database, the budget) releases the claims of the event
+    and of the rest of its batch, and fails the try: the next try (or run) takes them again."""
     from fitness_pipeline.hooks.strava import StravaHook
 
     hook_for = hook_for or (lambda athlete_id: StravaHook(athlete_id=athlete_id))
@@ -88,8 +92,12 @@ def apply_pending(db_conn_id: str = FITNESS_DB_CONN_ID, hook_for: Any = None) ->
     try:
         with closing(connect(db_conn_id)) as conn:
             while batch := claim(conn):
-                for event_id, payload in batch:
-                    apply_one(conn, event_id, json.loads(payload), hooks, hook_for, applied)
+                for position, (event_id, payload) in enumerate(batch):
+                    try:
+                        apply_one(conn, event_id, payload, hooks, hook_for, applied)
+                    except Exception:
+                        release(conn, [pending for pending, _ in batch[position:]])
+                        raise
     finally:
         for hook in hooks.values():
             hook.close()
@@ -97,22 +105,70 @@ def apply_pending(db_conn_id: str = FITNESS_DB_CONN_ID, hook_for: Any = None) ->
     return applied
 
 
-def apply_one(conn: Any, event_id: int, event: dict[str, Any], hooks: dict[int, Any], hook_for: Any,
-              applied: Applied) -> None:
-    """Apply one Strava event and mark it processed (or quarantine it with its reason)."""
-    from fitness_pipeline import athletes
-    from fitness_pipeline.loader import quarantine_records, upsert_rows
-    from fitness_pipeline.transforms.strava import strava_activity_row
-
+def release(conn: Any, event_ids: list[int]) -> None:
+    """Give the claims of ``event_ids`` back (the events are taken again at once by the next try)."""
     try:
         with transaction(conn) as cur:
-            athlete_id = athlete_of(cur, int(event["owner_id"]))
+            execute(cur, sa.update(webhook_event).where(webhook_event.c.id == sa.any_(
+                                                            sa.cast(event_ids, pg.ARRAY(sa.BigInteger))),
+                                                        webhook_event.c.processed_at.is_(None))
+                    .values(claimed_at=None))
+    except Exception as error:  # the claims expire after CLAIM_EXPIRES all the same
+        log.warning("Could not release %d claimed events (%s)", len(event_ids), type(error).__name__)
+
+
+def event_of(payload: str) -> dict[str, Any]:
+    """The stored Strava event, checked again (the receiver checked it; the table may hold older rows)."""
+    try:
+        event = json.loads(payload)
+        checked = {"object_type": str(event["object_type"]), "aspect_type": str(event["aspect_type"]),
+                   "object_id": int(event["object_id"]), "owner_id": int(event["owner_id"]),
+                   "updates": dict(event.get("updates") or {})}
+    except (ValueError, TypeError, KeyError, AttributeError) as error:
+        raise EventError(f"malformed event ({type(error).__name__})") from None
+    if checked["object_type"] not in ("activity", "athlete"):
+        raise EventError("malformed event (object_type)")
+    return checked
+
+
+#: DetailedActivity fields kept out of ``strava_activity.raw``: the row keeps what the poll keeps (the
+#: SummaryActivity), so an event and a poll leave the same row, and no more personal data than the poll
+DETAIL_ONLY = frozenset({"description", "calories", "segment_efforts", "splits_metric", "splits_standard", "laps",
+                         "best_efforts", "photos", "embed_token", "similar_activities", "available_zones",
+                         "hide_from_home", "stats_visibility", "private_note", "perceived_exertion",
+                         "prefer_perceived_exertion"})
+
+
+def apply_one(conn: Any, event_id: int, payload: str, hooks: dict[int, Any], hook_for: Any,
+              applied: Applied) -> None:
+    """Apply one Strava event and mark it processed (or quarantine it with its reason). Nothing in an event is
+    trusted (it is not signed): an activity is read again, a revocation is confirmed with a token refresh."""
+    from fitness_pipeline import athletes
+    from fitness_pipeline.errors import AuthorizationRevokedError
+    from fitness_pipeline.loader import quarantine_records, upsert_rows
+    from fitness_pipeline.tokens import NotAuthorizedError
+    from fitness_pipeline.transforms.strava import strava_activity_row
+
+    athlete_id: int | None = None
+    try:
+        event = event_of(payload)
+        with transaction(conn) as cur:
+            athlete_id = athlete_of(cur, event["owner_id"])
         if athlete_id is None:
             raise EventError("the event's athlete is not one of ours (authorized the app elsewhere?)")
+        if athlete_id not in hooks:
+            hooks[athlete_id] = hook_for(athlete_id)
+        hook = hooks[athlete_id]
         if event["object_type"] == "athlete":
-            revoked = str((event.get("updates") or {}).get("authorized", "")).lower() == "false"
+            revoked = str(event["updates"].get("authorized", "")).lower() == "false"
+            if revoked:
+                try:  # a late or forged event must not deactivate an athlete whose authorization works
+                    hook.access_token(force_refresh=True)
+                    revoked = False
+                except (AuthorizationRevokedError, NotAuthorizedError):
+                    pass
             with transaction(conn) as cur:
-                if revoked:
+                if revoked and athlete_id != DEFAULT_ATHLETE_ID:
                     athletes.set_active(cur, athlete_id, False, "revoked the app on Strava (webhook event): the "
                                         "athlete authorizes it again with python -m fitness_pipeline.authorize "
                                         "strava --athlete NAME; python -m fitness_pipeline.athletes purge NAME "
@@ -120,32 +176,29 @@ def apply_one(conn: Any, event_id: int, event: dict[str, Any], hooks: dict[int, 
                     applied.deauthorized += 1
                 processed(cur, event_id)
             return
-        activity_id = int(event["object_id"])
-        detail = None
-        if event["aspect_type"] != "delete":
-            if athlete_id not in hooks:
-                hooks[athlete_id] = hook_for(athlete_id)
-            detail = hooks[athlete_id].get_activity(activity_id)  # no transaction open during the request
+        detail = hook.get_activity(event["object_id"])  # every aspect: a deletion too is Strava's to say
+        if detail is not None and (detail.get("athlete") or {}).get("id", event["owner_id"]) != event["owner_id"]:
+            raise EventError("the activity Strava returned belongs to another athlete than the event's")
         with transaction(conn) as cur:
             athletes.hold(cur, athlete_id)
-            if detail is None:  # deleted (or gone by the time we asked)
+            if detail is None:  # Strava has no such record: deleted
                 execute(cur, sa.update(strava_activity)
-                        .where(strava_activity.c.id == activity_id, strava_activity.c.athlete_id == athlete_id,
+                        .where(strava_activity.c.id == event["object_id"], strava_activity.c.athlete_id == athlete_id,
                                strava_activity.c[DELETED_AT].is_(None))
                         .values({DELETED_AT: sa.func.now(), LAST_TIME: sa.func.now()}))
                 applied.deleted += cur.rowcount
             else:
-                upsert_rows(cur, strava_activity, [strava_activity_row(detail)], athlete_id=athlete_id)
+                summary = {key: value for key, value in detail.items() if key not in DETAIL_ONLY}
+                upsert_rows(cur, strava_activity, [strava_activity_row(summary)], athlete_id=athlete_id)
                 applied.upserted += 1
             processed(cur, event_id)
-    except (EventError, RecordError, KeyError, TypeError, ValueError) as error:
-        known = isinstance(error, EventError | RecordError)
-        reason = str(error) if known else f"malformed event ({type(error).__name__})"
+    except (EventError, RecordError) as error:
         with transaction(conn) as cur:
-            quarantine_records(cur, QUARANTINE_SOURCE, [QuarantineEntry(str(event_id), reason, json.dumps(event))])
-            processed(cur, event_id, reason)
+            quarantine_records(cur, QUARANTINE_SOURCE, [QuarantineEntry(str(event_id), str(error), payload)],
+                               athlete_id if athlete_id is not None else DEFAULT_ATHLETE_ID)
+            processed(cur, event_id, str(error))
         applied.quarantined += 1
-        log.warning("Event %d quarantined: %s", event_id, reason)
+        log.warning("Event %d quarantined: %s", event_id, error)
 
 
 def processed(cur: Any, event_id: int, error: str | None = None) -> None:

@@ -52,6 +52,7 @@ def ensure_schema(conn_id: str = FITNESS_DB_CONN_ID) -> dict[str, Any]:
         ready = [staging_for(t) for spec in sources.REGISTRY if spec.id not in changes.problems
                  for t in (spec.target, *spec.companion_tables())]
         remove_stale_rows(conn, [raw_record, extract_cursor, *ready])
+        remove_old_events(conn)
     return dataclasses.asdict(changes)
 
 
@@ -98,6 +99,19 @@ def default_athlete_only(names: tuple[str, ...] = (), conn_id: str = FITNESS_DB_
             "param empty."))
     if person is not None and not person.active:
         raise AirflowSkipException(f"The default athlete is inactive: {person.inactive_reason or 'disabled'}")
+
+
+def remove_old_events(conn: Any) -> int:
+    """Delete the webhook events applied more than :data:`STALE_AFTER` ago, and the Google notifications
+    received that long ago (not applied yet: the poll syncs those data). Returns the rows deleted."""
+    from fitness_pipeline.schema import webhook_event
+
+    before = sa.func.now() - STALE_AFTER
+    with transaction(conn) as cur:
+        execute(cur, sa.delete(webhook_event).where(sa.or_(
+            webhook_event.c.processed_at < before,
+            sa.and_(webhook_event.c.provider == "google", webhook_event.c.received_at < before))))
+        return int(cur.rowcount)
 
 
 def remove_stale_rows(conn: Any, tables: list[sa.Table]) -> None:
