@@ -230,7 +230,8 @@ def live_rows(conn: Any, table: Any, column: str | None, lower: dt.datetime, upp
     from fitness_devtools.table_digest import table_rows
 
     names = [c.name for c in table.columns if c.name not in ("first_seen", "last_time")]
-    key = names.index(next(iter(table.primary_key.columns)).name)
+    # the whole key: (athlete_id, id) for the tables keyed per athlete
+    key = [names.index(column.name) for column in table.primary_key.columns]
     days = (lower.date() + dt.timedelta(days=1), upper.date() - dt.timedelta(days=1))
     rows = {}
     with conn.cursor() as cur:
@@ -243,7 +244,7 @@ def live_rows(conn: Any, table: Any, column: str | None, lower: dt.datetime, upp
                 low, high = (lower, upper) if isinstance(when, dt.datetime) else days
                 if not low <= when < high:
                     continue
-            rows[row[key]] = row
+            rows[tuple(row[i] for i in key)] = row
     return rows
 
 
