@@ -36,6 +36,14 @@ def push(receiver: Any, owner: int, object_id: int, aspect: str, updates: dict[s
     assert answer.status_code == 200, answer.text
 
 
+def default_strava_athlete(schema: Any, emulator: Any) -> int:
+    """The emulator's default Strava athlete, known as our default athlete (as the first poll makes it known)."""
+    owner = int(emulator.state.strava.settings.athlete_id)
+    with transaction(schema) as cur:
+        cur.execute("UPDATE athlete SET strava_athlete_id = %s WHERE id = 1", (owner,))
+    return owner
+
+
 def test_an_upload_a_rename_and_a_deletion_reach_the_table_once_each(schema: Any, all_connections: Any,
                                                                      receiver: Any) -> None:
     from fitness_pipeline import athletes
@@ -43,9 +51,8 @@ def test_an_upload_a_rename_and_a_deletion_reach_the_table_once_each(schema: Any
     from fitness_pipeline.tokens import PostgresTokenStore, TokenSet, token_key
 
     emulator = all_connections
-    owner = emulator.state.strava.settings.athlete_id
-    with transaction(schema) as cur:  # the default athlete's Strava id, as the first poll makes it known
-        cur.execute("UPDATE athlete SET strava_athlete_id = %s WHERE id = 1", (owner,))
+    owner = default_strava_athlete(schema, emulator)
+    with transaction(schema) as cur:
         alice = athletes.upsert(cur, "alice", strava_athlete_id=2)
     created = requests.post(f"{emulator.url}/_emulator/strava/athletes", json={"athlete_id": 2}, timeout=10)
     PostgresTokenStore("fitness_db").store_authorized(token_key("strava", "strava_default", alice.id),
@@ -100,9 +107,8 @@ def test_an_event_that_cannot_be_applied_is_quarantined_and_the_others_go_on(sch
     from fitness_pipeline.tasks.events import apply_pending
 
     emulator = all_connections
-    owner = emulator.state.strava.settings.athlete_id
+    owner = default_strava_athlete(schema, emulator)
     with transaction(schema) as cur:
-        cur.execute("UPDATE athlete SET strava_athlete_id = %s WHERE id = 1", (owner,))
         for key, payload in (("k1", json.dumps({"object_type": "activity", "aspect_type": "create",
                                                  "object_id": 5, "owner_id": 999})),  # not our athlete
                              ("k2", json.dumps(["not", "an", "event"])),
@@ -169,9 +175,7 @@ def test_the_events_dag_applies_what_waits(schema: Any, all_connections: Any, re
     from airflow.models import DagBag
 
     emulator = all_connections
-    owner = emulator.state.strava.settings.athlete_id
-    with transaction(schema) as cur:
-        cur.execute("UPDATE athlete SET strava_athlete_id = %s WHERE id = 1", (owner,))
+    owner = default_strava_athlete(schema, emulator)
     (activity,) = emulator.state.strava.find_activities(lambda a: True)[-1:]
     push(receiver, owner, activity["id"], "create")
 
@@ -196,9 +200,7 @@ def test_an_api_error_gives_the_claims_back_and_the_next_try_applies_them(schema
     from fitness_pipeline.tasks.events import apply_pending
 
     emulator = all_connections
-    owner = emulator.state.strava.settings.athlete_id
-    with transaction(schema) as cur:
-        cur.execute("UPDATE athlete SET strava_athlete_id = %s WHERE id = 1", (owner,))
+    owner = default_strava_athlete(schema, emulator)
     for activity in emulator.state.strava.find_activities(lambda a: True)[-2:]:
         push(receiver, owner, activity["id"], "create")
 

@@ -91,6 +91,17 @@ def find(cur: Any, name: str) -> Athlete:
     return _athlete(row)
 
 
+def of_strava_athlete(cur: Any, owner_id: int) -> int | None:
+    """Our athlete whose Strava athlete id is ``owner_id``: from the athlete table, else the one whose activities
+    name that owner (the default athlete, whose Strava id the Connection does not say); None: not ours."""
+    execute(cur, sa.select(athlete.c.id).where(athlete.c.strava_athlete_id == owner_id))
+    row = cur.fetchone()
+    if row is None:
+        execute(cur, sa.select(strava_activity.c.athlete_id).where(strava_activity.c.owner == owner_id).limit(1))
+        row = cur.fetchone()
+    return int(row[0]) if row else None
+
+
 def to_sync(cur: Any, names: Sequence[str] = ()) -> list[Athlete]:
     """The active athletes (only those named in ``names``, if any: a name that is unknown or inactive fails, so a
     history import for one athlete never silently imports nothing)."""

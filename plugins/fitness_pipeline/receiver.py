@@ -35,11 +35,11 @@ from contextlib import closing
 from dataclasses import dataclass
 from typing import Any
 
-import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 
+from fitness_pipeline import athletes
 from fitness_pipeline.db import FITNESS_DB_CONN_ID, execute, transaction
-from fitness_pipeline.schema import athlete, strava_activity, webhook_event
+from fitness_pipeline.schema import webhook_event
 
 log = logging.getLogger(__name__)
 
@@ -132,15 +132,6 @@ def strava_dedup_key(event: Mapping[str, Any]) -> str:
     return "strava:" + hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
-def known_strava_athlete(cur: Any, owner_id: int) -> bool:
-    """Whether a Strava athlete of ours: one in the athlete table, or the owner of activities we hold (the default
-    athlete, whose Strava id the Connection does not say)."""
-    execute(cur, sa.select(sa.or_(
-        sa.exists().where(athlete.c.strava_athlete_id == owner_id),
-        sa.exists().where(strava_activity.c.owner == owner_id))))
-    return bool(cur.fetchone()[0])
-
-
 def google_signature_valid(body: bytes, signature: str | None, public_key_pem: str | None) -> bool:
     """Whether ``signature`` (base64 DER, ECDSA P-256 over SHA-256) is the body's, by Google's public key."""
     if not signature or not public_key_pem:
@@ -187,7 +178,7 @@ def create_app(settings: ReceiverSettings | None = None, connect: Callable[[], A
         try:
             with closing(connect()) as conn, transaction(conn) as cur:
                 cur.execute("SET LOCAL statement_timeout = '1s'")
-                if owner_id is not None and not known_strava_athlete(cur, owner_id):
+                if owner_id is not None and athletes.of_strava_athlete(cur, owner_id) is None:
                     log.info("receiver: a %s event for an athlete nobody here authorized was dropped", provider)
                     return False
                 account = str(owner_id) if owner_id is not None else account_id

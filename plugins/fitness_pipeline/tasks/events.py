@@ -26,7 +26,7 @@ from sqlalchemy.dialects import postgresql as pg
 
 from fitness_pipeline.db import FITNESS_DB_CONN_ID, connect, execute, transaction
 from fitness_pipeline.errors import NeedsPersonError
-from fitness_pipeline.schema import DEFAULT_ATHLETE_ID, DELETED_AT, LAST_TIME, athlete, strava_activity, webhook_event
+from fitness_pipeline.schema import DEFAULT_ATHLETE_ID, DELETED_AT, LAST_TIME, strava_activity, webhook_event
 from fitness_pipeline.transforms.fields import RecordError
 from fitness_pipeline.transforms.records import QuarantineEntry
 
@@ -65,17 +65,6 @@ def claim(conn: Any, limit: int = BATCH) -> list[tuple[int, str]]:
         execute(cur, sa.update(webhook_event).where(webhook_event.c.id.in_(pending.scalar_subquery()))
                 .values(claimed_at=sa.func.now()).returning(webhook_event.c.id, webhook_event.c.payload))
         return sorted(cur.fetchall())
-
-
-def athlete_of(cur: Any, owner_id: int) -> int | None:
-    """Our athlete whose Strava athlete id is ``owner_id``: from the athlete table, else the one whose activities
-    name that owner (the default athlete, whose Strava id the Connection does not say)."""
-    execute(cur, sa.select(athlete.c.id).where(athlete.c.strava_athlete_id == owner_id))
-    row = cur.fetchone()
-    if row is None:
-        execute(cur, sa.select(strava_activity.c.athlete_id).where(strava_activity.c.owner == owner_id).limit(1))
-        row = cur.fetchone()
-    return int(row[0]) if row else None
 
 
 def apply_pending(db_conn_id: str = FITNESS_DB_CONN_ID, hook_for: Any = None) -> Applied:
@@ -153,7 +142,7 @@ def apply_one(conn: Any, event_id: int, payload: str, hooks: dict[int, Any], hoo
     try:
         event = event_of(payload)
         with transaction(conn) as cur:
-            athlete_id = athlete_of(cur, event["owner_id"])
+            athlete_id = athletes.of_strava_athlete(cur, event["owner_id"])
         if athlete_id is None:
             raise EventError("the event's athlete is not one of ours (authorized the app elsewhere?)")
         if athlete_id not in hooks:
