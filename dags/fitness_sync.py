@@ -9,7 +9,9 @@ Every hour, keeps each athlete's **Strava activities** and **Fitbit body weight 
 registry (`fitness_pipeline.sources`) is a task group mapped over them (each mapped task is labelled with
 the athlete's name): `extract` (API → `raw_record`), `transform` (→ staging; bad records → `quarantine`
 with their reason), `load` (one-transaction upsert that writes only rows that really changed; what
-happened goes to `sync_run`). Sources and athletes are independent: one failing never stops another.
+happened goes to `sync_run`); Strava's group then runs `enrich`: the detail of activities that lack it (laps,
+gear, calories), oldest first, within `detail_budget_share` of the API budget. Sources and athletes are
+independent: one failing never stops another.
 
 The window is the run's data interval widened backwards by `lookback_hours` (param, default 72) so
 late uploads are caught. A manual run without a logical date takes the last full hour.
@@ -107,6 +109,11 @@ DEFAULT_ATHLETE = {"athlete_id": DEFAULT_ATHLETE_ID, "name": "default"}
             DEFAULTS.purge_confirm, type=["null", "string"],
             description="The purged athlete's name again, to confirm the purge.",
         ),
+        "detail_budget_share": Param(  # noqa: AIR311
+            DEFAULTS.detail_budget_share, type="number", minimum=0, maximum=1,
+            description="Reading activities' details (laps, gear, calories; oldest missing first) uses at most this "
+                        "share of each Strava rate-limit window and day, so the hourly sync always has room. 0: none.",
+        ),
         "history_budget_share": Param(  # noqa: AIR311
             DEFAULTS.history_budget_share, type="number", minimum=0.05, maximum=1,
             description="A history import uses at most this share of each Strava rate-limit window and day; "
@@ -199,7 +206,26 @@ def source_group(spec: SourceSpec, schema: Any, athletes: Any) -> Any:
                              dag_id=dag_run.dag_id,
                              retention_days=plan.retention_days(sources.get(source), run)).to_xcom()
 
-        load(transform(extract(schema, athlete), athlete), athlete)
+        loaded = load(transform(extract(schema, athlete), athlete), athlete)
+        if spec.enrich is not None:
+            # also after a skipped load (a run without new records still enriches older ones), never after a failed one
+            @task(task_id="enrich", pool=spec.pool, map_index_template=ATHLETE_LABEL, trigger_rule="none_failed")
+            def enrich(athlete: dict[str, Any], params: dict[str, Any] | None = None) -> dict[str, Any]:
+                from fitness_pipeline import sources
+                from fitness_pipeline.compat import AirflowSkipException, name_map_index
+                from fitness_pipeline.errors import raise_for_airflow
+                from fitness_pipeline.sources import resolve
+                from fitness_pipeline.tasks import plan
+                name_map_index(athlete["name"])
+                run = RunParams.from_params(params)
+                spec = sources.get(source)
+                if not plan.wanted(spec, run):
+                    raise AirflowSkipException(f"{source} is not in this run's sources")
+                try:
+                    return resolve(spec.enrich)(athlete["athlete_id"], run)
+                except Exception as error:
+                    raise_for_airflow(error)
+            loaded >> enrich(athlete)
 
     return group(DEFAULT_ATHLETE) if athletes is None else group.expand(athlete=athletes)
 

@@ -48,7 +48,10 @@ def test_schedule_tasks_and_defaults_are_as_documented() -> None:
     assert dag.max_active_runs == 2  # a history import next to the hourly runs
     assert set(dag.task_ids) == {"ensure_schema", "athletes"} | {
         f"{group}.{step}" for group in ("strava_activity", "fitbit_weight", "fitbit_calories")
-        for step in ("extract", "transform", "load")}
+        for step in ("extract", "transform", "load")} | {"strava_activity.enrich"}
+    enrich = dag.get_task("strava_activity.enrich")
+    assert "strava_activity.load" in enrich.upstream_task_ids and enrich.trigger_rule == "none_failed"
+    assert dag.params["detail_budget_share"] == 0.5
     assert dag.params["lookback_hours"] == 72
     assert {"fitness", "strava", "fitbit"} <= set(dag.tags)
     assert dag.doc_md and "fitness_sync" in dag.doc_md

@@ -41,8 +41,8 @@ def test_the_dags_groups_pools_and_tables_are_exactly_the_registrys() -> None:
     assert {spec.id: dag.get_task(f"{spec.id}.extract").pool for spec in REGISTRY} == {
         spec.id: spec.pool for spec in REGISTRY}
     assert set(json.loads((REPO / "include" / "pools.json").read_text())) == REGISTRY.pools()
-    # every loaded (staged) table belongs to exactly one source, as its table or a companion
-    owned = [name for spec in REGISTRY for name in (spec.table, *spec.companions)]
+    # every loaded (staged) table belongs to exactly one source, as its table, a companion or what it enriches
+    owned = [name for spec in REGISTRY for name in (spec.table, *spec.companions, *spec.enrich_tables)]
     assert sorted(owned) == sorted(STAGING)
     assert dag.params["sources"] == REGISTRY.ids()
     assert dag.params["lookback_hours"] == RunParams().lookback_hours == 72
@@ -54,7 +54,7 @@ def test_every_declared_reference_resolves() -> None:
         assert spec.target.name == spec.table and spec.staging.name == f"stage_{spec.table}"
         hook = resolve(spec.hook)
         assert hook.default_conn_name == spec.conn_id
-        for ref in (spec.fetch, spec.extract, spec.row, spec.batch_rows, spec.quarantine_key):
+        for ref in (spec.fetch, spec.extract, spec.row, spec.batch_rows, spec.quarantine_key, spec.enrich):
             assert ref is None or callable(resolve(ref)), (spec.id, ref)
         if spec.reconcile:
             assert spec.reconcile.column in spec.target.c

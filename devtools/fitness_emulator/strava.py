@@ -43,6 +43,7 @@ from fitness_emulator.strava_data import (
     ActivityStore,
     athlete_id_bases,
     athlete_seed,
+    detailed_activity,
     parse_iso_utc,
 )
 
@@ -620,7 +621,8 @@ async def list_activities(request: Request) -> Response:
 @router.get("/api/v3/activities/{activity_id}")
 async def get_activity_detail(activity_id: int, request: Request) -> Response:
     """``GET /activities/{id}``: the authorized athlete's activity as a DetailedActivity (the summary plus
-    ``description`` and ``calories``); 404 ``Record Not Found`` for another athlete's, a deleted one, or a
+    ``description``, ``calories``, ``gear`` and ``laps``: :func:`strava_data.detailed_activity`);
+    404 ``Record Not Found`` for another athlete's, a deleted one, or a
     private one without ``activity:read_all``. Counted against the application's limits like a listing."""
     strava = _strava(request)
     await apply_data_faults(strava.faults, strava.stats)
@@ -630,9 +632,7 @@ async def get_activity_detail(activity_id: int, request: Request) -> Response:
     if activity is None or (activity.get("visibility") == "only_me" and "activity:read_all" not in grant.scopes()):
         raise ApiError(404, {"message": "Record Not Found", "errors": [
             {"resource": "Activity", "field": "id", "code": "not found"}]}, headers)
-    # kcal: from the work done when there is a power meter, else a rough 10 kcal a minute
-    kcal = float(activity.get("kilojoules") or 0) / 4.184 or float(activity.get("moving_time") or 0) / 6
-    detail = {**activity, "description": activity.get("description", ""), "calories": round(kcal, 1)}
+    detail = detailed_activity(activity, athlete_id=athlete.id)
     return data_response(strava.faults, strava.stats, json_bytes(detail), headers)
 
 

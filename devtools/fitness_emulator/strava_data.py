@@ -408,6 +408,65 @@ def _gear(rng: random.Random, spec: SportSpec) -> str | None:
     return None
 
 
+#: the names of the gear ids _gear hands out (a real athlete names their shoes and bikes)
+GEAR_NAMES = {"g11873355": "Pegasus 40", "g13350201": "Speedgoat 5", "g15522874": "Endorphin Pro 3",
+              "b9876543": "Canyon Ultimate", "b10234511": "Cube Nuroad"}
+#: laps per activity at most (a lap per km of a run, per 5 km of anything else)
+MAX_LAPS = 50
+
+
+def detailed_activity(activity: dict[str, Any], *, athlete_id: int) -> dict[str, Any]:
+    """The DetailedActivity (resource_state 3) of a SummaryActivity: its description, calories (from the work
+    done with a power meter, else about 10 kcal a minute), the gear summary and laps, as ``GET /activities/{id}``
+    answers. Deterministic: the same activity always gives the same detail (lap ids too)."""
+    rng = random.Random(f"detail:{activity['id']}")
+    kcal = float(activity.get("kilojoules") or 0) / 4.184 or float(activity.get("moving_time") or 0) / 6
+    detail = {**activity, "resource_state": 3, "description": activity.get("description", ""),
+              "calories": round(kcal, 1), "laps": _laps(rng, activity, athlete_id)}
+    gear_id = activity.get("gear_id")
+    if gear_id:
+        detail["gear"] = {"id": gear_id, "primary": gear_id in ("g11873355", "b9876543"), "resource_state": 2,
+                          "name": GEAR_NAMES.get(gear_id, "Gear"),
+                          "distance": float(1_000_000 + int(hashlib.sha256(f"{athlete_id}:{gear_id}".encode())
+                                                            .hexdigest()[:6], 16) % 3_000_000)}
+    return detail
+
+
+def _laps(rng: random.Random, activity: dict[str, Any], athlete_id: int) -> list[dict[str, Any]]:
+    distance = float(activity.get("distance") or 0)
+    moving, elapsed = int(activity.get("moving_time") or 0), int(activity.get("elapsed_time") or 0)
+    unit = 1000.0 if activity.get("type") == "Run" else 5000.0
+    count = max(1, min(MAX_LAPS, math.ceil(distance / unit))) if distance > 0 else 1
+    start = datetime.fromisoformat(str(activity["start_date"]).replace("Z", "+00:00"))
+    local = datetime.fromisoformat(str(activity["start_date_local"]).replace("Z", "+00:00"))
+    laps, offset = [], 0
+    for index in range(1, count + 1):
+        share = (min(unit, distance - unit * (index - 1)) / distance) if distance > 0 else 1.0
+        lap_moving, lap_elapsed = max(1, round(moving * share)), max(1, round(elapsed * share))
+        lap_distance = round(distance * share, 1)
+        lap = {"id": (int(activity["id"]) * 64 + index) % 2**63, "resource_state": 2, "name": f"Lap {index}",
+               "activity": {"id": activity["id"], "resource_state": 1},
+               "athlete": {"id": athlete_id, "resource_state": 1},
+               "elapsed_time": lap_elapsed, "moving_time": lap_moving,
+               "start_date": iso_z(start + timedelta(seconds=offset)),
+               "start_date_local": iso_z(local.replace(tzinfo=UTC) + timedelta(seconds=offset)),
+               "distance": lap_distance, "start_index": offset, "end_index": offset + lap_elapsed,
+               "total_elevation_gain": round(float(activity.get("total_elevation_gain") or 0) * share, 1),
+               "average_speed": round(lap_distance / lap_moving, 3),
+               "max_speed": round(float(activity.get("max_speed") or 0) * rng.uniform(0.85, 1.0), 3),
+               "lap_index": index, "split": index, "pace_zone": rng.randint(1, 5)}
+        for key, spread in (("average_heartrate", 6.0), ("average_cadence", 4.0), ("average_watts", 20.0)):
+            if activity.get(key) is not None:
+                lap[key] = round(float(activity[key]) + rng.uniform(-spread, spread), 1)
+        if activity.get("max_heartrate") is not None:
+            lap["max_heartrate"] = float(activity["max_heartrate"]) - rng.randint(0, 8)
+        if activity.get("average_watts") is not None:
+            lap["device_watts"] = bool(activity.get("device_watts", True))
+        laps.append(lap)
+        offset += lap_elapsed
+    return laps
+
+
 def _recorded_fields(
     rng: random.Random, spec: SportSpec, activity: dict[str, Any], plan: PlannedActivity
 ) -> dict[str, Any]:

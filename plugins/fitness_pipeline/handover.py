@@ -51,6 +51,9 @@ class RunParams:
     #: a history import uses at most this share of each Strava rate-limit window and day (the hourly runs
     #: keep the rest)
     history_budget_share: float = 0.5
+    #: reading activities' details (laps, gear, calories) uses at most this share of each Strava rate-limit window
+    #: and day (0: no details are read by the runs; webhook events still read theirs)
+    detail_budget_share: float = 0.5
     #: keep only this many days of Strava-sourced rows (None: all): older ones are not fetched, and deleted
     strava_retention_days: int | None = None
     #: purge this athlete (name) before syncing: only when ``purge_confirm`` names them too
@@ -69,7 +72,7 @@ class RunParams:
             values[f.name] = tuple(value) if f.name in ("sources", "athletes") else value
         if "lookback_hours" in values:
             values["lookback_hours"] = float(values["lookback_hours"])
-        for name in ("max_deleted_share", "history_budget_share"):
+        for name in ("max_deleted_share", "history_budget_share", "detail_budget_share"):
             if name in values:
                 values[name] = float(values[name])
         if "strava_retention_days" in values:

@@ -120,6 +120,66 @@ strava_activity = sa.Table(
 )
 
 
+#: a row that hangs off a Strava activity goes with it (deleted for good by the retention or a purge)
+def activity_reference(column: str = "activity_id", **kwargs: object) -> sa.Column:
+    return sa.Column(column, sa.BigInteger, sa.ForeignKey("strava_activity.id", ondelete="CASCADE"),
+                     nullable=False, comment="strava_activity.id", **kwargs)
+
+
+strava_activity_detail = sa.Table(
+    "strava_activity_detail",
+    metadata,
+    activity_reference(primary_key=True, autoincrement=False),
+    sa.Column("description", sa.Text, comment="the athlete's own text about the activity"),
+    sa.Column("calories", sa.Float, comment="kcal burned, as Strava estimates them"),
+    sa.Column("device_name", sa.Text, comment="the recording device, e.g. Garmin Forerunner 965"),
+    sa.Column("gear_id", sa.Text, comment="strava_gear.id of the shoes or bike used"),
+    sa.Column("lap_count", sa.Integer, nullable=False, comment="rows in strava_lap for this activity"),
+    *_managed_columns(deletable=False),
+    athlete_column(),
+    comment="what GET /activities/{id} (DetailedActivity) adds to a listed activity; read once per activity "
+            "(and again on a webhook event); first_seen is when it was read",
+)
+
+strava_gear = sa.Table(
+    "strava_gear",
+    metadata,
+    sa.Column("id", sa.Text, nullable=False, comment="Strava's gear id, e.g. g12345 (shoes) or b12345 (bike)"),
+    sa.Column("name", sa.Text),
+    sa.Column("distance", sa.Float, comment="metres on this gear, when it was last read"),
+    sa.Column("is_primary", sa.Boolean, comment="the athlete's default gear (Strava's `primary`)"),
+    *_managed_columns(deletable=False),
+    athlete_column(),
+    key_per_athlete("id"),
+    comment="the athlete's shoes and bikes, from the `gear` of their detailed activities",
+)
+
+strava_lap = sa.Table(
+    "strava_lap",
+    metadata,
+    sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=False, comment="Strava's lap id"),
+    activity_reference(),
+    sa.Column("lap_index", sa.Integer, nullable=False, comment="1 for the first lap"),
+    sa.Column("name", sa.Text),
+    sa.Column("start_date", sa.DateTime(timezone=True), comment="UTC instant"),
+    sa.Column("start_date_local", sa.DateTime(timezone=False), comment="athlete's wall clock, not shifted"),
+    sa.Column("elapsed_time", sa.Integer, comment="seconds"),
+    sa.Column("moving_time", sa.Integer, comment="seconds"),
+    sa.Column("distance", sa.Float, comment="metres"),
+    sa.Column("total_elevation_gain", sa.Float, comment="metres"),
+    sa.Column("average_speed", sa.Float, comment="m/s"),
+    sa.Column("max_speed", sa.Float, comment="m/s"),
+    sa.Column("average_heartrate", sa.Float, comment="bpm; null without a heart-rate sensor"),
+    sa.Column("max_heartrate", sa.Float, comment="bpm"),
+    sa.Column("average_cadence", sa.Float),
+    sa.Column("average_watts", sa.Float),
+    *_managed_columns(deletable=False),
+    athlete_column(),
+    sa.Index("ix_strava_lap_activity_id", "activity_id", "lap_index"),
+    comment="the laps of detailed activities; an activity's laps are replaced when it is read again",
+)
+
+
 def local_week(day: sa.ColumnElement) -> sa.ColumnElement:
     """The Monday of ``day``'s ISO week, as a date. ``day`` is a date or a naive timestamp, cast to ``timestamp``
     (not ``timestamptz``, which a date would become): the result never depends on the session's time zone and
@@ -340,7 +400,8 @@ def data_columns(table: sa.Table) -> list[sa.Column]:
 
 #: Staging tables by target name. Built here (not by the sources) so that the DDL creates them with the
 #: tables; a table added later (a new source's) gets its staging table from :func:`staging_for`.
-STAGING = {t.name: staging_table_for(t) for t in (strava_activity, fitbit_weight, fitbit_height, fitbit_calories)}
+STAGING = {t.name: staging_table_for(t) for t in (strava_activity, strava_activity_detail, strava_gear, strava_lap,
+                                                  fitbit_weight, fitbit_height, fitbit_calories)}
 
 
 def staging_for(target: sa.Table) -> sa.Table:

@@ -84,6 +84,10 @@ class SourceSpec:
     #: the run param (a :class:`~fitness_pipeline.handover.RunParams` field) that, when set, keeps only this many
     #: days of the source's records (by ``reconcile.column``): older ones are neither fetched nor kept
     retention_param: str | None = None
+    #: ``(athlete_id, run_params) -> dict``: a step after the load that fills in what the listing lacks (Strava's
+    #: detailed activities) within a share of the API budget; it writes ``enrich_tables``
+    enrich: Ref | None = None
+    enrich_tables: tuple[str, ...] = ()
     #: one line for the trigger form and the docs
     description: str = ""
 
@@ -107,6 +111,9 @@ class SourceSpec:
 
     def companion_tables(self) -> list[Any]:
         return [_table(name) for name in self.companions]
+
+    def enriched_tables(self) -> list[Any]:
+        return [_table(name) for name in self.enrich_tables]
 
     def batch_id(self, run_id: str, athlete_id: int = DEFAULT_ATHLETE_ID) -> str:
         """The id of this source's batch of athlete ``athlete_id`` in DAG run ``run_id`` (``sync_run.batch_id``):
@@ -182,7 +189,10 @@ BUILT_IN: tuple[SourceSpec, ...] = (
         # Strava's after/before are exclusive whole seconds
         reconcile=Reconcile("start_date", windows.exclusive_seconds, daily_full=True),
         retention_param="strava_retention_days",
-        description="Strava activities (SummaryActivity)",
+        # each activity's DetailedActivity (laps, gear, calories), oldest missing first, within a budget share
+        enrich="fitness_pipeline.tasks.details:enrich_for_run",
+        enrich_tables=("strava_activity_detail", "strava_gear", "strava_lap"),
+        description="Strava activities (SummaryActivity), then their details (laps, gear, calories)",
     ),
     SourceSpec(
         id="fitbit_weight",

@@ -30,6 +30,7 @@ from fitness_pipeline.schema import (
     oauth_token,
     quarantine,
     strava_activity,
+    strava_activity_detail,
     sync_run,
 )
 
@@ -62,6 +63,7 @@ def _live(table: sa.Table) -> sa.ColumnElement:
 # --- training_activity ---------------------------------------------------------------------------------
 
 _a = strava_activity.c
+_d = strava_activity_detail.c
 
 
 def _divide(a: sa.ColumnElement, b: sa.ColumnElement) -> sa.ColumnElement:
@@ -91,9 +93,14 @@ training_activity = View(
             else_=sa.null()), sa.Float).label("pace_s_per_km"),
         _a.average_heartrate,
         _a.athlete_id,
-    ).where(_live(strava_activity), _a.start_date_local.is_not(None)),
+        # after athlete_id: added later, and CREATE OR REPLACE VIEW only appends columns
+        _d.calories.label("kcal_burned"),
+        _d.lap_count,
+    ).select_from(strava_activity.outerjoin(strava_activity_detail, _d.activity_id == _a.id))
+    .where(_live(strava_activity), _a.start_date_local.is_not(None)),
     "one row per Strava activity not deleted, on its local date (start_date_local); "
-    "distance in km, pace in s/km for runs only; athlete_id: whose",
+    "distance in km, pace in s/km for runs only; athlete_id: whose; kcal_burned and lap_count from the "
+    "activity's detail (null until it is read)",
 )
 
 

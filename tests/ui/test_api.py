@@ -479,3 +479,42 @@ def test_each_user_sees_only_the_athletes_mapped_to_them(training_app: Any, sche
     assert training_app.get("/api/athletes").json() == {"athletes": []}
     response = training_app.get("/api/calendar?month=2026-03")
     assert response.status_code == 403 and "fitness_pipeline.athletes users" in response.json()["detail"]
+
+
+def test_an_activity_shows_its_detail_and_laps_to_its_athlete_only(training_app: Any, schema: Any) -> None:
+    from fitness_pipeline.db import transaction
+    from fitness_pipeline.tasks.details import store_detail
+    from tests.test_details import STRAVA_EXAMPLE
+
+    with transaction(schema) as cur:
+        cur.execute("INSERT INTO athlete (name, airflow_users) VALUES ('alice', ARRAY['alice']) RETURNING id")
+        (alice,) = cur.fetchone()
+        cur.execute("UPDATE athlete SET airflow_users = ARRAY['admin'] WHERE id = 1")
+        for athlete, activity in ((1, 91), (alice, 92)):
+            cur.execute("INSERT INTO strava_activity (id, athlete_id, name, sport_type, distance, moving_time, "
+                        "start_date, start_date_local, raw) VALUES (%s, %s, 'Ride', 'Ride', 28099, 4207, "
+                        "'2026-03-02 06:00+00', '2026-03-02 07:00', '{}')", (activity, athlete))
+        assert store_detail(cur, {**STRAVA_EXAMPLE, "id": 91, "description": "Hills"}, 1)
+    app = training_app.app
+    app.dependency_overrides[app.state.user_name] = lambda: "admin"
+
+    shown = training_app.get("/api/activity?id=91")
+    assert shown.status_code == 200, shown.text
+    body = shown.json()
+    assert (body["kcal_burned"], body["description"], body["device_name"], body["gear_name"]) == (
+        870.2, "Hills", "Strava iPhone App", "Tarmac")
+    assert [(lap["lap_index"], lap["distance"], lap["average_watts"]) for lap in body["laps"]] == [(1, 8046.72, 237.6)]
+    days = training_app.get("/api/calendar?month=2026-03").json()["weeks"]
+    (chip,) = [a for w in days for d in w["days"] for a in d["activities"]]
+    assert (chip["id"], chip["kcal_burned"], chip["lap_count"]) == (91, 870.2, 1)
+
+    # alice's activity is as unknown to the admin as one that does not exist; no detail yet: nulls, no laps
+    for missing in ("92", "93"):
+        response = training_app.get(f"/api/activity?id={missing}")
+        assert response.status_code == 404 and response.json()["code"] == "no_such_activity"
+    app.dependency_overrides[app.state.user_name] = lambda: "alice"
+    plain = training_app.get("/api/activity?id=92").json()
+    assert plain["kcal_burned"] is None and plain["laps"] == [] and plain["gear_name"] is None
+    for bad in ("", "x", "-1", "1e3", "9" * 30):
+        response = training_app.get(f"/api/activity?id={bad}")
+        assert response.status_code == 422 and "activity id" in response.json()["detail"], bad

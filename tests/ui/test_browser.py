@@ -219,6 +219,19 @@ def test_the_page_inside_airflow_shows_the_sql_truth_and_stays_on_the_server(
                 show_month(frame, truth[0] + dt.timedelta(days=3))  # the Thursday's month holds the ISO week
                 check_week(frame, truth, conn)
             sources = {row[0] for row in query(conn, "SELECT DISTINCT source FROM sync_run")}
+            # an activity whose detail fitness_sync read: the newest with laps
+            (activity_id, day, kcal, laps), = query(
+                conn, "SELECT a.id, a.start_date_local::date, d.calories, d.lap_count FROM strava_activity a "
+                      "JOIN strava_activity_detail d ON d.activity_id = a.id WHERE a.deleted_at IS NULL "
+                      "AND d.lap_count > 1 ORDER BY a.start_date DESC LIMIT 1")
+
+        # its chip opens its detail: the calories burned and one row per lap, as the tables hold them
+        show_month(frame, day)
+        frame.locator(f".act[data-activity='{activity_id}']").first.click()
+        frame.wait_for_selector("#activity tr[data-lap]")
+        assert frame.locator("#activity tr[data-lap]").count() == laps
+        assert f"{half_up(kcal):,} kcal" in frame.locator("#activity .facts").inner_text()
+        assert frame.locator("#activity .strava-credit").is_visible()
 
         # legend, attribution, charts and sync health
         assert frame.locator("#legend span").count() >= 1

@@ -121,9 +121,10 @@ def event_of(payload: str) -> dict[str, Any]:
 
 
 #: DetailedActivity fields kept out of ``strava_activity.raw``: the row keeps what the poll keeps (the
-#: SummaryActivity), so an event and a poll leave the same row, and no more personal data than the poll
+#: SummaryActivity), so an event and a poll leave the same row; what the detail adds goes to its own tables
+#: (:func:`fitness_pipeline.tasks.details.store_detail`)
 DETAIL_ONLY = frozenset({"description", "calories", "segment_efforts", "splits_metric", "splits_standard", "laps",
-                         "best_efforts", "photos", "embed_token", "similar_activities", "available_zones",
+                         "best_efforts", "gear", "photos", "embed_token", "similar_activities", "available_zones",
                          "hide_from_home", "stats_visibility", "private_note", "perceived_exertion",
                          "prefer_perceived_exertion"})
 
@@ -135,6 +136,7 @@ def apply_one(conn: Any, event_id: int, payload: str, hooks: dict[int, Any], hoo
     from fitness_pipeline import athletes
     from fitness_pipeline.errors import AuthorizationRevokedError
     from fitness_pipeline.loader import quarantine_records, upsert_rows
+    from fitness_pipeline.tasks.details import store_detail
     from fitness_pipeline.tokens import NotAuthorizedError
     from fitness_pipeline.transforms.strava import strava_activity_row
 
@@ -179,6 +181,7 @@ def apply_one(conn: Any, event_id: int, payload: str, hooks: dict[int, Any], hoo
             else:
                 summary = {key: value for key, value in detail.items() if key not in DETAIL_ONLY}
                 upsert_rows(cur, strava_activity, [strava_activity_row(summary)], athlete_id=athlete_id)
+                store_detail(cur, detail, athlete_id)  # its description, calories, gear and laps
                 applied.upserted += 1
             processed(cur, event_id)
     except (EventError, RecordError) as error:

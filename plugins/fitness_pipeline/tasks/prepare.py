@@ -21,8 +21,8 @@ STALE_AFTER = dt.timedelta(days=7)
 
 
 def source_tables(spec: sources.SourceSpec) -> list[sa.Table]:
-    """The tables one source writes: its target, its companions and their staging tables."""
-    tables = [spec.target, *spec.companion_tables()]
+    """The tables one source writes: its target, its companions, what it enriches, and their staging tables."""
+    tables = [spec.target, *spec.companion_tables(), *spec.enriched_tables()]
     return [*tables, *(staging_for(table) for table in tables)]
 
 

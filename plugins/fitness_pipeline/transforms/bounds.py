@@ -99,6 +99,32 @@ BOUNDS: Mapping[str, Mapping[str, Bound]] = {
         "gear_id": _text(100),
         "visibility": _text(100),
     },
+    "strava_activity_detail": {
+        "calories": Bound(0, 100_000, "kcal"),  # a week-long ultra burns under 60,000
+        "description": _text(100_000),
+        "device_name": _text(2_000),
+        "gear_id": _text(100, field="gear.id"),
+    },
+    "strava_gear": {
+        "distance": Bound(0, 10_000_000_000, "m", field="gear.distance"),  # 10 million km: a lifetime on one bike
+        "id": _text(100, field="gear.id"),
+        "name": _text(2_000, field="gear.name"),
+    },
+    "strava_lap": {
+        "distance": Bound(0, 10_000_000, "m", field="laps[].distance"),
+        "elapsed_time": Bound(0, 30 * DAY_SECONDS, "s", field="laps[].elapsed_time"),
+        "moving_time": Bound(0, 30 * DAY_SECONDS, "s", field="laps[].moving_time"),
+        "total_elevation_gain": Bound(0, 100_000, "m", field="laps[].total_elevation_gain"),
+        "average_speed": Bound(0, 350, "m/s", field="laps[].average_speed"),
+        "max_speed": Bound(0, 350, "m/s", field="laps[].max_speed"),
+        "average_heartrate": Bound(20, 260, "bpm", field="laps[].average_heartrate"),
+        "max_heartrate": Bound(20, 260, "bpm", field="laps[].max_heartrate"),
+        "average_cadence": Bound(0, 300, "rpm", field="laps[].average_cadence"),
+        "average_watts": Bound(0, 3_000, "W", field="laps[].average_watts"),
+        "lap_index": Bound(1, 100_000, field="laps[].lap_index"),
+        "start_date": _dates(field="laps[].start_date"),
+        "name": _text(2_000, field="laps[].name"),
+    },
     "fitbit_weight": {
         "weight": Bound(10, 700, "kg", field="weightGrams"),  # the heaviest person recorded: 635 kg
         "measured_at": _dates(field="sampleTime.physicalTime"),

@@ -7,7 +7,8 @@ Routes (all GET, all behind Airflow's login, see :func:`create_app`):
   every ISO week touching the month (or N weeks from ``start``'s week), day by day, with week totals;
 - ``/api/trends?weeks=N`` (1-520, default 52, ending this week);
 - ``/api/sync``: sync health, quarantine (no payloads), OAuth token times, rate-limit usage;
-- ``/api/athletes``: the athletes the logged-in Airflow user may see (table ``athlete``, ``airflow_users``).
+- ``/api/athletes``: the athletes the logged-in Airflow user may see (table ``athlete``, ``airflow_users``);
+- ``/api/activity?id=N``: one activity with its detail (calories burned, description, device, gear) and laps.
 
 The data routes show one athlete: ``athlete=<id>`` (default: the first the user may see). An athlete the user
 may not see is a 404, as one that does not exist; a user who may see none gets a 403 saying who can map them.
@@ -201,6 +202,11 @@ def create_app() -> Any:
                athlete: str | None = None) -> JSONResponse:
         count = queries.parse_weeks(weeks, queries.MAX_TREND_WEEKS, queries.DEFAULT_TREND_WEEKS)
         return data(run_query(queries.for_athlete, user, athlete, queries.trends, count, today_or(today)))
+
+    @app.get("/api/activity")
+    def activity(user: UserName, id: str | None = None, athlete: str | None = None) -> JSONResponse:
+        activity_id = queries.parse_activity_id(id)
+        return data(run_query(queries.for_athlete, user, athlete, queries.activity, activity_id))
 
     @app.get("/api/sync")
     def sync(user: UserName, athlete: str | None = None) -> JSONResponse:

@@ -204,7 +204,7 @@ def calendar(cursor: Any, first_week: dt.date, weeks: int, today: dt.date, athle
     end = first_week + weeks * WEEK
     a = views.training_activity.table.c
     activities = rows(cursor, sa.select(a.id, a.day, a.sport_type, a.name, a.distance_km, a.moving_time_s,
-                                        a.elevation_m, a.pace_s_per_km)
+                                        a.elevation_m, a.pace_s_per_km, a.kcal_burned, a.lap_count)
                       .where(a.athlete_id == athlete_id, a.day >= first_week, a.day < end)
                       .order_by(a.start_date_local, a.id))
     d = views.training_day.table.c
@@ -235,6 +235,37 @@ def calendar(cursor: Any, first_week: dt.date, weeks: int, today: dt.date, athle
                                "totals": totals.get(week_start.isoformat(), dict(_NO_TOTALS))})
     return {"today": today.isoformat(), "first_week": first_week.isoformat(), "empty": empty,
             "weeks": calendar_weeks}
+
+
+def parse_activity_id(value: str | None) -> int:
+    """The ``id`` parameter: a Strava activity id (a positive whole number)."""
+    text = (value or "").strip()
+    if not text.isdigit() or not 0 < int(text) < 2**63:
+        raise ParamError(f"id={_shown(text)}: expected a Strava activity id (a positive whole number)")
+    return int(text)
+
+
+def activity(cursor: Any, activity_id: int, athlete_id: int) -> dict[str, Any]:
+    """One activity of ``athlete_id`` with what its detail adds (description, calories, device, gear) and its laps;
+    :class:`NotShown` (404) for an activity that is not theirs, or deleted."""
+    from fitness_pipeline.schema import strava_activity_detail, strava_gear, strava_lap
+
+    a, d, g = views.training_activity.table.c, strava_activity_detail.c, strava_gear.c
+    found = rows(cursor, sa.select(a.id, a.day, a.start_date_local, a.sport_type, a.name, a.distance_km,
+                                   a.moving_time_s, a.elevation_m, a.pace_s_per_km, a.average_heartrate,
+                                   a.kcal_burned, d.description, d.device_name, g.name.label("gear_name"))
+                 .select_from(views.training_activity.table
+                              .outerjoin(strava_activity_detail, d.activity_id == a.id)
+                              .outerjoin(strava_gear, sa.and_(g.id == d.gear_id, g.athlete_id == a.athlete_id)))
+                 .where(a.id == activity_id, a.athlete_id == athlete_id))
+    if not found:
+        raise NotShown(404, "no_such_activity", "There is no activity of that id on this training page.")
+    lap = strava_lap.c
+    laps = rows(cursor, sa.select(lap.lap_index, lap.name, lap.distance, lap.moving_time, lap.elapsed_time,
+                                  lap.average_speed, lap.average_heartrate, lap.max_heartrate, lap.average_cadence,
+                                  lap.average_watts, lap.total_elevation_gain)
+                .where(lap.activity_id == activity_id, lap.athlete_id == athlete_id).order_by(lap.lap_index))
+    return {**found[0], "laps": laps}
 
 
 def has_data(cursor: Any, athlete_id: int) -> bool:

@@ -234,10 +234,76 @@
     if (isNum(a.moving_time_s)) stats.push(fmtHm(a.moving_time_s));
     if (isRun(a.sport_type) && isNum(a.pace_s_per_km) && a.pace_s_per_km > 0) stats.push(`${fmtPace(a.pace_s_per_km)} /km`);
     const climb = isNum(a.elevation_m) && a.elevation_m >= 1 ? `${fmtInt(a.elevation_m)} m up` : null;
-    const title = [a.name, sportLabel(a.sport_type), km, ...stats, climb].filter(Boolean).join(" · ");
-    return h("div", { class: "act", style: `--sport: ${sportColour(a.sport_type)}`, title, "data-activity": a.id },
+    const kcal = isNum(a.kcal_burned) && a.kcal_burned > 0 ? `${fmtInt(a.kcal_burned)} kcal` : null;
+    const laps = isNum(a.lap_count) && a.lap_count > 1 ? `${a.lap_count} laps` : null;
+    const title = [a.name, sportLabel(a.sport_type), km, ...stats, climb, kcal && `${kcal} burned`, laps]
+      .filter(Boolean).join(" · ");
+    // a button: the activity's detail and laps open below the calendar
+    return h("button", { type: "button", class: "act", style: `--sport: ${sportColour(a.sport_type)}`, title,
+      "data-activity": a.id, onclick: () => openActivity(a.id) },
       h("span", { class: "what" }, km ? h("span", { class: "km" }, km) : null, h("span", { class: "sport" }, sportLabel(a.sport_type))),
-      stats.length ? h("span", { class: "stats" }, stats.join(" · ")) : null);
+      stats.length || kcal ? h("span", { class: "stats" }, [...stats, kcal].filter(Boolean).join(" · ")) : null);
+  }
+
+  // ------------------------------------------------------------------ one activity: detail and laps
+  let activityShown = null;
+
+  async function openActivity(id) {
+    activityShown = id;
+    const panel = $("activity");
+    panel.hidden = false;
+    $("activity-title").textContent = "Activity";
+    $("activity-body").replaceChildren();
+    setState("activity-state", "loading", "Loading…");
+    try {
+      const data = await getJSON(`api/activity?id=${encodeURIComponent(id)}`);
+      if (activityShown !== id) return; // another activity was opened meanwhile
+      renderActivity(data);
+      setState("activity-state", "", undefined);
+      panel.scrollIntoView({ block: "nearest", behavior: "smooth" });
+    } catch (error) {
+      if (activityShown === id) showError("activity-state", "this activity", error, () => openActivity(id));
+    }
+  }
+
+  function renderActivity(a) {
+    $("activity-title").textContent = a.name || sportLabel(a.sport_type);
+    const facts = [
+      ["Date", a.day ? `${shortDate(parseDate(a.day))} ${a.day.slice(0, 4)}` : null],
+      ["Sport", sportLabel(a.sport_type)],
+      ["Distance", isNum(a.distance_km) && a.distance_km > 0 ? `${fmtKm(a.distance_km)} km` : null],
+      ["Moving time", isNum(a.moving_time_s) ? fmtHm(a.moving_time_s) : null],
+      ["Pace", isRun(a.sport_type) && isNum(a.pace_s_per_km) && a.pace_s_per_km > 0 ? `${fmtPace(a.pace_s_per_km)} /km` : null],
+      ["Climb", isNum(a.elevation_m) ? `${fmtInt(a.elevation_m)} m` : null],
+      ["Heart rate", isNum(a.average_heartrate) ? `${fmtInt(a.average_heartrate)} bpm` : null],
+      ["Burned", isNum(a.kcal_burned) ? `${fmtInt(a.kcal_burned)} kcal` : null],
+      ["Device", a.device_name || null],
+      ["Gear", a.gear_name || null],
+    ].filter(([, value]) => value !== null);
+    const run = isRun(a.sport_type);
+    const laps = (a.laps || []).map((lap) => h("tr", { "data-lap": lap.lap_index },
+      h("td", { class: "num" }, lap.lap_index),
+      h("td", { class: "num" }, isNum(lap.distance) ? fmtKm(lap.distance / 1000) : "–"),
+      h("td", { class: "num" }, isNum(lap.moving_time) ? fmtMs(lap.moving_time) : "–"),
+      h("td", { class: "num" }, isNum(lap.average_speed) && lap.average_speed > 0
+        ? (run ? fmtPace(1000 / lap.average_speed) : (lap.average_speed * 3.6).toFixed(1)) : "–"),
+      h("td", { class: "num" }, isNum(lap.average_heartrate) ? fmtInt(lap.average_heartrate) : "–"),
+      h("td", { class: "num" }, isNum(lap.average_cadence) ? fmtInt(lap.average_cadence) : "–"),
+      h("td", { class: "num" }, isNum(lap.average_watts) ? fmtInt(lap.average_watts) : "–")));
+    const noLaps = a.kcal_burned === null && a.device_name === null
+      ? "No detail read yet: fitness_sync reads it within the next runs (or at once on a webhook event)."
+      : "No laps.";
+    $("activity-body").replaceChildren(
+      h("dl", { class: "facts" }, facts.map(([label, value]) => [h("dt", {}, label), h("dd", {}, value)])),
+      a.description ? h("p", { class: "description" }, a.description) : null,
+      table([["Lap", "num"], ["km", "num"], ["Time", "num"], [run ? "Pace /km" : "km/h", "num"], ["HR", "num"],
+        ["Cadence", "num"], ["Watts", "num"]], laps, noLaps));
+  }
+  /** seconds -> "m:ss", or "h:mm:ss" from an hour */
+  function fmtMs(seconds) {
+    const s = Math.round(seconds);
+    const mmss = `${Math.floor((s % 3600) / 60)}:${String(s % 60).padStart(2, "0")}`;
+    return s >= 3600 ? `${Math.floor(s / 3600)}:${mmss.padStart(5, "0")}` : mmss;
   }
 
   function totalsCell(week, start, thisWeek) {
@@ -697,6 +763,10 @@
     }
   }
   $("sync-reload").addEventListener("click", loadSync);
+  $("activity-close").addEventListener("click", () => {
+    activityShown = null;
+    $("activity").hidden = true;
+  });
 
   // ------------------------------------------------------------------ athletes
   /** A picker when the Airflow user may see several athletes; one athlete (the usual case): no picker. */
@@ -710,6 +780,8 @@
         select.value = athleteId;
         select.addEventListener("change", () => {
           athleteId = select.value;
+          activityShown = null;
+          $("activity").hidden = true;
           loadCalendar();
           loadTrends();
           loadSync();
