@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import logging
 import sys
 from collections.abc import Sequence
 from contextlib import closing
@@ -38,6 +39,8 @@ from fitness_pipeline.schema import (
     strava_activity,
     webhook_event,
 )
+
+log = logging.getLogger(__name__)
 
 #: how the reason of the (kept) default athlete starts once purged
 PURGED = "purged"
@@ -100,6 +103,37 @@ def of_strava_athlete(cur: Any, owner_id: int) -> int | None:
         execute(cur, sa.select(strava_activity.c.athlete_id).where(strava_activity.c.owner == owner_id).limit(1))
         row = cur.fetchone()
     return int(row[0]) if row else None
+
+
+def of_google_user(conn: Any, health_user_id: str) -> int | None:
+    """Our athlete whose Google Health user is ``health_user_id``; None: not ours. The default athlete's user is
+    not in the Connection: while the table does not know it, it is asked of the API (``users/me/identity``) with
+    the default athlete's tokens, and kept."""
+    with transaction(conn) as cur:
+        execute(cur, sa.select(athlete.c.id).where(athlete.c.google_user_id == health_user_id))
+        row = cur.fetchone()
+        if row is not None:
+            return int(row[0])
+        execute(cur, sa.select(athlete.c.google_user_id).where(athlete.c.id == DEFAULT_ATHLETE_ID))
+        row = cur.fetchone()
+    if row is None or row[0] is not None:
+        return None
+    from fitness_pipeline.hooks.fitbit import FitbitHook
+
+    hook = FitbitHook()
+    try:
+        default_user = str(hook.identity().get("healthUserId") or "")
+    except Exception as error:  # no Google connection, or it does not work: not the default athlete's, then
+        log.warning("Could not ask Google Health who the default athlete is (%s)", type(error).__name__)
+        return None
+    finally:
+        hook.close()
+    if not default_user:
+        return None
+    with transaction(conn) as cur:
+        execute(cur, sa.update(athlete).where(athlete.c.id == DEFAULT_ATHLETE_ID, athlete.c.google_user_id.is_(None))
+                .values(google_user_id=default_user, updated_at=sa.func.now()))
+    return DEFAULT_ATHLETE_ID if default_user == health_user_id else None
 
 
 def to_sync(cur: Any, names: Sequence[str] = ()) -> list[Athlete]:

@@ -37,7 +37,7 @@ def pending_events(db_conn_id: str) -> tuple[int | None, bool]:
     claimable = sa.or_(webhook_event.c.claimed_at.is_(None), webhook_event.c.claimed_at < sa.func.now() - CLAIM_EXPIRES)
     with closing(connect(db_conn_id)) as conn, transaction(conn) as cur:
         execute(cur, sa.select(sa.func.max(webhook_event.c.id), sa.func.bool_or(claimable))
-                .where(webhook_event.c.provider == "strava", webhook_event.c.processed_at.is_(None)))
+                .where(webhook_event.c.processed_at.is_(None)))
         newest, waiting = cur.fetchone()
     return (int(newest) if newest is not None else None), bool(waiting)
 

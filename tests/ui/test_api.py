@@ -213,6 +213,8 @@ def test_calendar_weeks_equal_hand_written_sql_on_the_tables(training_server: Tr
                                        "AND record_date >= %s AND record_date < %s GROUP BY 1", (week, end)))
             calories = dict(query(conn, "SELECT record_date, calories FROM fitbit_calories WHERE deleted_at IS NULL "
                                         "AND record_date >= %s AND record_date < %s", (week, end)))
+            details = {activity_id: (burned, laps) for activity_id, burned, laps in query(
+                conn, "SELECT activity_id, calories, lap_count FROM strava_activity_detail")}
 
             for params in ({"start": week.isoformat(), "weeks": "1"}, {"month": week.strftime("%Y-%m")}):
                 response = training_server.get("/training/api/calendar", token=token, **params)
@@ -236,7 +238,10 @@ def test_calendar_weeks_equal_hand_written_sql_on_the_tables(training_server: Tr
                     assert close(day["kcal"], calories.get(date)), day  # no log: null, not 0
                     for activity in day["activities"]:
                         assert set(activity) == {"id", "sport_type", "name", "distance_km", "moving_time_s",
-                                                 "elevation_m", "pace_s_per_km"}
+                                                 "elevation_m", "pace_s_per_km", "kcal_burned", "lap_count"}
+                        # calories burned and laps where the activity's detail was read, else nothing
+                        assert (activity["kcal_burned"], activity["lap_count"]) == details.get(
+                            activity["id"], (None, None))
 
 
 @slow

@@ -1,15 +1,17 @@
-"""Applying the events the receiver stored (issue 12, part 3's processing; the DAG that runs it is to come).
+"""Applying the events the receiver stored (issue 12): the processing of DAG ``fitness_events``.
 
 Strava events: an activity created or updated is read again from the API (``GET /activities/{id}``: an
-event carries no data, and is not signed) and upserted for its athlete; one deleted is marked deleted; an
-athlete who revoked the app is marked inactive. At least once, idempotently: applying an event twice
-changes nothing the second time. Events are claimed a batch at a time in a short transaction
-(``FOR UPDATE SKIP LOCKED``: two workers never take the same one), applied one by one with no transaction
-open during a request, each marked processed in the transaction that applies it. An event that cannot be
-applied (an unknown athlete, a record the transform refuses) is marked processed with its reason and put
-in quarantine; it does not stop the others. An API or database error leaves the event pending for the
-next try (its claim expires after :data:`CLAIM_EXPIRES`). Google notifications stay pending: their
-payload is not documented yet, and the hourly poll syncs those data.
+event carries no data, and is not signed) and upserted for its athlete with its detail; one deleted is marked
+deleted; an athlete who revoked the app is marked inactive. Google Health notifications (signed; they say which
+user's data of which type changed in which interval) are coalesced per athlete and source, and each such group
+syncs that source for that interval only, through the same extract, transform and load as ``fitness_sync``
+(so a deletion is reconciled as there). At least once, idempotently: applying an event twice changes nothing
+the second time. Events are claimed a batch at a time in a short transaction (``FOR UPDATE SKIP LOCKED``: two
+workers never take the same one), applied with no transaction open during a request, and marked processed in
+the transaction that applies them. An event that cannot be applied (an unknown athlete, a record the transform
+refuses) is marked processed with its reason and put in quarantine; it does not stop the others. An API or
+database error leaves the event pending for the next try (its claim is given back, and expires after
+:data:`CLAIM_EXPIRES` if even that fails).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from fitness_pipeline.errors import NeedsPersonError
 from fitness_pipeline.schema import DEFAULT_ATHLETE_ID, DELETED_AT, LAST_TIME, strava_activity, webhook_event
 from fitness_pipeline.transforms.fields import RecordError
 from fitness_pipeline.transforms.records import QuarantineEntry
+from fitness_pipeline.windows import Window
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +55,15 @@ class Applied:
     deleted: int = 0
     deauthorized: int = 0
     quarantined: int = 0
+    #: Google notifications applied, and the syncs (one per athlete and source) they made
+    notified: int = 0
+    synced: int = 0
 
 
-def claim(conn: Any, limit: int = BATCH) -> list[tuple[int, str]]:
-    """Take up to ``limit`` pending Strava events, oldest first: ``(id, payload)``."""
+def claim(conn: Any, limit: int = BATCH, provider: str = "strava") -> list[tuple[int, str]]:
+    """Take up to ``limit`` pending events of ``provider``, oldest first: ``(id, payload)``."""
     pending = (sa.select(webhook_event.c.id)
-               .where(webhook_event.c.provider == "strava", webhook_event.c.processed_at.is_(None),
+               .where(webhook_event.c.provider == provider, webhook_event.c.processed_at.is_(None),
                       sa.or_(webhook_event.c.claimed_at.is_(None),
                              webhook_event.c.claimed_at < sa.func.now() - CLAIM_EXPIRES))
                .order_by(webhook_event.c.id).limit(limit).with_for_update(skip_locked=True))
@@ -68,8 +74,8 @@ def claim(conn: Any, limit: int = BATCH) -> list[tuple[int, str]]:
 
 
 def apply_pending(db_conn_id: str = FITNESS_DB_CONN_ID, hook_for: Any = None) -> Applied:
-    """Apply every pending Strava event; returns what was done. ``hook_for(athlete_id)``: the Strava hook of an
-    athlete (default: ``StravaHook(athlete_id=...)``).
+    """Apply every pending Strava event, then every pending Google notification; returns what was done.
+    ``hook_for(athlete_id)``: the Strava hook of an athlete (default: ``StravaHook(athlete_id=...)``).
 
     An error that is not the event's fault (the API, the database, the budget) releases the claims of the event
     and of the rest of its batch, and fails the try: the next try (or run) takes them again."""
@@ -87,6 +93,8 @@ def apply_pending(db_conn_id: str = FITNESS_DB_CONN_ID, hook_for: Any = None) ->
                     except Exception:
                         release(conn, [pending for pending, _ in batch[position:]])
                         raise
+            while batch := claim(conn, provider="google"):
+                apply_google(conn, batch, applied, db_conn_id)
     finally:
         for hook in hooks.values():
             hook.close()
@@ -135,7 +143,7 @@ def apply_one(conn: Any, event_id: int, payload: str, hooks: dict[int, Any], hoo
     trusted (it is not signed): an activity is read again, a revocation is confirmed with a token refresh."""
     from fitness_pipeline import athletes
     from fitness_pipeline.errors import AuthorizationRevokedError
-    from fitness_pipeline.loader import quarantine_records, upsert_rows
+    from fitness_pipeline.loader import upsert_rows
     from fitness_pipeline.tasks.details import store_detail
     from fitness_pipeline.tokens import NotAuthorizedError
     from fitness_pipeline.transforms.strava import strava_activity_row
@@ -185,14 +193,122 @@ def apply_one(conn: Any, event_id: int, payload: str, hooks: dict[int, Any], hoo
                 applied.upserted += 1
             processed(cur, event_id)
     except (EventError, RecordError) as error:
-        with transaction(conn) as cur:
-            quarantine_records(cur, QUARANTINE_SOURCE, [QuarantineEntry(str(event_id), str(error), payload)],
-                               athlete_id if athlete_id is not None else DEFAULT_ATHLETE_ID)
-            processed(cur, event_id, str(error))
-        applied.quarantined += 1
-        log.warning("Event %d quarantined: %s", event_id, error)
+        quarantine_event(conn, event_id, payload, error, athlete_id, applied)
 
 
 def processed(cur: Any, event_id: int, error: str | None = None) -> None:
     execute(cur, sa.update(webhook_event).where(webhook_event.c.id == event_id)
             .values(processed_at=sa.func.now(), error=error))
+
+
+# --- Google Health notifications --------------------------------------------------------------------------
+
+#: the source that keeps each Google Health data type a notification may name (height: the weights' BMI)
+GOOGLE_SOURCES = {"weight": "fitbit_weight", "body-fat": "fitbit_weight", "height": "fitbit_weight",
+                  "nutrition-log": "fitbit_calories"}
+#: a civil date may be 14 hours either side of the UTC date (UTC+14 to UTC-12)
+CIVIL_MARGIN = dt.timedelta(hours=14)
+
+
+@dataclass(frozen=True)
+class Notification:
+    """What one stored Google notification says: whose data of which type changed in which UTC window."""
+
+    user: str
+    data_type: str
+    window: Window
+
+
+def notification_of(payload: str) -> Notification:
+    """The stored Google notification (``{"data": {"healthUserId", "dataType", "operation", "intervals"}}``),
+    checked; its window covers every interval (physical times, else the civil dates in any time zone)."""
+    try:
+        data = json.loads(payload)
+        data = data.get("data", data)
+        user, data_type = str(data["healthUserId"]), str(data["dataType"])
+        spans = [interval_span(interval) for interval in data["intervals"]]
+    except (ValueError, TypeError, KeyError, AttributeError) as error:
+        raise EventError(f"malformed notification ({type(error).__name__})") from None
+    if not spans or not user:
+        raise EventError("malformed notification (no healthUserId or no interval)")
+    start, end = min(s for s, _ in spans), max(e for _, e in spans)
+    return Notification(user, data_type, Window(start, end + dt.timedelta(seconds=1)))  # an instant's end is its own
+
+
+def interval_span(interval: dict[str, Any]) -> tuple[dt.datetime, dt.datetime]:
+    """The UTC instants an interval of a notification spans."""
+    physical = interval.get("physicalTimeInterval")
+    if physical:
+        return (dt.datetime.fromisoformat(physical["startTime"].replace("Z", "+00:00")).astimezone(dt.UTC),
+                dt.datetime.fromisoformat(physical["endTime"].replace("Z", "+00:00")).astimezone(dt.UTC))
+    civil = interval["civilDateTimeInterval"]
+    first, last = (dt.datetime(d["year"], d["month"], d["day"], tzinfo=dt.UTC)
+                   for d in (civil["startDateTime"]["date"], civil["endDateTime"]["date"]))
+    return first - CIVIL_MARGIN, last + dt.timedelta(days=1) + CIVIL_MARGIN
+
+
+def apply_google(conn: Any, batch: list[tuple[int, str]], applied: Applied, db_conn_id: str) -> None:
+    """Apply a batch of claimed Google notifications: one sync per athlete and source, of the window their
+    notifications span; each group's events are marked processed once its load committed."""
+    from fitness_pipeline import athletes
+
+    groups: dict[tuple[int, str], list[tuple[int, Notification]]] = {}
+    identities: dict[str, int | None] = {}
+    for event_id, payload in batch:
+        try:
+            notification = notification_of(payload)
+            if notification.user not in identities:
+                identities[notification.user] = athletes.of_google_user(conn, notification.user)
+            athlete_id = identities[notification.user]
+            if athlete_id is None:
+                raise EventError("the notification's user is not one of ours (authorized the app elsewhere?)")
+        except EventError as error:
+            quarantine_event(conn, event_id, payload, error, None, applied)
+            continue
+        source = GOOGLE_SOURCES.get(notification.data_type)
+        if source is None:  # a data type this pipeline does not keep (the subscriber may list more)
+            with transaction(conn) as cur:
+                processed(cur, event_id)
+            continue
+        groups.setdefault((athlete_id, source), []).append((event_id, notification))
+    for position, ((athlete_id, source), members) in enumerate(groups.items()):
+        try:
+            sync_notified(athlete_id, source, [n for _, n in members], min(i for i, _ in members), db_conn_id)
+        except Exception:
+            release(conn, [i for _, later in list(groups.items())[position:] for i, _ in later])
+            raise
+        with transaction(conn) as cur:
+            for event_id, _ in members:
+                processed(cur, event_id)
+        applied.notified += len(members)
+        applied.synced += 1
+
+
+def sync_notified(athlete_id: int, source: str, notifications: list[Notification], first_event: int,
+                  db_conn_id: str) -> None:
+    """Sync ``source`` of ``athlete_id`` for the window ``notifications`` span (the heights all again when one
+    says a height changed), as batch ``webhook-event-<first_event>/<source>...``."""
+    from fitness_pipeline.tasks.extract import extract
+    from fitness_pipeline.tasks.load import load
+    from fitness_pipeline.tasks.transform import transform
+
+    window = Window(min(n.window.start for n in notifications), max(n.window.end for n in notifications))
+    if any(n.data_type == "height" for n in notifications):  # the weights' extract lists heights on midnight ends
+        midnight = window.end.replace(hour=0, minute=0, second=0, microsecond=0)
+        window = Window(window.start, midnight if midnight == window.end else midnight + dt.timedelta(days=1))
+    extracted = extract(source, f"webhook-event-{first_event}", window, db_conn_id=db_conn_id, athlete_id=athlete_id)
+    # the window is exactly what Google says changed: a point gone from it is deleted, whatever share that is
+    load(transform(extracted, db_conn_id=db_conn_id), max_deleted_share=1.0, db_conn_id=db_conn_id)
+
+
+def quarantine_event(conn: Any, event_id: int, payload: str, error: Exception, athlete_id: int | None,
+                     applied: Applied) -> None:
+    """Mark an event that can never be applied processed, with its reason, and keep it in quarantine."""
+    from fitness_pipeline.loader import quarantine_records
+
+    with transaction(conn) as cur:
+        quarantine_records(cur, QUARANTINE_SOURCE, [QuarantineEntry(str(event_id), str(error), payload)],
+                           athlete_id if athlete_id is not None else DEFAULT_ATHLETE_ID)
+        processed(cur, event_id, str(error))
+    applied.quarantined += 1
+    log.warning("Event %d quarantined: %s", event_id, error)
