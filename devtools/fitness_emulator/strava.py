@@ -827,8 +827,9 @@ async def get_push(request: Request) -> Response:
     """The delivery settings, ``subscription`` (or null), ``pending`` (deliveries not finished), ``totals``
     (``events``, ``posts``, ``delivered``, ``failed``, ``duplicated``, ``lost``, never trimmed) and ``log`` (the
     last 100,000 events: ``seq``, ``event``, ``callback_url``, ``attempts``, ``statuses`` (an HTTP status,
-    ``"timeout"`` or the transport error's name per POST), ``sent_at`` (epoch s per POST), ``delivered``,
-    ``duplicated``, ``lost``, ``done``). Query: ``wait=S`` waits up to S seconds for the pending deliveries to
+    ``"timeout"`` or the transport error's name per POST), ``sent_at`` (epoch s per POST), ``delivered`` (the
+    first delivery got a 200), ``duplicated`` (delivered a second time: its POSTs are counted in the same entry),
+    ``lost`` (never sent), ``done``). Query: ``wait=S`` waits up to S seconds for the pending deliveries to
     finish first; ``log=0`` leaves the log out; ``since=SEQ`` gives only the entries after SEQ."""
     push = _strava(request).push
     query = request.query_params

@@ -185,7 +185,7 @@ class StravaPush:
         params = {"hub.mode": "subscribe", "hub.challenge": challenge, "hub.verify_token": verify_token}
         try:
             response = await self._http().get(callback_url, params=params, timeout=self.faults.timeout_seconds)
-        except httpx.HTTPError:
+        except Exception:  # unreachable, too slow, an URL httpx cannot use: not validated
             response = None
         if response is None or response.status_code != 200:
             raise push_error(400, "Bad Request", "callback url", "GET to callback URL does not return 200")
@@ -266,7 +266,7 @@ class StravaPush:
                 status = response.status_code
             except httpx.TimeoutException:
                 status = "timeout"
-            except httpx.HTTPError as error:
+            except Exception as error:  # refused, reset, an URL httpx cannot use: a failed attempt all the same
                 status = type(error).__name__
             with self._lock:
                 entry["statuses"].append(status)
