@@ -167,6 +167,7 @@ async def clear_faults(request: Request) -> Response:
     state = _state(request)
     state.faults.clear()
     state.strava.short_page_every = state.strava.settings.short_page_every
+    state.strava.push.clear_faults()
     return Response(status_code=204)
 
 

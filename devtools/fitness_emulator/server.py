@@ -41,7 +41,8 @@ class RunningEmulator:
         return self._thread.is_alive()
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Graceful shutdown; joins the server thread.  Safe to call twice."""
+        """Graceful shutdown; joins the server thread and stops Strava's event deliveries.  Safe to call twice."""
+        self.state.strava.push.close()
         self._server.should_exit = True
         self._thread.join(timeout)
         if self._thread.is_alive():  # open keep-alive connections: stop waiting for them

@@ -46,6 +46,7 @@ from fitness_emulator.strava_data import (
     detailed_activity,
     parse_iso_utc,
 )
+from fitness_emulator.strava_push import PushError, StravaPush
 
 MAX_PER_PAGE = 200
 DEFAULT_PER_PAGE = 30
@@ -362,6 +363,9 @@ class StravaState(ServiceState):
         self.tokens = default.tokens
         self.activities = default.activities
         self.consent_athlete = default
+        #: the application's push subscription and its event deliveries
+        self.push = StravaPush(client_id=settings.client_id, client_secret=settings.client_secret, seed=seed,
+                               clock=clock)
         for offset in range(1, settings.extra_athletes + 1):
             self.add_athlete(settings.athlete_id + offset)
         stats.declare("token_requests", "token_refreshes", "rate_limited")
@@ -636,6 +640,42 @@ async def get_activity_detail(activity_id: int, request: Request) -> Response:
     return data_response(strava.faults, strava.stats, json_bytes(detail), headers)
 
 
+@router.post("/api/v3/push_subscriptions")
+async def create_push_subscription(request: Request) -> Response:
+    """Create the application's one push subscription (form: ``client_id``, ``client_secret``, ``callback_url``,
+    ``verify_token``): the callback is validated first (Strava's GET handshake, 200 with the challenge within
+    2 s), else 400; a second subscription 400 ``already exists``; wrong client credentials 401. 201 ``{"id"}``."""
+    strava = _strava(request)
+    try:
+        subscription = await strava.push.create(await read_form(request))
+    except PushError as error:
+        raise ApiError(error.status, error.body) from None
+    return json_response({"id": subscription.id}, status=201)
+
+
+@router.get("/api/v3/push_subscriptions")
+async def list_push_subscriptions(request: Request) -> Response:
+    """``?client_id=&client_secret=`` → ``[{"id", "resource_state", "application_id", "callback_url",
+    "created_at", "updated_at"}]`` (at most one)."""
+    push = _strava(request).push
+    try:
+        push.check_client(await read_form(request))
+    except PushError as error:
+        raise ApiError(error.status, error.body) from None
+    subscription = push.subscription
+    return json_response([subscription.view()] if subscription else [])
+
+
+@router.delete("/api/v3/push_subscriptions/{subscription_id}")
+async def delete_push_subscription(subscription_id: int, request: Request) -> Response:
+    """``?client_id=&client_secret=`` → 204; 404 for another id; 401 for wrong client credentials."""
+    try:
+        _strava(request).push.delete(subscription_id, await read_form(request))
+    except PushError as error:
+        raise ApiError(error.status, error.body) from None
+    return Response(status_code=204)
+
+
 # --------------------------------------------------------------------------- control
 
 
@@ -690,6 +730,7 @@ async def add_activity(request: Request) -> Response:
         created = add_late_upload(athlete.activities, str(body.pop("start_date")), body)
     except (TypeError, ValueError) as error:
         raise ApiError(400, {"message": str(error)}) from None
+    _strava(request).push.emit("activity", int(created["id"]), "create", athlete.id)
     return json_response(created, status=201)
 
 
@@ -706,26 +747,50 @@ async def update_activity(activity_id: int, request: Request) -> Response:
     athlete = _athlete(request)
     changes = await read_json_object(request)
     changes.pop("id", None)
+    before = athlete.activities.get(activity_id)
     try:
         updated = athlete.activities.update(activity_id, changes)
     except ValueError as error:
         raise ApiError(400, {"message": str(error)}) from None
-    if updated is None:
+    if updated is None or before is None:
         raise _not_found(activity_id)
+    updates = event_updates(before, updated)
+    if updates:  # Strava sends an update event for a new title, type or privacy only
+        _strava(request).push.emit("activity", activity_id, "update", athlete.id, updates)
     return json_response(updated)
+
+
+def event_updates(before: dict[str, Any], after: dict[str, Any]) -> dict[str, str]:
+    """What an update event says changed, as Strava sends it: ``title`` (the name), ``type`` (the sport type)
+    and ``private`` (``"true"``/``"false"``), only those that changed."""
+    updates: dict[str, str] = {}
+    if before.get("name") != after.get("name"):
+        updates["title"] = str(after.get("name"))
+    if before.get("sport_type") != after.get("sport_type"):
+        updates["type"] = str(after.get("sport_type"))
+    elif before.get("type") != after.get("type"):
+        updates["type"] = str(after.get("type"))
+    if bool(before.get("private")) != bool(after.get("private")):
+        updates["private"] = "true" if after.get("private") else "false"
+    return updates
 
 
 @control_router.delete("/activities/{activity_id}")
 async def delete_activity(activity_id: int, request: Request) -> Response:
-    if not _athlete(request).activities.delete(activity_id):
+    athlete = _athlete(request)
+    if not athlete.activities.delete(activity_id):
         raise _not_found(activity_id)
+    _strava(request).push.emit("activity", activity_id, "delete", athlete.id)
     return Response(status_code=204)
 
 
 @control_router.post("/revoke")
 async def revoke(request: Request) -> Response:
-    """The athlete deauthorizes the application; the other athletes keep working."""
-    _athlete(request).tokens.revoke()
+    """The athlete deauthorizes the application; the other athletes keep working. With a push subscription,
+    Strava's event ``athlete``/``update`` ``{"authorized": "false"}`` is delivered."""
+    athlete = _athlete(request)
+    athlete.tokens.revoke()
+    _strava(request).push.emit("athlete", athlete.id, "update", athlete.id, {"authorized": "false"})
     return json_response({"revoked": True})
 
 
@@ -755,3 +820,43 @@ async def connection(request: Request) -> Response:
     """The Airflow connection; ``?athlete_id=`` gives that athlete's current refresh token."""
     athlete = _athlete(request)
     return json_response(_strava(request).connection(str(request.base_url).rstrip("/"), athlete))
+
+
+@control_router.get("/push")
+async def get_push(request: Request) -> Response:
+    """The delivery settings, ``subscription`` (or null), ``pending`` (deliveries not finished), ``totals``
+    (``events``, ``posts``, ``delivered``, ``failed``, ``duplicated``, ``lost``, never trimmed) and ``log`` (the
+    last 100,000 events: ``seq``, ``event``, ``callback_url``, ``attempts``, ``statuses`` (an HTTP status,
+    ``"timeout"`` or the transport error's name per POST), ``sent_at`` (epoch s per POST), ``delivered`` (the
+    first delivery got a 200), ``duplicated`` (delivered a second time: its POSTs are counted in the same entry),
+    ``lost`` (never sent), ``done``). Query: ``wait=S`` waits up to S seconds for the pending deliveries to
+    finish first; ``log=0`` leaves the log out; ``since=SEQ`` gives only the entries after SEQ."""
+    push = _strava(request).push
+    query = request.query_params
+    try:
+        wait = float(query.get("wait") or 0)
+        since = int(query.get("since") or 0)
+    except ValueError:
+        raise ApiError(400, {"message": "wait must be a number of seconds, since an integer"}) from None
+    if wait > 0:
+        await push.wait_idle(min(wait, 600.0))
+    return json_response(push.view(log=query.get("log", "1") not in ("0", "false"), since=since))
+
+
+@control_router.put("/push")
+async def set_push(request: Request) -> Response:
+    """Delivery faults, any of ``{"delay_seconds": float, "duplicate_rate": 0..1, "lost_rate": 0..1, "seed": int,
+    "retry_pause_seconds": float, "timeout_seconds": float}``; answers like GET without the log."""
+    push = _strava(request).push
+    try:
+        push.update_faults(await read_json_object(request))
+    except ValueError as error:
+        raise ApiError(400, {"message": str(error)}) from None
+    return json_response(push.view(log=False))
+
+
+@control_router.delete("/push")
+async def reset_push(request: Request) -> Response:
+    """Well-behaved deliveries again, the log and totals emptied; the subscription stays (the API deletes it)."""
+    _strava(request).push.reset()
+    return Response(status_code=204)
