@@ -25,7 +25,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from fitness_pipeline.handover import DEFAULT_ATHLETE_ID, RunParams
+from fitness_pipeline.handover import DEFAULT_ATHLETE_ID, POLL_EVERY_CHOICES, RunParams
 from fitness_pipeline.sources import ALIASES, REGISTRY, SourceSpec
 
 try:
@@ -42,7 +42,8 @@ except ImportError:  # Airflow 2.10/2.11
     MAP_OVER_ATHLETES = False
 
 #: a deployment's Strava retention comes from the environment, so that the scheduled runs keep to it too
-DEFAULTS = RunParams(strava_retention_days=RunParams.retention_from_environment())
+DEFAULTS = RunParams(strava_retention_days=RunParams.retention_from_environment(),
+                     strava_poll_every_hours=RunParams.poll_every_from_environment())
 #: the athlete of a single-athlete deployment (the only one synced on Airflow 2)
 DEFAULT_ATHLETE = {"athlete_id": DEFAULT_ATHLETE_ID, "name": "default"}
 
@@ -99,6 +100,11 @@ DEFAULT_ATHLETE = {"athlete_id": DEFAULT_ATHLETE_ID, "name": "default"}
             DEFAULTS.strava_retention_days, type=["null", "integer"], minimum=1,
             description="Keep only this many days of Strava activities (for deployers bound by a caching limit): "
                         "older ones are not fetched and are deleted. Empty: keep everything.",
+        ),
+        "strava_poll_every_hours": Param(  # noqa: AIR311
+            DEFAULTS.strava_poll_every_hours, type="integer", enum=list(POLL_EVERY_CHOICES),
+            description="List Strava activities only every this many hours (midnight UTC always): with webhooks "
+                        "on, events keep them current and the poll is the backstop. 1: every hour.",
         ),
         "purge_athlete": Param(  # noqa: AIR311
             DEFAULTS.purge_athlete, type=["null", "string"],
@@ -173,6 +179,9 @@ def source_group(spec: SourceSpec, schema: Any, athletes: Any) -> Any:
             spec = sources.get(source)
             if not plan.wanted(spec, run):
                 raise AirflowSkipException(f"{source} is not in this run's sources")
+            if not plan.polled(spec, run, data_interval_end):
+                raise AirflowSkipException(f"{source} is listed every {getattr(run, spec.poll_every_param)} hours "
+                                           "(webhook events keep it current meanwhile)")
             try:
                 prepare.check_source_schema(source, schema_report)
             except Exception as error:

@@ -23,6 +23,10 @@ T = TypeVar("T", bound="_Handover")
 
 #: the environment variable with a deployment's ``strava_retention_days``
 RETENTION_ENV = "FITNESS_STRAVA_RETENTION_DAYS"
+#: the hours a poll interval may be: those that divide a day, so that the midnight run is always one that polls
+POLL_EVERY_CHOICES = (1, 2, 3, 4, 6, 8, 12, 24)
+#: the default of ``strava_poll_every_hours`` (a deployment whose webhooks keep the activities current)
+POLL_EVERY_ENV = "FITNESS_STRAVA_POLL_EVERY_HOURS"
 
 #: ``athlete.id`` of the default athlete (:data:`fitness_pipeline.schema.DEFAULT_ATHLETE_ID`; repeated here
 #: because this module is parsed with the DAG and imports no SQLAlchemy): hand-overs of versions before
@@ -56,6 +60,10 @@ class RunParams:
     detail_budget_share: float = 0.5
     #: keep only this many days of Strava-sourced rows (None: all): older ones are not fetched, and deleted
     strava_retention_days: int | None = None
+    #: list Strava activities only in the runs whose interval ends at a multiple of this many hours (UTC), the
+    #: midnight run (the daily full reconciliation) always among them; with webhooks on, events keep the
+    #: activities current and the poll is the backstop that catches what they missed (the lookback covers the gap)
+    strava_poll_every_hours: int = 1
     #: purge this athlete (name) before syncing: only when ``purge_confirm`` names them too
     purge_athlete: str | None = None
     purge_confirm: str | None = None
@@ -75,8 +83,9 @@ class RunParams:
         for name in ("max_deleted_share", "history_budget_share", "detail_budget_share"):
             if name in values:
                 values[name] = float(values[name])
-        if "strava_retention_days" in values:
-            values["strava_retention_days"] = int(values["strava_retention_days"])
+        for name in ("strava_retention_days", "strava_poll_every_hours"):
+            if name in values:
+                values[name] = int(values[name])
         if "daily_full_reconcile" in values:
             values["daily_full_reconcile"] = bool(values["daily_full_reconcile"])
         return cls(**values)
@@ -90,6 +99,18 @@ class RunParams:
             return None
         if not raw.isdigit() or int(raw) < 1:
             raise ValueError(f"{RETENTION_ENV}={raw!r}: expected a whole number of days (1 or more), or nothing")
+        return int(raw)
+
+    @staticmethod
+    def poll_every_from_environment(environ: Mapping[str, str] | None = None) -> int:
+        """``$FITNESS_STRAVA_POLL_EVERY_HOURS`` (1 to 24, dividing 24, so that the midnight run polls), the default
+        of ``strava_poll_every_hours``; 1 when unset or empty."""
+        raw = (os.environ if environ is None else environ).get(POLL_EVERY_ENV, "").strip()
+        if not raw:
+            return 1
+        if not raw.isdigit() or int(raw) not in POLL_EVERY_CHOICES:
+            raise ValueError(f"{POLL_EVERY_ENV}={raw!r}: expected one of {', '.join(map(str, POLL_EVERY_CHOICES))} "
+                             "(hours dividing a day), or nothing")
         return int(raw)
 
     @property

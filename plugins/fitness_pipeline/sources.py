@@ -88,6 +88,9 @@ class SourceSpec:
     #: detailed activities) within a share of the API budget; it writes ``enrich_tables``
     enrich: Ref | None = None
     enrich_tables: tuple[str, ...] = ()
+    #: the run param (a :class:`~fitness_pipeline.handover.RunParams` field) saying every how many hours the hourly
+    #: runs list this source (the others skip it: webhook events keep it current)
+    poll_every_param: str | None = None
     #: one line for the trigger form and the docs
     description: str = ""
 
@@ -189,6 +192,7 @@ BUILT_IN: tuple[SourceSpec, ...] = (
         # Strava's after/before are exclusive whole seconds
         reconcile=Reconcile("start_date", windows.exclusive_seconds, daily_full=True),
         retention_param="strava_retention_days",
+        poll_every_param="strava_poll_every_hours",
         # each activity's DetailedActivity (laps, gear, calories), oldest missing first, within a budget share
         enrich="fitness_pipeline.tasks.details:enrich_for_run",
         enrich_tables=("strava_activity_detail", "strava_gear", "strava_lap"),

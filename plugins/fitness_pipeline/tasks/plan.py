@@ -52,3 +52,13 @@ def budget_share(params: RunParams) -> float:
     """The share of the Strava budget a run's extracts may use: ``history_budget_share`` for a history import,
     all of it for the hourly runs (which come first)."""
     return params.history_budget_share if params.history_start else 1.0
+
+
+def polled(spec: SourceSpec, params: RunParams, data_interval_end: dt.datetime | None) -> bool:
+    """Whether this run lists ``spec``: always, unless its ``poll_every_param`` says every N hours and this is an
+    hourly run whose interval does not end at a multiple of N hours (UTC). Midnight is always one (the daily full
+    reconciliation), and so is a history import or a run without an interval."""
+    every = int(getattr(params, spec.poll_every_param)) if spec.poll_every_param else 1
+    if every <= 1 or params.history_start or data_interval_end is None:
+        return True
+    return data_interval_end.astimezone(dt.UTC).hour % every == 0
