@@ -318,3 +318,13 @@ def test_a_purge_deletes_the_events_of_the_athlete(receiver: Any, schema: Any) -
     with transaction(schema) as cur:
         athletes.purge(cur, athletes.find(cur, "alice"))
     assert query(schema, "SELECT account_id FROM webhook_event") == [("77",)]
+
+
+def test_a_google_body_holds_1_to_99_notifications() -> None:
+    from fitness_pipeline.receiver import Refused, google_notifications
+
+    assert len(google_notifications([notification()] * 99)) == 99
+    for count in (0, 100):
+        with pytest.raises(Refused) as refused:
+            google_notifications([notification()] * count)
+        assert refused.value.status == 400
