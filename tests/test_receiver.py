@@ -136,21 +136,121 @@ def test_the_google_endpoint_is_verified_only_with_our_secret(receiver: Any) -> 
     assert receiver.post("/google", content=body, headers={"Authorization": "Bearer guess"}).status_code == 401
 
 
-def test_a_signed_google_notification_is_stored_as_received_once_and_a_forged_one_never(
+def notification(user: str = "108527364915620845633", data_type: str = "weight", operation: str = "UPSERT",
+                 **changes: Any) -> dict[str, Any]:
+    """One notification object as Google documents it (the body is a JSON array of 1 to 99 of them)."""
+    return {"data": {"version": "1", "clientProvidedSubscriptionName": "fitness-sync", "healthUserId": user,
+                     "operation": operation, "dataType": data_type, "intervals": [{
+                         "physicalTimeInterval": {"startTime": "2026-03-08T01:29:00Z",
+                                                  "endTime": "2026-03-08T01:34:00Z"},
+                         "civilDateTimeInterval": {
+                             "startDateTime": {"date": {"year": 2026, "month": 3, "day": 7}, "time": {"hours": 17,
+                                                                                                     "minutes": 29}},
+                             "endDateTime": {"date": {"year": 2026, "month": 3, "day": 7}, "time": {"hours": 17,
+                                                                                                   "minutes": 34}}}}],
+                     **changes}}
+
+
+def google_rows(conn: Any) -> list[tuple[str, str, str, str]]:
+    return query(conn, "SELECT provider, payload, account_id, dedup_key FROM webhook_event ORDER BY id")
+
+
+def test_the_google_endpoint_accepts_the_exact_secret_google_was_given(schema: Any) -> None:
+    """The secret a subscriber is created with is sent as the whole Authorization header (``Bearer <random>``)."""
+    from starlette.testclient import TestClient
+
+    from fitness_pipeline.receiver import ReceiverSettings, create_app
+
+    client = TestClient(create_app(ReceiverSettings(google_endpoint_secret="Bearer " + GOOGLE_SECRET)))
+    body = json.dumps({"type": "verification"})
+    assert client.post("/google", content=body, headers={"Authorization": "Bearer " + GOOGLE_SECRET}).status_code \
+        == 201
+    for headers in ({}, {"Authorization": GOOGLE_SECRET}, {"Authorization": "Basic " + GOOGLE_SECRET}):
+        assert client.post("/google", content=body, headers=headers).status_code == 401
+
+
+@pytest.mark.parametrize("header", ["X-HEALTHAPI-SIGNATURE", "GOOGLE-HEALTH-API-SIGNATURE"])
+def test_a_signed_google_notification_is_stored_once_per_notification(
+        receiver: Any, schema: Any, google_key: Any, header: str) -> None:
+    from fitness_pipeline.receiver import google_dedup_key
+
+    weight = notification()
+    body = json.dumps([weight]).encode()
+    for _ in range(2):  # Google delivers a body again
+        answer = receiver.post("/google", content=body, headers={header: sign(google_key, body)})
+        assert answer.status_code == 200
+    ((provider, payload, account, key),) = google_rows(schema)
+    assert (provider, json.loads(payload), account) == ("google", weight, "108527364915620845633")
+    assert key == google_dedup_key(weight) and key.startswith("google:") and len(key) == 7 + 64
+    # the same notification in another body (with other key order and spacing) is the same notification
+    again = json.dumps([notification(data_type="body-fat"), {"data": dict(reversed(weight["data"].items()))}],
+                       indent=1).encode()
+    assert receiver.post("/google", content=again, headers={header: sign(google_key, again)}).status_code == 200
+    assert [json.loads(row[1])["data"]["dataType"] for row in google_rows(schema)] == ["weight", "body-fat"]
+
+
+def test_one_body_of_two_users_is_two_rows_with_their_account_ids(receiver: Any, schema: Any,
+                                                                   google_key: Any) -> None:
+    body = json.dumps([notification("111", "weight"), notification("222", "nutrition-log", "DELETE")]).encode()
+    assert receiver.post("/google", content=body, headers={"X-HEALTHAPI-SIGNATURE": sign(google_key, body)}) \
+        .status_code == 200
+    rows = google_rows(schema)
+    assert [(r[0], r[2], json.loads(r[1])["data"]["operation"]) for r in rows] == [
+        ("google", "111", "UPSERT"), ("google", "222", "DELETE")]
+
+
+def test_a_forged_or_unsigned_google_notification_is_refused_and_not_stored(
         receiver: Any, schema: Any, google_key: Any) -> None:
     from cryptography.hazmat.primitives.asymmetric import ec
 
-    body = json.dumps({"healthUserId": "108527364915620845633", "dataTypes": ["weight"]}).encode()
-    for _ in range(2):
-        answer = receiver.post("/google", content=body, headers={"X-HEALTHAPI-SIGNATURE": sign(google_key, body)})
-        assert answer.status_code == 200
-    assert stored(schema) == [("google", body.decode())]
     forger = ec.generate_private_key(ec.SECP256R1())
-    other = json.dumps({"healthUserId": "1", "dataTypes": ["weight"]}).encode()
-    for headers in ({}, {"X-HEALTHAPI-SIGNATURE": sign(forger, other)}, {"X-HEALTHAPI-SIGNATURE": "not base64!"},
-                    {"X-HEALTHAPI-SIGNATURE": sign(google_key, body)}):  # a signature of another body
-        assert receiver.post("/google", content=other, headers=headers).status_code == 401
-    assert len(stored(schema)) == 1
+    body = json.dumps([notification("1")]).encode()
+    signed_other = json.dumps([notification("2")]).encode()
+    for headers in ({}, {"X-HEALTHAPI-SIGNATURE": sign(forger, body)},
+                    {"GOOGLE-HEALTH-API-SIGNATURE": sign(forger, body)}, {"X-HEALTHAPI-SIGNATURE": "not base64!"},
+                    {"X-HEALTHAPI-SIGNATURE": ""}, {"X-HEALTHAPI-SIGNATURE": sign(google_key, signed_other)},
+                    {"Authorization": f"Bearer {GOOGLE_SECRET}"}):  # the endpoint secret is no signature
+        assert receiver.post("/google", content=body, headers=headers).status_code == 401
+    assert google_rows(schema) == []
+
+
+def malformed_bodies() -> list[Any]:
+    weight = notification()
+    return [
+        {"healthUserId": "1", "dataTypes": ["weight"]},  # an object, not an array
+        [],
+        [weight] * 100,
+        [weight, "x"],
+        [{"data": "x"}],
+        [{"weight": weight["data"]}],
+        [notification(healthUserId=None)],
+        [notification(healthUserId="")],
+        [notification(healthUserId=108527364915620845633)],
+        [notification(dataType=["weight"])],
+        [notification(operation="INSERT")],
+        [notification(intervals={"physicalTimeInterval": {}})],
+        [{"data": {k: v for k, v in weight["data"].items() if k != "intervals"}}],
+    ]
+
+
+@pytest.mark.parametrize("message", malformed_bodies())
+def test_a_signed_body_not_of_googles_shape_is_refused_and_not_stored(
+        receiver: Any, schema: Any, google_key: Any, message: Any) -> None:
+    body = json.dumps(message).encode()
+    answer = receiver.post("/google", content=body, headers={"X-HEALTHAPI-SIGNATURE": sign(google_key, body)})
+    assert answer.status_code == (413 if len(body) > 2048 else 400)
+    assert google_rows(schema) == []
+
+
+def test_google_bodies_over_the_limit_or_not_json_are_refused(receiver: Any, schema: Any, google_key: Any) -> None:
+    big = json.dumps([notification(str(n)) for n in range(8)]).encode()
+    assert len(big) > 2048
+    assert receiver.post("/google", content=big, headers={"X-HEALTHAPI-SIGNATURE": sign(google_key, big)}) \
+        .status_code == 413
+    for body in (b"[{not json", json.dumps([notification()]).encode("utf-16")):
+        assert receiver.post("/google", content=body, headers={"X-HEALTHAPI-SIGNATURE": sign(google_key, body)}) \
+            .status_code == 400
+    assert google_rows(schema) == []
 
 
 def test_with_the_database_down_the_answer_is_a_quick_503_and_nothing_leaks(
@@ -218,3 +318,13 @@ def test_a_purge_deletes_the_events_of_the_athlete(receiver: Any, schema: Any) -
     with transaction(schema) as cur:
         athletes.purge(cur, athletes.find(cur, "alice"))
     assert query(schema, "SELECT account_id FROM webhook_event") == [("77",)]
+
+
+def test_a_google_body_holds_1_to_99_notifications() -> None:
+    from fitness_pipeline.receiver import Refused, google_notifications
+
+    assert len(google_notifications([notification()] * 99)) == 99
+    for count in (0, 100):
+        with pytest.raises(Refused) as refused:
+            google_notifications([notification()] * count)
+        assert refused.value.status == 400

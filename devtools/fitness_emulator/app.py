@@ -15,7 +15,7 @@ from typing import Any
 from fastapi import APIRouter, FastAPI, Request, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from fitness_emulator import google, strava
+from fitness_emulator import google, google_push, strava
 from fitness_emulator.core import ApiError, Faults, Stats, json_response, read_json_object
 from fitness_emulator.google import GoogleSettings, GoogleState
 from fitness_emulator.strava import StravaSettings, StravaState
@@ -107,7 +107,9 @@ def _service_routers() -> list[tuple[str, APIRouter]]:
         ("", strava.router),
         (f"{CONTROL_PREFIX}/strava", strava.control_router),
         ("", google.router),
+        ("", google_push.router),
         (f"{CONTROL_PREFIX}/google", google.control_router),
+        (f"{CONTROL_PREFIX}/google", google_push.control_router),
         (f"{CONTROL_PREFIX}/fitbit", google.fitbit_control_router),
     ]
 

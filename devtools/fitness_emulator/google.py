@@ -50,17 +50,23 @@ from fitness_emulator.core import (
 )
 from fitness_emulator.google_data import (
     DATA_TYPES,
+    MEAL_TYPES,
+    SOURCE_FITBIT_MANUAL,
+    SOURCE_MFP,
     SOURCE_NAMES,
     SOURCE_SCALE_PASSIVE,
     Bounds,
     HealthStore,
     Point,
     date_json,
+    health_profile,
     legacy_user_id,
     make_weight,
+    offset_at,
     point_json,
     user_seed,
 )
+from fitness_emulator.google_push import GooglePush
 from fitness_emulator.strava_data import day_number
 
 METRICS_SCOPE = "https://www.googleapis.com/auth/googlehealth.health_metrics_and_measurements.readonly"
@@ -596,6 +602,7 @@ class GoogleState(ServiceState):
         self.consent_user = default
         for _ in range(settings.extra_users):
             self.add_user()
+        self.push = GooglePush(seed, stats)  # webhook subscribers and notifications (google_push.py)
         stats.declare("google_token_requests", "google_token_refreshes", "google_rate_limited")
         stats.declare_group("google_requests_by_user")
 
@@ -1082,16 +1089,94 @@ async def add_weight(request: Request) -> Response:
     created = {"weight": point_json(points[0], user.id)}
     if len(points) > 1:
         created["bodyFat"] = point_json(points[1], user.id)
+    _google(request).push.notify(user.id, "UPSERT", points)
     return json_response(created, status=201)
+
+
+def _instant(body: dict[str, Any], name: str) -> int:
+    """Epoch seconds of the RFC 3339 time ``body[name]`` (UTC when it has no offset); KeyError/ValueError."""
+    moment = datetime.fromisoformat(str(body[name]).replace("Z", "+00:00"))
+    return int((moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp())
+
+
+def _offset(body: dict[str, Any], name: str, user: GoogleUser, epoch: int) -> int:
+    """``body[name]`` (seconds, int or ``"3600s"``), by default the offset of the user's modelled time zone."""
+    if body.get(name) is None:
+        day = datetime.fromtimestamp(epoch, UTC).date()
+        return offset_at(epoch, health_profile(user.store.seed).tz_on(day))
+    offset = body[name]
+    if isinstance(offset, str):
+        offset = int(offset.removesuffix("s"))
+    if isinstance(offset, bool) or not isinstance(offset, int) or abs(offset) > 18 * 3600:
+        raise ValueError(f"{name} must be seconds (int or '3600s') within ±18 h")
+    return offset
+
+
+def _positive(body: dict[str, Any], name: str) -> float:
+    value = body[name]
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ValueError(f"{name} must be a positive number")
+    return float(value)
+
+
+@control_router.post("/nutrition")
+async def add_nutrition(request: Request) -> Response:
+    """``{"startTime": "...Z", "endTime"?: "...Z" (start + 15 min), "utcOffset"?: seconds (default: the user's
+    time zone then), "kcal": 640, "mealType"?: "DINNER", "foodDisplayName"?: "..."}`` → 201 ``{"nutritionLog":
+    item}`` (``?user_id=``'s); counted in that civil day's roll-up."""
+    user = _user(request)
+    body = await read_json_object(request)
+    try:
+        start = _instant(body, "startTime")
+        end = _instant(body, "endTime") if body.get("endTime") is not None else start + 900
+        if end < start:
+            raise ValueError("endTime must not be before startTime")
+        offset = _offset(body, "utcOffset", user, start)
+        kcal = _positive(body, "kcal")
+        meal = body.get("mealType", "SNACK")
+        food = body.get("foodDisplayName", "Snack")
+        if meal not in MEAL_TYPES or not isinstance(food, str) or not food:
+            raise ValueError(f"mealType must be one of {MEAL_TYPES} and foodDisplayName a non-empty string")
+    except KeyError as missing:
+        raise ApiError(400, {"message": f"{missing.args[0]} is required"}) from None
+    except (TypeError, ValueError) as error:
+        raise ApiError(400, {"message": str(error)}) from None
+    point = user.store.add(Point(user.store.new_id(), "nutrition-log", start, offset, round(kcal, 1), SOURCE_MFP,
+                                 end, offset, meal, food))
+    _google(request).push.notify(user.id, "UPSERT", [point])
+    return json_response({"nutritionLog": point_json(point, user.id)}, status=201)
+
+
+@control_router.post("/height")
+async def add_height(request: Request) -> Response:
+    """``{"physicalTime": "...Z", "utcOffset"?: seconds (default: the user's time zone then), "millimeters":
+    1776}`` → 201 ``{"height": item}`` (``?user_id=``'s)."""
+    user = _user(request)
+    body = await read_json_object(request)
+    try:
+        moment = _instant(body, "physicalTime")
+        offset = _offset(body, "utcOffset", user, moment)
+        millimetres = round(_positive(body, "millimeters"))
+    except KeyError as missing:
+        raise ApiError(400, {"message": f"{missing.args[0]} is required"}) from None
+    except (TypeError, ValueError) as error:
+        raise ApiError(400, {"message": str(error)}) from None
+    point = user.store.add(Point(user.store.new_id(), "height", moment, offset, millimetres, SOURCE_FITBIT_MANUAL))
+    _google(request).push.notify(user.id, "UPSERT", [point])
+    return json_response({"height": point_json(point, user.id)}, status=201)
 
 
 @control_router.delete("/dataPoints/{data_type}/{point_id}")
 async def delete_data_point(data_type: str, point_id: str, request: Request) -> Response:
-    """The point simply vanishes from listings (no tombstone, no change feed)."""
+    """The point simply vanishes from listings (no tombstone, no change feed when polling; a subscriber of
+    the data type is notified)."""
     try:
         numeric = int(point_id)
     except ValueError:
         numeric = -1
-    if not _user(request).store.delete(numeric, data_type):
+    user = _user(request)
+    point = user.store.get(numeric)
+    if point is None or not user.store.delete(numeric, data_type):
         raise ApiError(404, {"message": "Record Not Found", "dataType": data_type, "id": point_id})
+    _google(request).push.notify(user.id, "DELETE", [point])
     return Response(status_code=204)

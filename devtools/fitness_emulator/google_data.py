@@ -196,7 +196,7 @@ def _instant(day: date, minute_of_day: int, second: int, tz_name: str) -> tuple[
     return int(local.timestamp()), int(offset.total_seconds())
 
 
-def _offset_at(epoch: int, tz_name: str) -> int:
+def offset_at(epoch: int, tz_name: str) -> int:
     offset = datetime.fromtimestamp(epoch, UTC).astimezone(ZoneInfo(tz_name)).utcoffset() or timedelta(0)
     return int(offset.total_seconds())
 
@@ -270,7 +270,7 @@ def plan_day(seed: int, day_no: int) -> tuple[Point, ...]:
                     kcal,
                     source,
                     end,
-                    _offset_at(end, tz_name),
+                    offset_at(end, tz_name),
                     meal,
                     rng.choice(foods[meal]),
                 )

@@ -12,10 +12,14 @@ inserts, so it answers well within Strava's 2 s whatever the rest of the pipelin
   here authorized is answered 200 (Strava would retry anything else) and not stored. Stored once per
   event: a delivery Strava repeats has the same ``dedup_key``.
 - ``POST /google``: Google Health's subscriber endpoint. ``{"type": "verification"}`` answers 201 with the
-  configured secret (``Authorization: Bearer $FITNESS_GOOGLE_ENDPOINT_SECRET``) and 401 without it; a
-  notification must carry ``X-HEALTHAPI-SIGNATURE`` (base64 of an ECDSA P-256 / SHA-256 signature of the
-  body) that Google's public key (``$FITNESS_GOOGLE_PUBLIC_KEY``, PEM) verifies (401 otherwise), and is
-  stored as received.
+  configured secret (``Authorization`` exactly ``$FITNESS_GOOGLE_ENDPOINT_SECRET``, which Google sends as
+  given when the subscriber was created, e.g. ``Bearer <random>``; or ``Bearer $FITNESS_GOOGLE_ENDPOINT_SECRET``)
+  and 401 without it. A notification must carry ``X-HEALTHAPI-SIGNATURE`` (or ``GOOGLE-HEALTH-API-SIGNATURE``,
+  as Google's example spells it): base64 of an ECDSA P-256 / SHA-256 signature of the body that Google's
+  public key (``$FITNESS_GOOGLE_PUBLIC_KEY``, PEM) verifies (401 otherwise). Its body is a JSON array of 1 to
+  99 notifications ``{"data": {"healthUserId", "dataType", "operation": "UPSERT"|"DELETE", "intervals": [...],
+  ...}}`` (400 otherwise); each is stored as one row (``account_id`` its ``healthUserId``), all in one
+  transaction, once however often it is delivered.
 
 The database unreachable or slow (1 s to connect, 1 s per statement) is a 503: Strava retries a delivery up
 to three times in all. Nothing of an event, a token or a secret is logged.
@@ -132,6 +136,50 @@ def strava_dedup_key(event: Mapping[str, Any]) -> str:
     return "strava:" + hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
+GOOGLE_SIGNATURE_HEADERS = ("x-healthapi-signature", "google-health-api-signature")
+GOOGLE_OPERATIONS = frozenset({"UPSERT", "DELETE"})
+MAX_GOOGLE_NOTIFICATIONS = 99
+
+
+def google_notifications(message: Any) -> list[dict[str, Any]]:
+    """The notifications of a (signed) Google body: a JSON array of 1..99 objects, each ``{"data": {...}}``
+    with ``healthUserId`` and ``dataType`` (non-empty strings), ``operation`` (UPSERT or DELETE) and
+    ``intervals`` (a list); :class:`Refused` 400 otherwise."""
+    if not isinstance(message, list) or not 1 <= len(message) <= MAX_GOOGLE_NOTIFICATIONS:
+        raise Refused(400, f"a notification body is a JSON array of 1 to {MAX_GOOGLE_NOTIFICATIONS} notifications")
+    for notification in message:
+        data = notification.get("data") if isinstance(notification, dict) else None
+        if not isinstance(data, dict):
+            raise Refused(400, "each notification must be an object with an object 'data'")
+        for name in ("healthUserId", "dataType"):
+            if not isinstance(data.get(name), str) or not data[name]:
+                raise Refused(400, f"data.{name} must be a non-empty string")
+        if data.get("operation") not in GOOGLE_OPERATIONS:
+            raise Refused(400, "data.operation must be UPSERT or DELETE")
+        if not isinstance(data.get("intervals"), list):
+            raise Refused(400, "data.intervals must be a list")
+    return message
+
+
+def google_dedup_key(notification: Any) -> str:
+    """What makes a Google notification itself: its canonical JSON (sorted keys), so that the same notification
+    delivered again, alone or in another body, has the same key."""
+    canonical = json.dumps(notification, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return "google:" + hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def google_signature(headers: Mapping[str, str]) -> str | None:
+    """The signature header, under either of its documented names."""
+    return next((headers[name] for name in GOOGLE_SIGNATURE_HEADERS if headers.get(name)), None)
+
+
+def google_authorized(authorization: str | None, secret: str | None) -> bool:
+    """Whether a verification request carries the endpoint secret: the exact header value Google was given, or
+    (a secret configured without its scheme) ``Bearer <secret>``."""
+    given = (authorization or "").strip()
+    return same_secret(given, secret) or (given[:7].lower() == "bearer " and same_secret(given[7:].strip(), secret))
+
+
 def google_signature_valid(body: bytes, signature: str | None, public_key_pem: str | None) -> bool:
     """Whether ``signature`` (base64 DER, ECDSA P-256 over SHA-256) is the body's, by Google's public key."""
     if not signature or not public_key_pem:
@@ -172,20 +220,23 @@ def create_app(settings: ReceiverSettings | None = None, connect: Callable[[], A
                 raise Refused(413, "the body is too large")
         return bytes(body)
 
-    def store(provider: str, dedup_key: str, payload: str, owner_id: int | None = None,
-              account_id: str | None = None) -> bool:
-        """Insert the event once; False when it is a repeat or (``owner_id``) for an athlete not ours."""
+    def store(provider: str, rows: list[tuple[str, str, str | None]], owner_id: int | None = None) -> int:
+        """Insert each ``(dedup_key, payload, account_id)`` once, all in one transaction; how many were new (0
+        too when ``owner_id`` is an athlete not ours: nothing is stored then)."""
         try:
             with closing(connect()) as conn, transaction(conn) as cur:
                 cur.execute("SET LOCAL statement_timeout = '1s'")
                 if owner_id is not None and athletes.of_strava_athlete(cur, owner_id) is None:
                     log.info("receiver: a %s event for an athlete nobody here authorized was dropped", provider)
-                    return False
-                account = str(owner_id) if owner_id is not None else account_id
-                execute(cur, pg.insert(webhook_event).values(provider=provider, dedup_key=dedup_key,
-                                                             payload=payload, account_id=account)
-                        .on_conflict_do_nothing(index_elements=[webhook_event.c.dedup_key]))
-                return bool(cur.rowcount)
+                    return 0
+                added = 0
+                for dedup_key, payload, account_id in rows:
+                    account = str(owner_id) if owner_id is not None else account_id
+                    execute(cur, pg.insert(webhook_event).values(provider=provider, dedup_key=dedup_key,
+                                                                 payload=payload, account_id=account)
+                            .on_conflict_do_nothing(index_elements=[webhook_event.c.dedup_key]))
+                    added += max(cur.rowcount, 0)
+                return added
         except Exception as error:  # the provider retries a 503
             log.warning("receiver: the fitness database cannot take events now (%s)", type(error).__name__)
             raise Refused(503, "the events table cannot be written now; send it again") from None
@@ -207,7 +258,7 @@ def create_app(settings: ReceiverSettings | None = None, connect: Callable[[], A
         try:
             body = await body_of(request)
             event = strava_event(body, settings)
-            await run_in_threadpool(store, "strava", strava_dedup_key(event), strava_payload(event),
+            await run_in_threadpool(store, "strava", [(strava_dedup_key(event), strava_payload(event), None)],
                                     event["owner_id"])
         except Refused as error:
             return refused(error)
@@ -220,20 +271,17 @@ def create_app(settings: ReceiverSettings | None = None, connect: Callable[[], A
             body = await body_of(request)
             message = parse_json(body)
             if isinstance(message, dict) and message.get("type") == "verification":
-                given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-                if not same_secret(given, settings.google_endpoint_secret):
+                if not google_authorized(request.headers.get("authorization"), settings.google_endpoint_secret):
                     raise Refused(401, "not our endpoint secret")
                 return JSONResponse({"verified": True}, status_code=201)
-            if not google_signature_valid(body, request.headers.get("x-healthapi-signature"),
-                                          settings.google_public_key_pem):
+            if not google_signature_valid(body, google_signature(request.headers), settings.google_public_key_pem):
                 raise Refused(401, "the signature is missing or not Google's")
-            key = "google:" + hashlib.sha256(body).hexdigest()
-            user = message.get("healthUserId") if isinstance(message, dict) else None
-            await run_in_threadpool(store, "google", key, body.decode("utf-8"), None,
-                                    str(user) if isinstance(user, str | int) else None)
+            rows = [(google_dedup_key(n), json.dumps(n, ensure_ascii=False), n["data"]["healthUserId"])
+                    for n in google_notifications(message)]
+            await run_in_threadpool(store, "google", rows)
         except Refused as error:
             return refused(error)
-        return JSONResponse({})
+        return JSONResponse({})  # 200 whether new or a repeat: Google retries anything but a success
 
     return Starlette(routes=[Route("/strava", strava_handshake, methods=["GET"]),
                              Route("/strava", strava_post, methods=["POST"]),
