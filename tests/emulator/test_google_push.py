@@ -173,12 +173,12 @@ def test_an_endpoint_that_lets_anyone_in_fails_the_second_verification(emulator:
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
-    from tests.webhook_receiver import serve
+    from fitness_devtools.webhooks import serve_app
 
     async def anything(_request: Any) -> JSONResponse:
         return JSONResponse({}, status_code=201)
 
-    with serve(Starlette(routes=[Route("/google", anything, methods=["POST"])])) as url:
+    with serve_app(Starlette(routes=[Route("/google", anything, methods=["POST"])])) as url:
         answer = create(emulator, f"{url}/google")
     assert answer.status_code == 400
     assert "without Authorization was answered 201, expected 401 or 403" in answer.json()["error"]["message"]
