@@ -1,5 +1,7 @@
-"""`make airflow`: the local Airflow starts, lists fitness_sync without import errors, runs a
-triggered run to success through the REST API, and stops everything it started."""
+"""`make airflow`: the local Airflow starts, lists fitness_sync and fitness_events without import errors, runs a
+triggered run to success through the REST API; an upload, a rename and a deletion made in the emulator reach the
+training page within a minute each through the webhook receiver and fitness_events (no poll); and it stops
+everything it started."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -28,7 +31,7 @@ def test_make_airflow_runs_fitness_sync_and_stops_cleanly(tmp_path: Path) -> Non
     log = (tmp_path / "airflow_local.log").open("w")
     script = subprocess.Popen(
         [sys.executable, str(REPO / "devtools" / "scripts" / "airflow_local.py"), "--port", str(port),
-         "--no-schedule", "--ready-file", str(ready), "--home", str(tmp_path / "local")],
+         "--ready-file", str(ready), "--home", str(tmp_path / "local")],
         env=os.environ.copy(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     started: set[int] = set()
     try:
@@ -38,10 +41,10 @@ def test_make_airflow_runs_fitness_sync_and_stops_cleanly(tmp_path: Path) -> Non
             assert time.monotonic() < deadline, "make airflow did not come up in 4 minutes"
             time.sleep(1)
         started = {p.pid for p in psutil.Process(script.pid).children(recursive=True)}
-        api = ready.read_text()
+        api, emulator = ready.read_text().split()
 
-        dag = requests.get(f"{api}/api/v2/dags/fitness_sync", timeout=10).json()
-        assert dag["is_paused"] is False
+        for dag_id in ("fitness_sync", "fitness_events"):
+            assert requests.get(f"{api}/api/v2/dags/{dag_id}", timeout=10).json()["is_paused"] is False
         errors = requests.get(f"{api}/api/v2/importErrors", timeout=10).json()
         assert errors["total_entries"] == 0, errors
 
@@ -66,6 +69,21 @@ def test_make_airflow_runs_fitness_sync_and_stops_cleanly(tmp_path: Path) -> Non
         assert requests.get(f"{api}/training/", timeout=10).status_code == 200
         calendar = requests.get(f"{api}/training/api/calendar", timeout=10).json()
         assert calendar["empty"] is False and len(calendar["weeks"]) >= 4
+
+        # event-driven: each change in the emulator is on the training page within a minute, with no poll
+        start = (dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)).replace(microsecond=0)
+        upload = requests.post(f"{emulator}/_emulator/strava/activities", timeout=10, json={
+            "start_date": start.isoformat(), "name": "Webhook Run", "sport_type": "Run", "distance": 6000.0,
+            "moving_time": 1900, "elapsed_time": 1950}).json()
+        chip = within_a_minute(api, upload["id"], lambda chip: chip is not None and chip["name"] == "Webhook Run")
+        assert chip["lap_count"] == 6 and chip["kcal_burned"] > 0  # the detail came with the event
+        requests.put(f"{emulator}/_emulator/strava/activities/{upload['id']}", json={"name": "Renamed Run"},
+                     timeout=10).raise_for_status()
+        within_a_minute(api, upload["id"], lambda chip: chip is not None and chip["name"] == "Renamed Run")
+        requests.delete(f"{emulator}/_emulator/strava/activities/{upload['id']}", timeout=10).raise_for_status()
+        within_a_minute(api, upload["id"], lambda chip: chip is None)
+        runs = requests.get(f"{api}/api/v2/dags/fitness_events/dagRuns", timeout=10).json()["dag_runs"]
+        assert any(r["run_type"] == "asset_triggered" and r["state"] == "success" for r in runs), runs
     finally:
         if script.poll() is None:
             script.send_signal(signal.SIGTERM)
@@ -78,3 +96,18 @@ def test_make_airflow_runs_fitness_sync_and_stops_cleanly(tmp_path: Path) -> Non
     leftovers = [pid for pid in started if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
     assert leftovers == [], f"processes left running: {leftovers}"
     assert script.returncode == 0, (tmp_path / "airflow_local.log").read_text()[-3000:]
+
+
+def within_a_minute(api: str, activity_id: int, shown: Any) -> Any:
+    """The activity's chip on the training page (None: not shown) once ``shown(chip)`` holds; fails after 60 s."""
+    started = time.monotonic()
+    while True:
+        around = (dt.date.today() - dt.timedelta(days=3)).isoformat()  # the upload's local day, in any zone
+        calendar = requests.get(f"{api}/training/api/calendar", params={"start": around, "weeks": 2}, timeout=10).json()
+        chips = [a for w in calendar["weeks"] for d in w["days"] for a in d["activities"] if a["id"] == activity_id]
+        chip = chips[0] if chips else None
+        if shown(chip):
+            print(f"activity {activity_id}: on the training page after {time.monotonic() - started:.1f} s")
+            return chip
+        assert time.monotonic() - started < 60, f"activity {activity_id} not as expected after a minute: {chip}"
+        time.sleep(1)

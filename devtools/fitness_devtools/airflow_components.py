@@ -34,6 +34,8 @@ from typing import IO, Any
 from fitness_devtools.embedded_stack import POOLS_FILE
 
 COMPONENTS = ("api-server", "scheduler", "dag-processor")
+#: the triggerer runs deferred tasks' triggers and asset watchers (DAG fitness_events); started on request
+TRIGGERER = "triggerer"
 STOP_TIMEOUT = 15.0
 
 
@@ -111,8 +113,9 @@ class AirflowComponents:
     runs Airflow commands against the same metadata database, before or while they run."""
 
     def __init__(self, env: Mapping[str, str], workdir: Path, *, api_port: int | None = None,
-                 **settings: Any) -> None:
+                 triggerer: bool = False, **settings: Any) -> None:
         self.api_port = api_port or free_port()
+        self.names = (*COMPONENTS, TRIGGERER) if triggerer else COMPONENTS
         self.env = component_env(env, self.api_port, **settings)
         self.workdir = workdir
         self.components: dict[str, Component] = {}
@@ -145,8 +148,8 @@ class AirflowComponents:
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         commands = {"api-server": ["api-server", "--port", str(self.api_port), "--host", "127.0.0.1"],
-                    "scheduler": ["scheduler"], "dag-processor": ["dag-processor"]}
-        for name in COMPONENTS:
+                    "scheduler": ["scheduler"], "dag-processor": ["dag-processor"], TRIGGERER: ["triggerer"]}
+        for name in self.names:
             log = self.workdir / f"{name}.log"
             log_file = log.open("wb")
             process = subprocess.Popen([sys.executable, "-m", "airflow", *commands[name]], env=self.env,

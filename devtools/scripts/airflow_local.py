@@ -1,14 +1,16 @@
-"""`make airflow`: a local Airflow 3 on the embedded defaults, with fitness_sync unpaused.
+"""`make airflow`: a local Airflow 3 on the embedded defaults, with fitness_sync and fitness_events unpaused.
 
-Starts PostgreSQL (pgserver, data in .local/pgdata, shared with `make demo`), the API emulator,
-and Airflow's API server, scheduler and DAG processor (SQLite metadata in .local/airflow,
-LocalExecutor), points the connections at the emulator and the fitness database, creates the
-pools, unpauses fitness_sync and prints the URLs of the UI and of the training page
-(`<api base>/plugin/training`). Ctrl-C (or SIGTERM) stops everything it started.
+Starts PostgreSQL (pgserver, data in .local/pgdata, shared with `make demo`), the API emulator, the webhook
+receiver (subscribed at the emulator for Strava events and Google notifications, as a deployment is at Strava and
+Google), and Airflow's API server, scheduler, DAG processor and triggerer (SQLite metadata in .local/airflow,
+LocalExecutor), points the connections at the emulator and the fitness database, creates the pools, unpauses
+fitness_sync and fitness_events and prints the URLs of the UI, the training page (`<api base>/plugin/training`)
+and the emulator. A change made through the emulator's controls (e.g. `POST /_emulator/strava/activities`)
+is pushed to the receiver, and fitness_events applies it within seconds. Ctrl-C (or SIGTERM) stops everything.
 
     --port 8080          the API server / UI port
-    --no-schedule        the scheduler runs only triggered runs (tests use this)
-    --ready-file PATH    write the URL there once everything is up (tests use this)
+    --no-schedule        the scheduler runs only triggered runs, no hourly ones (nor event-driven ones)
+    --ready-file PATH    write the URLs there once everything is up: the API's, then the emulator's (tests)
 """
 
 from __future__ import annotations
@@ -62,19 +64,27 @@ def main() -> int:
         env.update({"AIRFLOW_CONN_FITNESS_DB": postgres.connection_env(DATABASE),
                     "AIRFLOW_CONN_STRAVA_DEFAULT": emulator_connection_env(emulator.url),
                     "AIRFLOW_CONN_FITBIT_DEFAULT": emulator_connection_env(emulator.url, "fitbit")})
+        os.environ.update(env)  # the receiver runs in this process, on the same connections
+        from fitness_devtools.webhooks import subscribed_receiver
+        from fitness_pipeline.tasks.prepare import ensure_schema
+
+        ensure_schema()  # the receiver's table, before the first run of fitness_sync makes it
         airflow_cli(env, "db", "migrate")
         airflow_cli(env, "dags", "reserialize")
         airflow = AirflowComponents(env, args.home / "airflow" / "components", api_port=args.port,
-                                    scheduled_runs=not args.no_schedule)
-        with airflow.running():  # pools created from include/pools.json
-            airflow.wait_for_dag("fitness_sync", timeout=120)
-            airflow.request("PATCH", "/api/v2/dags/fitness_sync", json={"is_paused": False})
+                                    scheduled_runs=not args.no_schedule, triggerer=True)
+        with subscribed_receiver(emulator.url) as receiver, airflow.running():  # pools from include/pools.json
+            for dag_id in ("fitness_sync", "fitness_events"):
+                airflow.wait_for_dag(dag_id, timeout=120)
+                airflow.request("PATCH", f"/api/v2/dags/{dag_id}", json={"is_paused": False})
             print(f"\nAirflow is up: {airflow.url}  (no login: simple auth manager, everyone is admin)")
             print(f"The training page (Browse > Training): {airflow.url}/plugin/training")
-            print(f"fitness_sync is unpaused; API emulator {emulator.url}; PostgreSQL {postgres.socket_dir} "
-                  f"(database {DATABASE!r}); logs in {airflow.workdir}. Ctrl-C stops everything.", flush=True)
+            print(f"fitness_sync and fitness_events are unpaused; API emulator {emulator.url} (its controls: "
+                  f"{emulator.url}/_emulator/...; a change there is pushed to the webhook receiver {receiver.url}); "
+                  f"PostgreSQL {postgres.socket_dir} (database {DATABASE!r}); logs in {airflow.workdir}. "
+                  "Ctrl-C stops everything.", flush=True)
             if args.ready_file:
-                args.ready_file.write_text(airflow.url)
+                args.ready_file.write_text(f"{airflow.url}\n{emulator.url}\n")
             while not stop.wait(2):
                 airflow.check_running()
     print("Stopped.")
