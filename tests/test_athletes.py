@@ -22,6 +22,8 @@ from tests.test_dag import run_dag, this_hour
 PRE_ATHLETE_SCHEMA = Path(__file__).parent / "data" / "pre_athlete_schema.sql"
 PERSONAL_TABLES = ("strava_activity", "fitbit_weight", "fitbit_height", "fitbit_calories", "quarantine", "sync_run",
                    "oauth_token")
+#: and the tables that came after athletes (detailed activities)
+PURGED_TABLES = (*PERSONAL_TABLES, "strava_activity_detail", "strava_gear", "strava_lap")
 LOOKBACK_HOURS = 24 * 40
 
 
@@ -187,7 +189,7 @@ def test_two_athletes_land_under_themselves_a_revoked_one_fails_alone_and_a_purg
     dag_run = run_dag(hour, lookback_hours=LOOKBACK_HOURS)
     assert "success" in str(dag_run.state).lower()
     states = task_states(dag_run, ["default", "alice"])
-    assert len(states) == 2 * 9 and set(states.values()) == {"success"}
+    assert len(states) == 2 * 10 and set(states.values()) == {"success"}
     from airflow.utils.session import create_session
 
     with create_session() as session:  # each mapped task shows its athlete's name in the UI
@@ -217,15 +219,16 @@ def test_two_athletes_land_under_themselves_a_revoked_one_fails_alone_and_a_purg
     assert not active and "authorize" in reason and "--athlete" in reason
     dag_run = run_dag(hour + dt.timedelta(hours=2), lookback_hours=LOOKBACK_HOURS)
     states = task_states(dag_run, ["default"])  # inactive: not synced any more
-    assert len(states) == 9 and set(states.values()) == {"success"}
+    assert len(states) == 10 and set(states.values()) == {"success"}
 
     # the purge removes exactly alice's rows, quarantine entries and tokens, and leaves the default athlete's
+    assert query(db_conn, "SELECT count(*) > 0 FROM strava_lap WHERE athlete_id = %s", (ids["alice"],)) == [(True,)]
     default_before = {table: digest(db_conn, f"(SELECT * FROM {table} WHERE athlete_id = {ids['default']}) t")
-                      for table in PERSONAL_TABLES if table != "sync_run"}
+                      for table in PURGED_TABLES if table != "sync_run"}
     from fitness_pipeline import athletes
 
     assert athletes.main(["purge", "alice", "--yes", "alice"]) == 0
-    for table in PERSONAL_TABLES:
+    for table in PURGED_TABLES:
         assert query(db_conn, f"SELECT count(*) FROM {table} WHERE athlete_id = %s", (ids["alice"],)) == [(0,)], table
     assert "alice" not in athlete_ids(db_conn)
     assert {table: digest(db_conn, f"(SELECT * FROM {table} WHERE athlete_id = {ids['default']}) t")

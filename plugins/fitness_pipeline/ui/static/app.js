@@ -294,7 +294,7 @@
       ? "No detail read yet: fitness_sync reads it within the next runs (or at once on a webhook event)."
       : "No laps.";
     $("activity-body").replaceChildren(
-      h("dl", { class: "facts" }, facts.map(([label, value]) => [h("dt", {}, label), h("dd", {}, value)])),
+      h("dl", { class: "facts" }, facts.flatMap(([label, value]) => [h("dt", {}, label), h("dd", {}, value)])),
       a.description ? h("p", { class: "description" }, a.description) : null,
       table([["Lap", "num"], ["km", "num"], ["Time", "num"], [run ? "Pace /km" : "km/h", "num"], ["HR", "num"],
         ["Cadence", "num"], ["Watts", "num"]], laps, noLaps));
