@@ -138,6 +138,11 @@ def test_depends_on_targets_exist(services: dict[str, dict[str, Any]]) -> None:
 def test_profiles(services: dict[str, dict[str, Any]]) -> None:
     profiles = {name: set(service.get("profiles", [])) for name, service in services.items()}
     assert profiles["emulator"] == {"emulator"}
+    assert profiles["receiver"] == {"webhooks"}
+    receiver = services["receiver"]
+    assert receiver["command"][:5] == ["python", "-m", "uvicorn", "--factory", "fitness_pipeline.receiver:create_app"]
+    assert "--no-access-log" in receiver["command"]  # the handshake's verify token is a query parameter
+    assert all(port.startswith("127.0.0.1:") for port in receiver["ports"])  # only the reverse proxy reaches it
     assert profiles["redis"] == profiles["airflow-worker"] == {"celery"}
     default = {name for name, p in profiles.items() if not p}
     assert default == {"postgres", "airflow-init", "airflow-apiserver", "airflow-scheduler",

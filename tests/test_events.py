@@ -102,6 +102,29 @@ def test_an_upload_a_rename_and_a_deletion_reach_the_table_once_each(schema: Any
     assert query(schema, "SELECT count(*) FROM webhook_event WHERE processed_at IS NULL") == [(0,)]
 
 
+def test_an_upload_and_its_rename_waiting_together_cost_one_read(schema: Any, all_connections: Any,
+                                                                   receiver: Any) -> None:
+    from fitness_pipeline.tasks.events import apply_pending
+
+    emulator = all_connections
+    owner = default_strava_athlete(schema, emulator)
+    start = (dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)).replace(microsecond=0)
+    upload = requests.post(f"{emulator.url}/_emulator/strava/activities", timeout=10,
+                           json={"start_date": start.isoformat(), "name": "Afternoon Run", "sport_type": "Run"})
+    activity_id = upload.json()["id"]
+    requests.put(f"{emulator.url}/_emulator/strava/activities/{activity_id}", json={"name": "Intervals"},
+                 timeout=10).raise_for_status()
+    push(receiver, owner, activity_id, "create")
+    push(receiver, owner, activity_id, "update", {"title": "Intervals"}, at=1765000030)
+    emulator.reset_stats()
+
+    applied = apply_pending()
+    assert (applied.upserted, applied.superseded) == (1, 1)
+    assert emulator.stats()["requests"].get("GET /api/v3/activities/{activity_id}") == 1
+    assert query(schema, "SELECT name FROM strava_activity WHERE id = %s", (activity_id,)) == [("Intervals",)]
+    assert query(schema, "SELECT count(*) FROM webhook_event WHERE processed_at IS NULL") == [(0,)]
+
+
 def test_an_event_that_cannot_be_applied_is_quarantined_and_the_others_go_on(schema: Any, all_connections: Any,
                                                                              receiver: Any) -> None:
     from fitness_pipeline.tasks.events import apply_pending

@@ -271,8 +271,15 @@ def test_with_the_database_down_the_answer_is_a_quick_503_and_nothing_leaks(
     started = time.monotonic()
     answer = client.post("/strava", json=event())
     assert answer.status_code == 503 and time.monotonic() - started < 2
+    health = client.get("/health")  # a container's health check says why
+    assert health.status_code == 503 and "cannot be reached" in health.json()["status"]
     logged = caplog.text
     assert "p-secret" not in logged and VERIFY_TOKEN not in logged and str(ALICE) not in answer.text
+    assert "p-secret" not in health.text
+
+
+def test_health_is_ok_while_the_database_can_be_reached(receiver: Any) -> None:
+    assert receiver.get("/health").json() == {"status": "ok"}
 
 
 def test_the_receiver_serves_real_http_with_uvicorn(schema: Any, receiver: Any) -> None:

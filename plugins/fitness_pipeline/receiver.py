@@ -20,6 +20,7 @@ inserts, so it answers well within Strava's 2 s whatever the rest of the pipelin
   99 notifications ``{"data": {"healthUserId", "dataType", "operation": "UPSERT"|"DELETE", "intervals": [...],
   ...}}`` (400 otherwise); each is stored as one row (``account_id`` its ``healthUserId``), all in one
   transaction, once however often it is delivered.
+- ``GET /health``: 200 while the fitness database can be reached, else 503 (a container's health check).
 
 The database unreachable or slow (1 s to connect, 1 s per statement) is a 503: Strava retries a delivery up
 to three times in all. Nothing of an event, a token or a secret is logged.
@@ -283,9 +284,26 @@ def create_app(settings: ReceiverSettings | None = None, connect: Callable[[], A
             return refused(error)
         return JSONResponse({})  # 200 whether new or a repeat: Google retries anything but a success
 
+    def reachable() -> None:
+        with closing(connect()) as conn, transaction(conn) as cur:
+            cur.execute("SET LOCAL statement_timeout = '1s'")
+            cur.execute("SELECT 1")
+
+    async def health(request: Request) -> JSONResponse:
+        """For a container's health check or a load balancer: 200 while the events table can be reached."""
+        from starlette.concurrency import run_in_threadpool
+
+        try:
+            await run_in_threadpool(reachable)
+        except Exception as error:
+            return JSONResponse({"status": f"the fitness database cannot be reached ({type(error).__name__})"},
+                                status_code=503)
+        return JSONResponse({"status": "ok"})
+
     return Starlette(routes=[Route("/strava", strava_handshake, methods=["GET"]),
                              Route("/strava", strava_post, methods=["POST"]),
-                             Route("/google", google_post, methods=["POST"])])
+                             Route("/google", google_post, methods=["POST"]),
+                             Route("/health", health, methods=["GET"])])
 
 
 def _connect(conn_id: str) -> Any:

@@ -55,6 +55,8 @@ class Applied:
     deleted: int = 0
     deauthorized: int = 0
     quarantined: int = 0
+    #: activity events not read because a later one of the same batch reads the same activity
+    superseded: int = 0
     #: Google notifications applied, and the syncs (one per athlete and source) they made
     notified: int = 0
     synced: int = 0
@@ -87,8 +89,14 @@ def apply_pending(db_conn_id: str = FITNESS_DB_CONN_ID, hook_for: Any = None) ->
     try:
         with closing(connect(db_conn_id)) as conn:
             while batch := claim(conn):
+                latest = latest_per_activity(batch)
                 for position, (event_id, payload) in enumerate(batch):
                     try:
+                        if event_id not in latest:  # a later event of the batch reads the same activity
+                            with transaction(conn) as cur:
+                                processed(cur, event_id)
+                            applied.superseded += 1
+                            continue
                         apply_one(conn, event_id, payload, hooks, hook_for, applied)
                     except Exception:
                         release(conn, [pending for pending, _ in batch[position:]])
@@ -112,6 +120,25 @@ def release(conn: Any, event_ids: list[int]) -> None:
                     .values(claimed_at=None))
     except Exception as error:  # the claims expire after CLAIM_EXPIRES all the same
         log.warning("Could not release %d claimed events (%s)", len(event_ids), type(error).__name__)
+
+
+def latest_per_activity(batch: list[tuple[int, str]]) -> set[int]:
+    """The events of ``batch`` to apply: all but an activity event followed, in the batch, by another event of the
+    same activity (reading the activity once gives its state after both: an upload renamed a minute later costs
+    one read, not two). Events that do not parse are kept (applying them quarantines them)."""
+    last: dict[int, int] = {}
+    kept: set[int] = set()
+    for event_id, payload in batch:
+        try:
+            event = event_of(payload)
+        except EventError:
+            kept.add(event_id)
+            continue
+        if event["object_type"] == "activity":
+            last[event["object_id"]] = event_id
+        else:
+            kept.add(event_id)
+    return kept | set(last.values())
 
 
 def event_of(payload: str) -> dict[str, Any]:
