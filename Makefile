@@ -58,6 +58,7 @@ bench: $(VENV)/.dev
 	$(BIN)/python bench/history_import.py
 	$(BIN)/python bench/dashboard.py
 	$(BIN)/python bench/club.py
+	$(BIN)/python bench/events.py
 
 ## lock: rewrite constraints.txt from the current virtualenv
 lock:
