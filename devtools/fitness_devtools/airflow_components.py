@@ -231,10 +231,11 @@ class AirflowComponents:
         return airflow_cli(self.env, *args, timeout=timeout)
 
     def request(self, method: str, path: str, ok: tuple[int, ...] = (200,), **kwargs: Any) -> Any:
-        """A REST API call (the simple auth manager lets everyone in as admin)."""
+        """A REST API call (the simple auth manager lets everyone in as admin). 60 s to answer: on a busy machine
+        the API server waits for SQLite's lock behind the scheduler, the DAG processor and the triggerer."""
         import requests
 
-        response = requests.request(method, f"{self.url}{path}", timeout=10, **kwargs)
+        response = requests.request(method, f"{self.url}{path}", timeout=60, **kwargs)
         if response.status_code not in ok:
             raise RuntimeError(f"{method} {path}: {response.status_code} {response.text[:500]}")
         return response
