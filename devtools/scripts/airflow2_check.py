@@ -258,9 +258,9 @@ def exercise(checks: Checks, timings: dict[str, float], timed: Callable[..., Any
     checks.check("dags/ parses without import errors", not report["import_errors"], json.dumps(report["import_errors"]))
     checks.check("no DeprecationWarning/FutureWarning from our files", not report["warnings"],
                  "\n    ".join(["", *report["warnings"]]))
-    checks.check("fitness_sync has 10 tasks (ensure_schema, 3 per source; not mapped over athletes on 2.x) on "
-                 "CronDataIntervalTimetable",
-                 DAG_ID in report["dag_ids"] and report["tasks"] == 10
+    checks.check("fitness_sync has 11 tasks (ensure_schema, 3 per source, Strava's enrich; not mapped over athletes "
+                 "on 2.x) on CronDataIntervalTimetable",
+                 DAG_ID in report["dag_ids"] and report["tasks"] == 11
                  and report["timetable"] == "CronDataIntervalTimetable", json.dumps(report))
 
     # logical dates first..last; on 2.11 each hourly run's data interval is [logical date, +1 h)
@@ -345,11 +345,15 @@ def check_rows(checks: Checks, postgres: Any, emulator: Any, intervals: list[tup
                      sum(c[0] for c in counts) == len(expected) and all(c[1] == 0 for c in counts),
                      "(inserted, updated, unchanged) per run: " + json.dumps(counts))
         tables = {t: rows(f"SELECT count(*) FROM {t}")[0][0]
-                  for t in ("fitbit_weight", "fitbit_calories", "quarantine", "raw_record", "oauth_token")}
+                  for t in ("fitbit_weight", "fitbit_calories", "quarantine", "raw_record", "oauth_token",
+                            "strava_activity_detail", "strava_activity")}
         checks.check("fitbit_weight and fitbit_calories are not empty",
                      tables["fitbit_weight"] > 0 and tables["fitbit_calories"] > 0,
                      f"{tables['fitbit_weight']} weights, {tables['fitbit_calories']} calorie days")
         checks.check("quarantine is empty", tables["quarantine"] == 0, f"{tables['quarantine']} rows")
+        checks.check("the enrich step read every activity's detail", tables["strava_activity_detail"]
+                     == tables["strava_activity"] > 0, f"{tables['strava_activity_detail']} details of "
+                     f"{tables['strava_activity']} activities")
         checks.check("raw_record is empty after the loads", tables["raw_record"] == 0, f"{tables['raw_record']} rows")
         checks.check("token store (psycopg2) holds both APIs' tokens", tables["oauth_token"] == 2,
                      f"{tables['oauth_token']} rows")
