@@ -335,3 +335,32 @@ def test_a_google_body_holds_1_to_99_notifications() -> None:
         with pytest.raises(Refused) as refused:
             google_notifications([notification()] * count)
         assert refused.value.status == 400
+
+
+def test_pooled_connections_are_reused_and_one_the_server_dropped_is_replaced(schema: Any) -> None:
+    from fitness_pipeline.db import connect
+    from fitness_pipeline.receiver import ConnectionPool
+
+    opened: list[Any] = []
+
+    def opening() -> Any:
+        opened.append(connect())
+        return opened[-1]
+
+    pool = ConnectionPool(opening)
+    for _ in range(3):
+        with pool.transaction() as cur:
+            cur.execute("SELECT pg_backend_pid()")
+            (pid,) = cur.fetchone()
+    assert len(opened) == 1  # one connection served the three
+    with schema.cursor() as cur:  # the server ends it (a restart, an idle timeout)
+        cur.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    schema.commit()
+    with pool.transaction() as cur:  # taken from the pool, found dead, replaced: the caller sees nothing
+        cur.execute("SELECT 1")
+        assert cur.fetchone() == (1,)
+    assert len(opened) == 2
+    with pytest.raises(ZeroDivisionError), pool.transaction() as cur:  # an error of the caller's: not retried
+        cur.execute("SELECT 1")
+        raise ZeroDivisionError
+    assert len(opened) == 2

@@ -134,3 +134,21 @@ def test_a_lost_event_is_caught_by_the_poll_and_a_repeated_one_changes_the_table
     assert apply_pending().upserted == 0
     after = query(schema, "SELECT name, last_time FROM strava_activity WHERE id = %s", (lost["id"],))
     assert after[0][0] == "Gravel loop" and after[0][1] > before[0][0]
+
+
+def test_events_received_while_airflow_is_stopped_are_all_applied_when_it_starts(
+        all_connections: Any, webhooks: Webhooks, schema: Any) -> None:
+    from fitness_pipeline.tasks.events import apply_pending
+
+    emulator = all_connections
+    with schema.cursor() as cur:
+        cur.execute("UPDATE athlete SET strava_athlete_id = %s WHERE id = 1",
+                    (int(emulator.state.strava.settings.athlete_id),))
+    schema.commit()
+    uploads = [requests.post(f"{emulator.url}/_emulator/strava/activities", timeout=10, json={
+        "start_date": recent(hours), "sport_type": "Run", "distance": 3000.0 + hours}).json()["id"]
+        for hours in range(1, 6)]
+    delivered(emulator)  # nothing applies them meanwhile: they wait in the table
+    assert query(schema, "SELECT count(*) FROM webhook_event WHERE processed_at IS NULL") == [(5,)]
+    assert apply_pending().upserted == 5  # the first run after Airflow is back
+    assert query(schema, "SELECT count(*) FROM strava_activity WHERE id = ANY(%s)", (uploads,)) == [(5,)]

@@ -35,8 +35,9 @@ import hmac
 import json
 import logging
 import os
-from collections.abc import Callable, Mapping
-from contextlib import closing
+import queue
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -208,7 +209,7 @@ def create_app(settings: ReceiverSettings | None = None, connect: Callable[[], A
     from starlette.routing import Route
 
     settings = settings or ReceiverSettings.from_environment()
-    connect = connect or (lambda: _connect(settings.db_conn_id))
+    pool = ConnectionPool(connect or (lambda: _connect(settings.db_conn_id)))
 
     async def body_of(request: Request) -> bytes:
         declared = request.headers.get("content-length")
@@ -225,8 +226,7 @@ def create_app(settings: ReceiverSettings | None = None, connect: Callable[[], A
         """Insert each ``(dedup_key, payload, account_id)`` once, all in one transaction; how many were new (0
         too when ``owner_id`` is an athlete not ours: nothing is stored then)."""
         try:
-            with closing(connect()) as conn, transaction(conn) as cur:
-                cur.execute("SET LOCAL statement_timeout = '1s'")
+            with pool.transaction() as cur:
                 if owner_id is not None and athletes.of_strava_athlete(cur, owner_id) is None:
                     log.info("receiver: a %s event for an athlete nobody here authorized was dropped", provider)
                     return 0
@@ -285,8 +285,7 @@ def create_app(settings: ReceiverSettings | None = None, connect: Callable[[], A
         return JSONResponse({})  # 200 whether new or a repeat: Google retries anything but a success
 
     def reachable() -> None:
-        with closing(connect()) as conn, transaction(conn) as cur:
-            cur.execute("SET LOCAL statement_timeout = '1s'")
+        with pool.transaction() as cur:
             cur.execute("SELECT 1")
 
     async def health(request: Request) -> JSONResponse:
@@ -304,6 +303,43 @@ def create_app(settings: ReceiverSettings | None = None, connect: Callable[[], A
                              Route("/strava", strava_post, methods=["POST"]),
                              Route("/google", google_post, methods=["POST"]),
                              Route("/health", health, methods=["GET"])])
+
+
+class ConnectionPool:
+    """Connections to the fitness database kept open between requests: opening one (a TCP and TLS handshake, a
+    backend process) costs many times the insert it serves. At most ``size`` stay idle. A connection that failed
+    is closed, not kept; a kept one that fails on its next use (the server restarted meanwhile) is replaced by a
+    new one once, so a restart costs no event."""
+
+    def __init__(self, connect: Callable[[], Any], size: int = 16) -> None:
+        self._connect = connect
+        self._idle: queue.LifoQueue[Any] = queue.LifoQueue(maxsize=size)
+
+    @contextmanager
+    def transaction(self) -> Iterator[Any]:
+        """A cursor in a transaction on a pooled connection (committed on success, rolled back on error)."""
+        for attempt in (1, 2):
+            try:
+                conn, reused = self._idle.get_nowait(), True
+            except queue.Empty:
+                conn, reused = self._connect(), False
+            started = False
+            try:
+                with transaction(conn) as cur:
+                    cur.execute("SET LOCAL statement_timeout = '1s'")
+                    started = True
+                    yield cur
+            except BaseException:
+                with suppress(Exception):
+                    conn.close()
+                if reused and not started and attempt == 1:
+                    continue  # a stale connection: once more with a new one
+                raise
+            try:
+                self._idle.put_nowait(conn)
+            except queue.Full:
+                conn.close()
+            return
 
 
 def _connect(conn_id: str) -> Any:
