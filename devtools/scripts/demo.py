@@ -115,6 +115,11 @@ def report(run_id: str) -> None:
         print(f"\n{'table':<18}{'fetched':>9}{'inserted':>10}{'updated':>9}{'unchanged':>11}{'quarantined':>13}")
         for source, extracted, quarantined, inserted, updated, unchanged in cur.fetchall():
             print(f"{source:<18}{extracted:>9}{inserted:>10}{updated:>9}{unchanged:>11}{quarantined:>13}")
+        cur.execute("SELECT count(*), count(d.activity_id), coalesce(sum(d.lap_count), 0) FROM strava_activity a "
+                    "LEFT JOIN strava_activity_detail d ON d.activity_id = a.id WHERE a.deleted_at IS NULL")
+        activities, detailed, laps = cur.fetchone()
+        print(f"\nActivity details (laps, gear, calories): {detailed} of {activities} activities read, {laps} laps; "
+              "the next runs read the rest, oldest first, within detail_budget_share of Strava's limits")
         print(f"\n{'week of':<12}{'activities':>11}{'km':>9}{'moving':>9}{'weight kg':>11}{'kcal/day':>10}")
         for week in weekly_summary(cur, since=dt.date.today() - dt.timedelta(days=LOOKBACK_DAYS), weeks=12):
             moving = week["moving_time_s"]
