@@ -75,6 +75,22 @@ def record_key(table: sa.Table) -> sa.Column:
     return column
 
 
+def _effort_columns() -> list[sa.Column]:
+    """What Strava measures of an activity and of each of its laps, with the same names and units."""
+    return [
+        sa.Column("distance", sa.Float, comment="metres"),
+        sa.Column("moving_time", sa.Integer, comment="seconds"),
+        sa.Column("elapsed_time", sa.Integer, comment="seconds"),
+        sa.Column("total_elevation_gain", sa.Float, comment="metres"),
+        sa.Column("average_speed", sa.Float, comment="m/s"),
+        sa.Column("max_speed", sa.Float, comment="m/s"),
+        sa.Column("average_cadence", sa.Float),
+        sa.Column("average_heartrate", sa.Float, comment="bpm; null without a heart-rate sensor"),
+        sa.Column("max_heartrate", sa.Float, comment="bpm; null without a heart-rate sensor"),
+        sa.Column("average_watts", sa.Float),
+    ]
+
+
 strava_activity = sa.Table(
     "strava_activity",
     metadata,
@@ -84,16 +100,7 @@ strava_activity = sa.Table(
     sa.Column("activity_type", sa.Text, comment="Strava's deprecated `type`"),
     sa.Column("sport_type", sa.Text, comment="Strava's `sport_type`; new values pass through unchanged"),
     sa.Column("name", sa.Text),
-    sa.Column("distance", sa.Float, comment="metres"),
-    sa.Column("moving_time", sa.Integer, comment="seconds"),
-    sa.Column("elapsed_time", sa.Integer, comment="seconds"),
-    sa.Column("total_elevation_gain", sa.Float, comment="metres"),
-    sa.Column("average_speed", sa.Float, comment="m/s"),
-    sa.Column("max_speed", sa.Float, comment="m/s"),
-    sa.Column("average_cadence", sa.Float),
-    sa.Column("average_heartrate", sa.Float, comment="bpm; null without a heart-rate sensor"),
-    sa.Column("max_heartrate", sa.Float, comment="bpm; null without a heart-rate sensor"),
-    sa.Column("average_watts", sa.Float),
+    *_effort_columns(),
     sa.Column("kilojoules", sa.Float),
     sa.Column("start_date", sa.DateTime(timezone=True), nullable=False, comment="UTC instant"),
     sa.Column("start_date_local", sa.DateTime(timezone=False),
@@ -163,16 +170,7 @@ strava_lap = sa.Table(
     sa.Column("name", sa.Text),
     sa.Column("start_date", sa.DateTime(timezone=True), comment="UTC instant"),
     sa.Column("start_date_local", sa.DateTime(timezone=False), comment="athlete's wall clock, not shifted"),
-    sa.Column("elapsed_time", sa.Integer, comment="seconds"),
-    sa.Column("moving_time", sa.Integer, comment="seconds"),
-    sa.Column("distance", sa.Float, comment="metres"),
-    sa.Column("total_elevation_gain", sa.Float, comment="metres"),
-    sa.Column("average_speed", sa.Float, comment="m/s"),
-    sa.Column("max_speed", sa.Float, comment="m/s"),
-    sa.Column("average_heartrate", sa.Float, comment="bpm; null without a heart-rate sensor"),
-    sa.Column("max_heartrate", sa.Float, comment="bpm"),
-    sa.Column("average_cadence", sa.Float),
-    sa.Column("average_watts", sa.Float),
+    *_effort_columns(),
     *_managed_columns(deletable=False),
     athlete_column(),
     sa.Index("ix_strava_lap_activity_id", "activity_id", "lap_index"),
