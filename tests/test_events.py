@@ -102,6 +102,54 @@ def test_an_upload_a_rename_and_a_deletion_reach_the_table_once_each(schema: Any
     assert query(schema, "SELECT count(*) FROM webhook_event WHERE processed_at IS NULL") == [(0,)]
 
 
+def test_with_purge_on_revoke_a_revoked_athlete_loses_their_strava_data_and_nothing_else(
+        schema: Any, all_connections: Any, receiver: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fitness_pipeline import athletes
+    from fitness_pipeline.tasks.events import apply_pending
+    from fitness_pipeline.tokens import PostgresTokenStore, TokenSet, token_key
+    from tests.test_athletes import digest
+
+    emulator = all_connections
+    owner = default_strava_athlete(schema, emulator)
+    with transaction(schema) as cur:
+        alice = athletes.upsert(cur, "alice", strava_athlete_id=2)
+    created = requests.post(f"{emulator.url}/_emulator/strava/athletes", json={"athlete_id": 2}, timeout=10)
+    store = PostgresTokenStore("fitness_db")
+    store.store_authorized(token_key("strava", "strava_default", alice.id),
+                           TokenSet(None, created.json()["refresh_token"], None))
+    store.store_authorized(token_key("fitbit", "fitbit_default", alice.id), TokenSet(None, "google-refresh", None))
+    start = (dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)).replace(microsecond=0)
+    for athlete_id, owner_id in ((2, 2), (None, owner)):  # one activity each, with detail and laps
+        upload = requests.post(f"{emulator.url}/_emulator/strava/activities", timeout=10,
+                               params={"athlete_id": athlete_id} if athlete_id else None,
+                               json={"start_date": start.isoformat(), "sport_type": "Run", "distance": 4000.0})
+        push(receiver, owner_id, upload.json()["id"], "create")
+    with transaction(schema) as cur:  # and a weigh-in of alice's (Google data: not Strava's to delete)
+        cur.execute("INSERT INTO fitbit_weight (id, weight, record_date, measured_at, data_point_name, raw, athlete_id)"
+                    " VALUES (1, 60, '2026-12-01', '2026-12-01 07:00+00', 'w/1', '{}', %s)", (alice.id,))
+    assert apply_pending().upserted == 2
+    assert query(schema, "SELECT count(*) FROM strava_lap WHERE athlete_id = %s", (alice.id,)) == [(4,)]
+    default_before = {table: digest(schema, f"(SELECT * FROM {table} WHERE athlete_id = 1) t")
+                      for table in ("strava_activity", "strava_activity_detail", "strava_lap", "strava_gear")}
+
+    monkeypatch.setenv("FITNESS_STRAVA_PURGE_ON_REVOKE", "true")
+    requests.post(f"{emulator.url}/_emulator/strava/revoke", params={"athlete_id": 2}, timeout=10).raise_for_status()
+    push(receiver, 2, 2, "update", {"authorized": "false"}, object_type="athlete", at=1765000300)
+    assert apply_pending().deauthorized == 1
+    for table in ("strava_activity", "strava_activity_detail", "strava_lap", "strava_gear"):
+        assert query(schema, f"SELECT count(*) FROM {table} WHERE athlete_id = %s", (alice.id,)) == [(0,)], table
+    assert query(schema, "SELECT token_key FROM oauth_token WHERE athlete_id = %s", (alice.id,)) == [
+        ("fitbit:fitbit_default:athlete-2",)]
+    assert query(schema, "SELECT count(*) FROM fitbit_weight WHERE athlete_id = %s", (alice.id,)) == [(1,)]
+    assert query(schema, "SELECT count(*) FROM webhook_event WHERE provider = 'strava' AND account_id = '2'") == [
+        (0,)]
+    (active, strava_id, reason), = query(schema, "SELECT active, strava_athlete_id, inactive_reason FROM athlete "
+                                                 "WHERE id = %s", (alice.id,))
+    assert not active and strava_id is None and "Strava data was deleted" in reason
+    assert {table: digest(schema, f"(SELECT * FROM {table} WHERE athlete_id = 1) t")
+            for table in default_before} == default_before
+
+
 def test_an_upload_and_its_rename_waiting_together_cost_one_read(schema: Any, all_connections: Any,
                                                                    receiver: Any) -> None:
     from fitness_pipeline.tasks.events import apply_pending

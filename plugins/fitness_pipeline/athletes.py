@@ -35,8 +35,13 @@ from fitness_pipeline.schema import (
     extract_cursor,
     metadata,
     oauth_token,
+    quarantine,
     raw_record,
+    staging_for,
     strava_activity,
+    strava_activity_detail,
+    strava_gear,
+    strava_lap,
     webhook_event,
 )
 
@@ -261,6 +266,63 @@ def purge(cur: Any, person: Athlete) -> dict[str, int]:
     else:
         execute(cur, sa.delete(athlete).where(athlete.c.id == person.id))
         deleted[athlete.name] = cur.rowcount
+    return {name: count for name, count in deleted.items() if count}
+
+
+#: ``true`` (or 1, yes): an athlete whose Strava authorization is revoked (confirmed by Strava refusing their refresh
+#: token) loses their Strava data at once, as Strava's API agreement asks; unset: it stays until ``purge``
+PURGE_ON_REVOKE_ENV = "FITNESS_STRAVA_PURGE_ON_REVOKE"
+#: the sources whose quarantine entries are Strava data
+STRAVA_SOURCES = ("strava_activity", "strava_activity_detail")
+
+
+def purge_on_revoke(environ: Any = None) -> bool:
+    """Whether ``$FITNESS_STRAVA_PURGE_ON_REVOKE`` asks for a revoked athlete's Strava data to be deleted at once."""
+    import os
+
+    return str((os.environ if environ is None else environ).get(PURGE_ON_REVOKE_ENV, "")).strip().lower() in (
+        "1", "true", "yes", "on")
+
+
+def purge_strava(cur: Any, person: Athlete) -> dict[str, int]:
+    """Delete ``person``'s Strava data in the caller's transaction: their activities (with their details and laps),
+    gear, Strava quarantine entries, Strava tokens, the Strava events pushed about them and what their unfinished
+    Strava batches left; their Google data stays. The athlete forgets their Strava account (its events are no
+    longer kept). Returns the rows deleted per table."""
+    deleted: dict[str, int] = {}
+    execute(cur, sa.select(athlete.c.id).where(athlete.c.id == person.id).with_for_update())
+    execute(cur, sa.select(strava_activity.c.owner).distinct().where(strava_activity.c[ATHLETE_ID] == person.id,
+                                                                       strava_activity.c.owner.is_not(None)))
+    accounts = {str(owner) for (owner,) in cur.fetchall()} | (
+        {str(person.strava_athlete_id)} if person.strava_athlete_id is not None else set())
+    if accounts:
+        events = sa.select(webhook_event.c.id).where(
+            webhook_event.c.provider == "strava",
+            webhook_event.c.account_id == sa.any_(sa.cast(sorted(accounts), pg.ARRAY(sa.Text))))
+        execute(cur, sa.delete(quarantine).where(
+            quarantine.c[ATHLETE_ID] == person.id, quarantine.c.source == "webhook_event",
+            quarantine.c.record_key.in_(sa.select(sa.cast(events.subquery().c.id, sa.Text)))))
+        deleted["quarantine (Strava events)"] = cur.rowcount
+        execute(cur, sa.delete(webhook_event).where(webhook_event.c.id.in_(events)))
+        deleted["webhook_event (strava)"] = cur.rowcount
+    execute(cur, sa.delete(quarantine).where(quarantine.c[ATHLETE_ID] == person.id,
+                                             quarantine.c.source == sa.any_(sa.cast(list(STRAVA_SOURCES),
+                                                                                    pg.ARRAY(sa.Text)))))
+    deleted[quarantine.name] = cur.rowcount
+    for table in (strava_lap, strava_activity_detail, strava_activity, strava_gear):  # laps and details first
+        for target in (table, staging_for(table)):
+            execute(cur, sa.delete(target).where(target.c[ATHLETE_ID] == person.id))
+            deleted[target.name] = cur.rowcount
+    suffix = "" if person.id == DEFAULT_ATHLETE_ID else f"/athlete-{person.id}"
+    for table in (raw_record, extract_cursor):
+        execute(cur, sa.delete(table).where(sa.or_(*(table.c.batch_id.like(f"%/{source}{suffix}")
+                                                     for source in STRAVA_SOURCES))))
+        deleted[table.name] = cur.rowcount
+    execute(cur, sa.delete(oauth_token).where(oauth_token.c[ATHLETE_ID] == person.id,
+                                              oauth_token.c.token_key.like("strava:%")))
+    deleted[oauth_token.name] = cur.rowcount
+    execute(cur, sa.update(athlete).where(athlete.c.id == person.id)
+            .values(strava_athlete_id=None, updated_at=sa.func.now()))
     return {name: count for name, count in deleted.items() if count}
 
 

@@ -195,10 +195,19 @@ def apply_one(conn: Any, event_id: int, payload: str, hooks: dict[int, Any], hoo
                     pass
             with transaction(conn) as cur:
                 if revoked and athlete_id != DEFAULT_ATHLETE_ID:
-                    athletes.set_active(cur, athlete_id, False, "revoked the app on Strava (webhook event): the "
-                                        "athlete authorizes it again with python -m fitness_pipeline.authorize "
-                                        "strava --athlete NAME; python -m fitness_pipeline.athletes purge NAME "
-                                        "deletes their data, as Strava's terms ask")
+                    if athletes.purge_on_revoke():  # Strava's API agreement: delete their Strava data
+                        purged = athletes.purge_strava(cur, athletes.find(cur, str(athlete_id)))
+                        log.warning("Athlete %d revoked the app on Strava: their Strava data was deleted (%s)",
+                                    athlete_id, purged)
+                        reason = ("revoked the app on Strava (webhook event); their Strava data was deleted "
+                                  f"(${athletes.PURGE_ON_REVOKE_ENV}). They authorize it again with python -m "
+                                  "fitness_pipeline.authorize strava --athlete NAME")
+                    else:
+                        reason = ("revoked the app on Strava (webhook event): the athlete authorizes it again with "
+                                  "python -m fitness_pipeline.authorize strava --athlete NAME; python -m "
+                                  "fitness_pipeline.athletes purge NAME deletes their data, as Strava's terms ask "
+                                  f"(or set {athletes.PURGE_ON_REVOKE_ENV}=true to delete it at once)")
+                    athletes.set_active(cur, athlete_id, False, reason)
                     applied.deauthorized += 1
                 processed(cur, event_id)
             return
