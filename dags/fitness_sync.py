@@ -224,9 +224,11 @@ def source_group(spec: SourceSpec, schema: Any, athletes: Any) -> Any:
                 from fitness_pipeline.compat import AirflowSkipException, name_map_index
                 from fitness_pipeline.errors import raise_for_airflow
                 from fitness_pipeline.sources import resolve
-                from fitness_pipeline.tasks import plan
+                from fitness_pipeline.tasks import plan, prepare
                 name_map_index(athlete["name"])
                 run = RunParams.from_params(params)
+                if not MAP_OVER_ATHLETES:
+                    prepare.default_athlete_only(run.athletes)
                 spec = sources.get(source)
                 if not plan.wanted(spec, run):
                     raise AirflowSkipException(f"{source} is not in this run's sources")

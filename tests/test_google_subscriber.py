@@ -52,7 +52,7 @@ def test_create_show_and_delete_end_to_end(emulator: Any, endpoint: str, schema:
     assert (code, err) == (0, "")
     assert f"created projects/{PROJECT}/subscribers/fitness-sync -> {endpoint} " \
            "(body-fat, height, nutrition-log, weight)" in out
-    assert f"FITNESS_GOOGLE_ENDPOINT_SECRET='{SECRET}'" in out
+    assert "FITNESS_GOOGLE_ENDPOINT_SECRET" in out and SECRET not in out  # a secret given is not printed back
 
     code, out, _ = run(capsys, "show", "--project", PROJECT)
     assert code == 0 and out.strip() == f"projects/{PROJECT}/subscribers/fitness-sync -> {endpoint} " \

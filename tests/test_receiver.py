@@ -189,6 +189,35 @@ def test_a_signed_google_notification_is_stored_once_per_notification(
     assert [json.loads(row[1])["data"]["dataType"] for row in google_rows(schema)] == ["weight", "body-fat"]
 
 
+def test_a_notification_sent_again_after_the_first_was_applied_is_a_later_change_and_kept(
+        receiver: Any, schema: Any, google_key: Any) -> None:
+    """A Google notification has no id: the same one comes again when the same meal is edited again. It is one
+    delivery while the first waits; once that was applied, it is news."""
+    body = json.dumps([notification(data_type="nutrition-log")]).encode()
+    headers = {"X-HEALTHAPI-SIGNATURE": sign(google_key, body)}
+    assert receiver.post("/google", content=body, headers=headers).status_code == 200
+    assert receiver.post("/google", content=body, headers=headers).status_code == 200
+    assert len(google_rows(schema)) == 1
+    with transaction(schema) as cur:
+        cur.execute("UPDATE webhook_event SET processed_at = now()")
+    assert receiver.post("/google", content=body, headers=headers).status_code == 200
+    assert query(schema, "SELECT count(*), count(*) FILTER (WHERE processed_at IS NULL) FROM webhook_event") == [
+        (2, 1)]
+
+
+def test_the_unique_dedup_key_of_earlier_versions_is_dropped_once(schema: Any) -> None:
+    from fitness_pipeline.ddl import ensure_schema
+
+    with transaction(schema) as cur:  # as the version before made it
+        cur.execute("ALTER TABLE webhook_event ADD CONSTRAINT webhook_event_dedup_key_key UNIQUE (dedup_key)")
+    changes = ensure_schema(schema)
+    assert "webhook_event: constraint webhook_event_dedup_key_key dropped" in changes.altered_tables
+    assert query(schema, "SELECT count(*) FROM pg_constraint WHERE conname = 'webhook_event_dedup_key_key'") == [(0,)]
+    assert query(schema, "SELECT indexdef LIKE '%%WHERE (processed_at IS NULL)%%' FROM pg_indexes "
+                         "WHERE indexname = 'uq_webhook_event_pending_dedup_key'") == [(True,)]
+    assert not ensure_schema(schema).altered_tables  # idempotent
+
+
 def test_one_body_of_two_users_is_two_rows_with_their_account_ids(receiver: Any, schema: Any,
                                                                    google_key: Any) -> None:
     body = json.dumps([notification("111", "weight"), notification("222", "nutrition-log", "DELETE")]).encode()
@@ -350,17 +379,24 @@ def test_pooled_connections_are_reused_and_one_the_server_dropped_is_replaced(sc
     pool = ConnectionPool(opening)
     for _ in range(3):
         with pool.transaction() as cur:
-            cur.execute("SELECT pg_backend_pid()")
-            (pid,) = cur.fetchone()
+            cur.execute("SELECT 1")
     assert len(opened) == 1  # one connection served the three
-    with schema.cursor() as cur:  # the server ends it (a restart, an idle timeout)
-        cur.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    with pool.transaction() as first, pool.transaction() as second:  # two at once: two connections, both kept
+        first.execute("SELECT 1")
+        second.execute("SELECT 1")
+    assert len(opened) == 2
+    with schema.cursor() as cur:  # the server ends them (a restart)
+        cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid <> pg_backend_pid() "
+                    "AND datname = current_database() AND backend_type = 'client backend'")
     schema.commit()
-    with pool.transaction() as cur:  # taken from the pool, found dead, replaced: the caller sees nothing
+    with pool.transaction() as cur:  # one taken from the pool, found dead: a new one, and the other dead one goes
         cur.execute("SELECT 1")
         assert cur.fetchone() == (1,)
-    assert len(opened) == 2
+    assert len(opened) == 3
+    with pool.transaction() as cur:  # the new one was kept
+        cur.execute("SELECT 1")
+    assert len(opened) == 3
     with pytest.raises(ZeroDivisionError), pool.transaction() as cur:  # an error of the caller's: not retried
         cur.execute("SELECT 1")
         raise ZeroDivisionError
-    assert len(opened) == 2
+    assert len(opened) == 3

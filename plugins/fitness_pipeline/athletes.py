@@ -112,31 +112,33 @@ def of_strava_athlete(cur: Any, owner_id: int) -> int | None:
 
 def of_google_user(conn: Any, health_user_id: str) -> int | None:
     """Our athlete whose Google Health user is ``health_user_id``; None: not ours. The default athlete's user is
-    not in the Connection: while the table does not know it, it is asked of the API (``users/me/identity``) with
-    the default athlete's tokens, and kept."""
+    not in the Connection: a user the table does not know is asked of the API (``users/me/identity``) with the
+    default athlete's tokens, and kept as theirs (also when the Connection now holds another account). No Google
+    connection, or one not authorized, means not theirs; an API error that a retry may mend is raised."""
     with transaction(conn) as cur:
         execute(cur, sa.select(athlete.c.id).where(athlete.c.google_user_id == health_user_id))
         row = cur.fetchone()
-        if row is not None:
-            return int(row[0])
-        execute(cur, sa.select(athlete.c.google_user_id).where(athlete.c.id == DEFAULT_ATHLETE_ID))
-        row = cur.fetchone()
-    if row is None or row[0] is not None:
-        return None
+    if row is not None:
+        return int(row[0])
     from fitness_pipeline.hooks.fitbit import FitbitHook
 
     hook = FitbitHook()
     try:
         default_user = str(hook.identity().get("healthUserId") or "")
-    except Exception as error:  # no Google connection, or it does not work: not the default athlete's, then
-        log.warning("Could not ask Google Health who the default athlete is (%s)", type(error).__name__)
+    except Exception as error:
+        if not isinstance(error, NeedsPersonError) and type(error).__name__ != "AirflowNotFoundException":
+            raise  # a timeout, a 5xx, a rate limit: the notification waits for the next try
+        log.info("The default athlete has no working Google connection (%s): the notification is not theirs",
+                 type(error).__name__)
         return None
     finally:
         hook.close()
     if not default_user:
         return None
-    with transaction(conn) as cur:
-        execute(cur, sa.update(athlete).where(athlete.c.id == DEFAULT_ATHLETE_ID, athlete.c.google_user_id.is_(None))
+    taken = sa.select(athlete.c.id).where(athlete.c.google_user_id == default_user, athlete.c.id != DEFAULT_ATHLETE_ID)
+    with transaction(conn) as cur:  # unless another athlete is that account (then it is not the default's)
+        execute(cur, sa.update(athlete).where(athlete.c.id == DEFAULT_ATHLETE_ID, ~sa.exists(taken),
+                                              athlete.c.google_user_id.is_distinct_from(default_user))
                 .values(google_user_id=default_user, updated_at=sa.func.now()))
     return DEFAULT_ATHLETE_ID if default_user == health_user_id else None
 

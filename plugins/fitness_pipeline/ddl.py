@@ -34,6 +34,7 @@ from fitness_pipeline.schema import (
     DEFAULT_ATHLETE_ID,
     DEFAULT_ATHLETE_NAME,
     MANAGED_COLUMNS,
+    RETIRED_CONSTRAINTS,
     STAGING,
     athlete,
     metadata,
@@ -177,6 +178,12 @@ class _SchemaState:
             return
         _upgrade_table(cur, table, self.existing[table.name], changes, self.type_names,
                        before_type_change=lambda: _drop_views(cur, self.views, self.dropped_views, self.grants))
+        for retired in RETIRED_CONSTRAINTS.get(table.name, ()):
+            if retired in self.existing_indexes:  # a constraint's index is named after it
+                quote = DIALECT.identifier_preparer.quote
+                cur.execute(f"ALTER TABLE {quote(table.name)} DROP CONSTRAINT IF EXISTS {quote(retired)}")
+                self.existing_indexes.discard(retired)
+                changes.altered_tables.append(f"{table.name}: constraint {retired} dropped")
         if ATHLETE_ID in table.c:
             self.key_per_athlete(table)
         key = [c.name for c in table.primary_key.columns]

@@ -275,8 +275,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"creating: operation {created.get('name')} is still running; check with show")
             else:
                 print(f"created {_describe(created)}")
-            print("The receiver must keep running with:")
-            print(f"  {SECRET_ENV}={shlex.quote(secret)}")
+            # the secret only when made here (it was printed above): one given is known, and logs keep output
+            print(f"The receiver must keep running with {SECRET_ENV} (the secret given to create) and")
             print("  FITNESS_GOOGLE_PUBLIC_KEY=<Google's notification public key, PEM>")
         elif args.command == "show":
             subscribers = list_subscribers(root, args.project, token)

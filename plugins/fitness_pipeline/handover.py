@@ -23,6 +23,9 @@ T = TypeVar("T", bound="_Handover")
 
 #: the environment variable with a deployment's ``strava_retention_days``
 RETENTION_ENV = "FITNESS_STRAVA_RETENTION_DAYS"
+#: how the "run id" of a batch that webhook events sync starts (DAG fitness_events): not a run of fitness_sync,
+#: so fitness_sync's clean-up of finished batches leaves it alone
+EVENT_RUN_PREFIX = "webhook-event-"
 #: the hours a poll interval may be: those that divide a day, so that the midnight run is always one that polls
 POLL_EVERY_CHOICES = (1, 2, 3, 4, 6, 8, 12, 24)
 #: the default of ``strava_poll_every_hours`` (a deployment whose webhooks keep the activities current)

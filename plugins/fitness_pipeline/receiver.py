@@ -10,7 +10,7 @@ inserts, so it answers well within Strava's 2 s whatever the rest of the pipelin
 - ``POST /strava``: an event. The body must be at most ``$FITNESS_WEBHOOK_MAX_BYTES`` bytes (413), JSON (400)
   of Strava's shape (400), for ``$FITNESS_STRAVA_SUBSCRIPTION_ID`` (403). An event for an athlete nobody
   here authorized is answered 200 (Strava would retry anything else) and not stored. Stored once per
-  event: a delivery Strava repeats has the same ``dedup_key``.
+  event: a delivery Strava repeats has the same ``dedup_key`` (stored once while the first is pending).
 - ``POST /google``: Google Health's subscriber endpoint. ``{"type": "verification"}`` answers 201 with the
   configured secret (``Authorization`` exactly ``$FITNESS_GOOGLE_ENDPOINT_SECRET``, which Google sends as
   given when the subscriber was created, e.g. ``Bearer <random>``; or ``Bearer $FITNESS_GOOGLE_ENDPOINT_SECRET``)
@@ -235,7 +235,8 @@ def create_app(settings: ReceiverSettings | None = None, connect: Callable[[], A
                     account = str(owner_id) if owner_id is not None else account_id
                     execute(cur, pg.insert(webhook_event).values(provider=provider, dedup_key=dedup_key,
                                                                  payload=payload, account_id=account)
-                            .on_conflict_do_nothing(index_elements=[webhook_event.c.dedup_key]))
+                            .on_conflict_do_nothing(index_elements=[webhook_event.c.dedup_key],
+                                                    index_where=webhook_event.c.processed_at.is_(None)))
                     added += max(cur.rowcount, 0)
                 return added
         except Exception as error:  # the provider retries a 503
@@ -320,6 +321,8 @@ class ConnectionPool:
         """A cursor in a transaction on a pooled connection (committed on success, rolled back on error)."""
         for attempt in (1, 2):
             try:
+                if attempt == 2:
+                    raise queue.Empty  # the retry takes a new connection: the others idle may be as stale
                 conn, reused = self._idle.get_nowait(), True
             except queue.Empty:
                 conn, reused = self._connect(), False
@@ -333,13 +336,23 @@ class ConnectionPool:
                 with suppress(Exception):
                     conn.close()
                 if reused and not started and attempt == 1:
-                    continue  # a stale connection: once more with a new one
+                    self._discard_idle()  # the server dropped them all, most likely (a restart)
+                    continue  # once more, with a new connection
                 raise
             try:
                 self._idle.put_nowait(conn)
             except queue.Full:
                 conn.close()
             return
+
+    def _discard_idle(self) -> None:
+        while True:
+            try:
+                conn = self._idle.get_nowait()
+            except queue.Empty:
+                return
+            with suppress(Exception):
+                conn.close()
 
 
 def _connect(conn_id: str) -> Any:

@@ -334,8 +334,10 @@ webhook_event = sa.Table(
     metadata,
     sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
     sa.Column("provider", sa.Text, nullable=False, comment="strava or google"),
-    sa.Column("dedup_key", sa.Text, nullable=False, unique=True,
-              comment="sha256 of what makes an event itself (a delivery repeated by the provider has the same)"),
+    sa.Column("dedup_key", sa.Text, nullable=False,
+              comment="sha256 of what makes an event itself (a delivery repeated by the provider has the same); "
+                      "unique among pending events: a Google notification has no id, and the same one may come "
+                      "again for a later change"),
     sa.Column("payload", sa.Text, nullable=False, comment="the event's body as received (text: kept byte for byte)"),
     sa.Column("account_id", sa.Text, comment="whose: Strava's owner_id, Google's healthUserId (what a purge finds)"),
     sa.Column("received_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
@@ -344,6 +346,8 @@ webhook_event = sa.Table(
     sa.Column("processed_at", sa.DateTime(timezone=True), comment="when the event was applied; null: pending"),
     sa.Column("error", sa.Text, comment="why it could not be applied (then it is also in quarantine)"),
     sa.Index("ix_webhook_event_pending", "id", postgresql_where=sa.text("processed_at IS NULL")),
+    sa.Index("uq_webhook_event_pending_dedup_key", "dedup_key", unique=True,
+             postgresql_where=sa.text("processed_at IS NULL")),
     comment="events pushed by the providers (Strava webhooks, Google Health notifications), appended by the "
             "receiver after validation; applied by the event-driven sync",
 )
@@ -373,6 +377,13 @@ extract_cursor = sa.Table(
     comment="progress of an unfinished extract, so a retried or rescheduled try (or a new run of the same window) "
             "continues where it stopped",
 )
+
+
+#: constraints of earlier versions that an upgrade drops, by table (ensure_schema; idempotent)
+RETIRED_CONSTRAINTS = {
+    # dedup_key was unique for good: a Google notification repeated for a later change was dropped
+    "webhook_event": ("webhook_event_dedup_key_key",),
+}
 
 
 def staging_table_for(target: sa.Table) -> sa.Table:

@@ -1,7 +1,7 @@
 """The event trigger that watches ``webhook_event`` for the event-driven DAG (Airflow 3: an ``AssetWatcher``).
 
 It runs in the triggerer: every ``poll_interval`` seconds it asks the fitness database for the newest
-pending Strava event and fires an asset event when that is newer than the last it fired for, so one
+pending event (Strava or Google) and fires an asset event when that is newer than the last it fired for, so one
 burst of events starts one run (the run applies every pending event, :func:`tasks.events.apply_pending`).
 Events still waiting to be taken (a failed run gave its claims back, an id committed late) fire it again,
 at most every ``refire_seconds``.
@@ -24,7 +24,7 @@ DEFAULT_REFIRE_SECONDS = 60.0
 
 
 def pending_events(db_conn_id: str) -> tuple[int | None, bool]:
-    """The id of the newest Strava event not applied yet (or None), and whether one waits to be taken (not
+    """The id of the newest event not applied yet (or None), and whether one waits to be taken (not
     claimed, or its claim expired)."""
     from contextlib import closing
 
@@ -43,7 +43,7 @@ def pending_events(db_conn_id: str) -> tuple[int | None, bool]:
 
 
 class PendingWebhookEventsTrigger(BaseEventTrigger):
-    """Fires when a Strava event newer than ``after_id`` waits in ``webhook_event``."""
+    """Fires when an event newer than ``after_id`` waits in ``webhook_event``."""
 
     def __init__(self, db_conn_id: str = "fitness_db", poll_interval: float = DEFAULT_POLL_SECONDS,
                  after_id: int = 0, refire_seconds: float = DEFAULT_REFIRE_SECONDS) -> None:

@@ -37,6 +37,11 @@ def test_every_six_hours_lists_at_midnight_and_every_sixth_hour_only() -> None:
 def test_the_lookback_covers_the_hours_between_two_polls() -> None:
     assert max(POLL_EVERY_CHOICES) <= RunParams().lookback_hours
     assert all(24 % hours == 0 for hours in POLL_EVERY_CHOICES)  # midnight is always a poll
+    # a lookback too short for the gap: every run lists (nothing between two polls is left unlisted)
+    short = RunParams(strava_poll_every_hours=6, lookback_hours=2)
+    assert all(polled(STRAVA, short, at(hour)) for hour in range(24))
+    assert [h for h in range(24) if polled(STRAVA, RunParams(strava_poll_every_hours=6, lookback_hours=5), at(h))] \
+        == [0, 6, 12, 18]
 
 
 def test_the_setting_comes_from_the_environment_and_from_params() -> None:

@@ -105,7 +105,7 @@ def enrich(athlete_id: int, share: float, *, retention_days: int | None = None, 
     budget has room within ``share`` of each window and day (0: none are read). Never waits for the budget: once
     the share is spent the rest waits for the next run. Returns what was done."""
     from fitness_pipeline import athletes
-    from fitness_pipeline.errors import RateLimitError
+    from fitness_pipeline.errors import AuthorizationError, FatalApiError, RateLimitError, RetriableApiError
     from fitness_pipeline.hooks.strava import StravaHook
     from fitness_pipeline.loader import quarantine_records
 
@@ -132,6 +132,18 @@ def enrich(athlete_id: int, share: float, *, retention_days: int | None = None, 
                     except RateLimitError:
                         done.budget_spent = True
                         break
+                    except RetriableApiError as error:  # Strava failing after the hook's retries: next run
+                        log.warning("Activity details of athlete %d: stopped, Strava failed (%s)", athlete_id, error)
+                        done.budget_spent = True
+                        break
+                    except FatalApiError as error:
+                        if isinstance(error, AuthorizationError):  # the athlete's, not this activity's
+                            raise
+                        with transaction(conn) as cur:  # this activity's (a 4xx): not read again, the rest goes on
+                            quarantine_records(cur, QUARANTINE_SOURCE, [QuarantineEntry(
+                                str(activity_id), f"Strava refused its detail: {error}", "{}")], athlete_id)
+                        done.quarantined += 1
+                        continue
                     done.read += 1
                     with transaction(conn) as cur:
                         athletes.hold(cur, athlete_id)

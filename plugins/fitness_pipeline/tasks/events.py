@@ -28,6 +28,7 @@ from sqlalchemy.dialects import postgresql as pg
 
 from fitness_pipeline.db import FITNESS_DB_CONN_ID, connect, execute, transaction
 from fitness_pipeline.errors import NeedsPersonError
+from fitness_pipeline.handover import EVENT_RUN_PREFIX
 from fitness_pipeline.schema import DEFAULT_ATHLETE_ID, DELETED_AT, LAST_TIME, strava_activity, webhook_event
 from fitness_pipeline.transforms.fields import RecordError
 from fitness_pipeline.transforms.records import QuarantineEntry
@@ -124,9 +125,9 @@ def release(conn: Any, event_ids: list[int]) -> None:
 
 def latest_per_activity(batch: list[tuple[int, str]]) -> set[int]:
     """The events of ``batch`` to apply: all but an activity event followed, in the batch, by another event of the
-    same activity (reading the activity once gives its state after both: an upload renamed a minute later costs
-    one read, not two). Events that do not parse are kept (applying them quarantines them)."""
-    last: dict[int, int] = {}
+    same activity and owner (reading the activity once gives its state after both: an upload renamed a minute
+    later costs one read, not two). Events that do not parse are kept (applying them quarantines them)."""
+    last: dict[tuple[int, int], int] = {}
     kept: set[int] = set()
     for event_id, payload in batch:
         try:
@@ -134,8 +135,8 @@ def latest_per_activity(batch: list[tuple[int, str]]) -> set[int]:
         except EventError:
             kept.add(event_id)
             continue
-        if event["object_type"] == "activity":
-            last[event["object_id"]] = event_id
+        if event["object_type"] == "activity":  # by owner too: a forged event must not stand in for a real one
+            last[(event["owner_id"], event["object_id"])] = event_id
         else:
             kept.add(event_id)
     return kept | set(last.values())
@@ -171,7 +172,6 @@ def apply_one(conn: Any, event_id: int, payload: str, hooks: dict[int, Any], hoo
     from fitness_pipeline import athletes
     from fitness_pipeline.errors import AuthorizationRevokedError
     from fitness_pipeline.loader import upsert_rows
-    from fitness_pipeline.tasks.details import store_detail
     from fitness_pipeline.tokens import NotAuthorizedError
     from fitness_pipeline.transforms.strava import strava_activity_row
 
@@ -182,6 +182,9 @@ def apply_one(conn: Any, event_id: int, payload: str, hooks: dict[int, Any], hoo
             athlete_id = athletes.of_strava_athlete(cur, event["owner_id"])
         if athlete_id is None:
             raise EventError("the event's athlete is not one of ours (authorized the app elsewhere?)")
+        if event["object_type"] == "activity" and not athletes_active(conn, athlete_id):
+            raise EventError("the event's athlete is inactive (python -m fitness_pipeline.athletes list says why); "
+                             "the poll syncs their activities once they are enabled again")
         if athlete_id not in hooks:
             hooks[athlete_id] = hook_for(athlete_id)
         hook = hooks[athlete_id]
@@ -225,11 +228,41 @@ def apply_one(conn: Any, event_id: int, payload: str, hooks: dict[int, Any], hoo
             else:
                 summary = {key: value for key, value in detail.items() if key not in DETAIL_ONLY}
                 upsert_rows(cur, strava_activity, [strava_activity_row(summary)], athlete_id=athlete_id)
-                store_detail(cur, detail, athlete_id)  # its description, calories, gear and laps
+                store_detail_or_quarantine(cur, detail, athlete_id)  # its description, calories, gear and laps
                 applied.upserted += 1
             processed(cur, event_id)
-    except (EventError, RecordError) as error:
+    except (NeedsPersonError, RecordError) as error:
+        # what no retry changes (a record refused, an athlete not ours or whose authorization is refused for good,
+        # a 4xx): the event is kept with its reason and the next ones go on; anything else is retried
         quarantine_event(conn, event_id, payload, error, athlete_id, applied)
+
+
+def athletes_active(conn: Any, athlete_id: int) -> bool:
+    from fitness_pipeline.schema import athlete
+
+    with transaction(conn) as cur:
+        execute(cur, sa.select(athlete.c.active).where(athlete.c.id == athlete_id))
+        row = cur.fetchone()
+    return bool(row and row[0])
+
+
+def store_detail_or_quarantine(cur: Any, detail: dict[str, Any], athlete_id: int) -> None:
+    """Store the detail of an activity whose summary the caller just upserted; a detail the transform refuses is
+    quarantined (``strava_activity_detail``) under a SAVEPOINT, and the summary's update stays."""
+    from fitness_pipeline.loader import quarantine_records
+    from fitness_pipeline.tasks.details import QUARANTINE_SOURCE as DETAIL_SOURCE
+    from fitness_pipeline.tasks.details import store_detail
+    from fitness_pipeline.transforms.fields import dump_json
+
+    cur.execute("SAVEPOINT fitness_event_detail")
+    try:
+        store_detail(cur, detail, athlete_id)
+    except RecordError as error:
+        cur.execute("ROLLBACK TO SAVEPOINT fitness_event_detail")
+        quarantine_records(cur, DETAIL_SOURCE, [QuarantineEntry(str(detail.get("id")), str(error), dump_json(detail))],
+                           athlete_id)
+        log.warning("The detail of an activity of athlete %d was quarantined: %s", athlete_id, error)
+    cur.execute("RELEASE SAVEPOINT fitness_event_detail")
 
 
 def processed(cur: Any, event_id: int, error: str | None = None) -> None:
@@ -248,11 +281,12 @@ CIVIL_MARGIN = dt.timedelta(hours=14)
 
 @dataclass(frozen=True)
 class Notification:
-    """What one stored Google notification says: whose data of which type changed in which UTC window."""
+    """What one stored Google notification says: whose data of which type changed in which UTC window, and how."""
 
     user: str
     data_type: str
     window: Window
+    operation: str = "UPSERT"
 
 
 def notification_of(payload: str) -> Notification:
@@ -262,13 +296,15 @@ def notification_of(payload: str) -> Notification:
         data = json.loads(payload)
         data = data.get("data", data)
         user, data_type = str(data["healthUserId"]), str(data["dataType"])
+        operation = str(data.get("operation") or "UPSERT")
         spans = [interval_span(interval) for interval in data["intervals"]]
     except (ValueError, TypeError, KeyError, AttributeError) as error:
         raise EventError(f"malformed notification ({type(error).__name__})") from None
     if not spans or not user:
         raise EventError("malformed notification (no healthUserId or no interval)")
     start, end = min(s for s, _ in spans), max(e for _, e in spans)
-    return Notification(user, data_type, Window(start, end + dt.timedelta(seconds=1)))  # an instant's end is its own
+    # an instant's end is its own: the window is half-open
+    return Notification(user, data_type, Window(start, end + dt.timedelta(seconds=1)), operation)
 
 
 def interval_span(interval: dict[str, Any]) -> tuple[dt.datetime, dt.datetime]:
@@ -283,58 +319,104 @@ def interval_span(interval: dict[str, Any]) -> tuple[dt.datetime, dt.datetime]:
     return first - CIVIL_MARGIN, last + dt.timedelta(days=1) + CIVIL_MARGIN
 
 
+#: notifications whose windows are this close are synced together (one listing instead of two)
+MERGE_GAP = dt.timedelta(hours=1)
+
+
+@dataclass
+class NotifiedSync:
+    """One sync that notifications ask for: a source of an athlete over one window."""
+
+    athlete_id: int
+    source: str
+    window: Window
+    event_ids: list[int]
+    notifications: list[Notification]
+
+
+def notified_syncs(notified: list[tuple[int, int, str, Notification]]) -> list[NotifiedSync]:
+    """The syncs ``(event id, athlete, source, notification)`` ask for: per athlete and source, the windows that
+    overlap (or lie within :data:`MERGE_GAP`) merged, so that one old edit and one of today are two small syncs,
+    not one long one."""
+    syncs: list[NotifiedSync] = []
+    ordered = sorted(notified, key=lambda n: (n[1], n[2], n[3].window.start))
+    for event_id, athlete_id, source, notification in ordered:
+        last = syncs[-1] if syncs else None
+        if (last is not None and (last.athlete_id, last.source) == (athlete_id, source)
+                and notification.window.start <= last.window.end + MERGE_GAP):
+            last.window = Window(last.window.start, max(last.window.end, notification.window.end))
+            last.event_ids.append(event_id)
+            last.notifications.append(notification)
+        else:
+            syncs.append(NotifiedSync(athlete_id, source, notification.window, [event_id], [notification]))
+    return syncs
+
+
 def apply_google(conn: Any, batch: list[tuple[int, str]], applied: Applied, db_conn_id: str) -> None:
-    """Apply a batch of claimed Google notifications: one sync per athlete and source, of the window their
-    notifications span; each group's events are marked processed once its load committed."""
+    """Apply a batch of claimed Google notifications: one sync per athlete, source and window they name (see
+    :func:`notified_syncs`); each sync's events are marked processed once its load committed. A sync that needs
+    a person (the athlete's authorization refused, a refused mass deletion) quarantines its events with the reason;
+    an error a retry may mend gives back the claims of every event not applied yet and fails the try."""
     from fitness_pipeline import athletes
+    from fitness_pipeline.compat import AirflowFailException, AirflowSkipException
 
-    groups: dict[tuple[int, str], list[tuple[int, Notification]]] = {}
+    notified: list[tuple[int, int, str, Notification]] = []
     identities: dict[str, int | None] = {}
-    for event_id, payload in batch:
-        try:
-            notification = notification_of(payload)
-            if notification.user not in identities:
-                identities[notification.user] = athletes.of_google_user(conn, notification.user)
-            athlete_id = identities[notification.user]
-            if athlete_id is None:
-                raise EventError("the notification's user is not one of ours (authorized the app elsewhere?)")
-        except EventError as error:
-            quarantine_event(conn, event_id, payload, error, None, applied)
-            continue
-        source = GOOGLE_SOURCES.get(notification.data_type)
-        if source is None:  # a data type this pipeline does not keep (the subscriber may list more)
+    try:
+        for event_id, payload in batch:
+            try:
+                notification = notification_of(payload)
+                if notification.user not in identities:
+                    identities[notification.user] = athletes.of_google_user(conn, notification.user)
+                athlete_id = identities[notification.user]
+                if athlete_id is None:
+                    raise EventError("the notification's user is not one of ours (authorized the app elsewhere?)")
+            except EventError as error:
+                quarantine_event(conn, event_id, payload, error, None, applied)
+                continue
+            source = GOOGLE_SOURCES.get(notification.data_type)
+            if source is None:  # a data type this pipeline does not keep (the subscriber may list more)
+                with transaction(conn) as cur:
+                    processed(cur, event_id)
+                continue
+            notified.append((event_id, athlete_id, source, notification))
+        for sync in notified_syncs(notified):
+            try:
+                sync_notified(sync, db_conn_id)
+            except (AirflowFailException, AirflowSkipException, NeedsPersonError) as error:
+                payloads = dict(batch)
+                for event_id in sync.event_ids:
+                    quarantine_event(conn, event_id, payloads[event_id], error, sync.athlete_id, applied)
+                continue
             with transaction(conn) as cur:
-                processed(cur, event_id)
-            continue
-        groups.setdefault((athlete_id, source), []).append((event_id, notification))
-    for position, ((athlete_id, source), members) in enumerate(groups.items()):
-        try:
-            sync_notified(athlete_id, source, [n for _, n in members], min(i for i, _ in members), db_conn_id)
-        except Exception:
-            release(conn, [i for _, later in list(groups.items())[position:] for i, _ in later])
-            raise
-        with transaction(conn) as cur:
-            for event_id, _ in members:
-                processed(cur, event_id)
-        applied.notified += len(members)
-        applied.synced += 1
+                for event_id in sync.event_ids:
+                    processed(cur, event_id)
+            applied.notified += len(sync.event_ids)
+            applied.synced += 1
+    except Exception:
+        release(conn, [event_id for event_id, _ in batch])  # those applied or quarantined stay processed
+        raise
 
 
-def sync_notified(athlete_id: int, source: str, notifications: list[Notification], first_event: int,
-                  db_conn_id: str) -> None:
-    """Sync ``source`` of ``athlete_id`` for the window ``notifications`` span (the heights all again when one
-    says a height changed), as batch ``webhook-event-<first_event>/<source>...``."""
+def sync_notified(sync: NotifiedSync, db_conn_id: str) -> None:
+    """Sync ``sync.source`` of its athlete for its window (to midnight when a height changed: the weights' extract
+    lists the heights on runs ending at midnight) through the usual extract, transform and load, as batch
+    ``webhook-event-<first event>/<source>...``. A point gone from a window a DELETE names is deleted whatever
+    share of the window that is; otherwise the load's ``max_deleted_share`` guard holds."""
+    from fitness_pipeline.handover import RunParams
     from fitness_pipeline.tasks.extract import extract
     from fitness_pipeline.tasks.load import load
     from fitness_pipeline.tasks.transform import transform
 
-    window = Window(min(n.window.start for n in notifications), max(n.window.end for n in notifications))
-    if any(n.data_type == "height" for n in notifications):  # the weights' extract lists heights on midnight ends
+    window = sync.window
+    if any(n.data_type == "height" for n in sync.notifications):
         midnight = window.end.replace(hour=0, minute=0, second=0, microsecond=0)
         window = Window(window.start, midnight if midnight == window.end else midnight + dt.timedelta(days=1))
-    extracted = extract(source, f"webhook-event-{first_event}", window, db_conn_id=db_conn_id, athlete_id=athlete_id)
-    # the window is exactly what Google says changed: a point gone from it is deleted, whatever share that is
-    load(transform(extracted, db_conn_id=db_conn_id), max_deleted_share=1.0, db_conn_id=db_conn_id)
+    extracted = extract(sync.source, f"{EVENT_RUN_PREFIX}{min(sync.event_ids)}", window, db_conn_id=db_conn_id,
+                        athlete_id=sync.athlete_id)
+    deleting = any(n.operation == "DELETE" for n in sync.notifications)
+    load(transform(extracted, db_conn_id=db_conn_id), db_conn_id=db_conn_id,
+         max_deleted_share=1.0 if deleting else RunParams.max_deleted_share)
 
 
 def quarantine_event(conn: Any, event_id: int, payload: str, error: Exception, athlete_id: int | None,

@@ -90,10 +90,6 @@ def refused(error: Exception, spec: SourceSpec, athlete_id: int, db_conn_id: str
                   "their data, as Strava's terms ask when an athlete revokes access.")
         try:
             with closing(connect(db_conn_id)) as conn, transaction(conn) as cur:
-                if spec.pool == sources.STRAVA_POOL and athletes.purge_on_revoke():
-                    # Strava's API agreement: a revoked athlete's Strava data is deleted
-                    purged = athletes.purge_strava(cur, athletes.find(cur, str(athlete_id)))
-                    reason += f" Their Strava data was deleted (${athletes.PURGE_ON_REVOKE_ENV}): {purged}."
                 athletes.set_active(cur, athlete_id, False, reason)
         except Exception as problem:  # the task fails all the same, with the provider's message
             log.warning("Could not mark athlete %d inactive (%s)", athlete_id, type(problem).__name__)

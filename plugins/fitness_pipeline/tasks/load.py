@@ -12,7 +12,7 @@ from sqlalchemy.dialects import postgresql as pg
 from fitness_pipeline import sources
 from fitness_pipeline.db import FITNESS_DB_CONN_ID, connect, execute, transaction
 from fitness_pipeline.errors import NeedsPersonError, RetriableError, raise_for_airflow
-from fitness_pipeline.handover import Loaded, RunParams, Staged
+from fitness_pipeline.handover import EVENT_RUN_PREFIX, Loaded, RunParams, Staged
 from fitness_pipeline.schema import DEFAULT_ATHLETE_ID, extract_cursor, raw_record, staging_for, sync_run
 from fitness_pipeline.sources import SourceSpec
 
@@ -75,6 +75,8 @@ def clear_finished_batches(conn: Any, spec: SourceSpec, batch: str, dag_id: str,
             execute(cur, sa.select(extract_cursor.c.batch_id).where(
                 extract_cursor.c.created_at > sa.func.now() - ADOPT_WITHIN))
             others -= {row[0] for row in cur.fetchall()}  # may still be taken over
+            # a webhook event's sync is no run of this DAG (a batch it leaves goes with the 7-day clean-up)
+            others = {other for other in others if not other.startswith(EVENT_RUN_PREFIX)}
         for other in sorted(others):
             if not dag_run_finished(dag_id, spec.run_id_of(other, athlete_id)):
                 continue

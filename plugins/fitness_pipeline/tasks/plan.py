@@ -57,8 +57,11 @@ def budget_share(params: RunParams) -> float:
 def polled(spec: SourceSpec, params: RunParams, data_interval_end: dt.datetime | None) -> bool:
     """Whether this run lists ``spec``: always, unless its ``poll_every_param`` says every N hours and this is an
     hourly run whose interval does not end at a multiple of N hours (UTC). Midnight is always one (the daily full
-    reconciliation), and so is a history import or a run without an interval."""
+    reconciliation), and so is a history import, a run without an interval, and every run when the lookback is
+    too short to cover the hours between two polls."""
     every = int(getattr(params, spec.poll_every_param)) if spec.poll_every_param else 1
     if every <= 1 or params.history_start or data_interval_end is None:
+        return True
+    if params.lookback_hours + 1 < every:  # the polls' windows would leave hours between them unlisted
         return True
     return data_interval_end.astimezone(dt.UTC).hour % every == 0
