@@ -150,6 +150,53 @@ def test_with_purge_on_revoke_a_revoked_athlete_loses_their_strava_data_and_noth
             for table in default_before} == default_before
 
 
+def test_an_event_the_athlete_s_revocation_makes_impossible_does_not_block_the_revocation_behind_it(
+        schema: Any, all_connections: Any, receiver: Any) -> None:
+    """Alice uploads, then revokes the app before the events are applied: reading the upload is refused for
+    good. That event is quarantined with the reason; the revocation behind it is applied."""
+    from fitness_pipeline import athletes
+    from fitness_pipeline.tasks.events import apply_pending
+    from fitness_pipeline.tokens import PostgresTokenStore, TokenSet, token_key
+
+    emulator = all_connections
+    default_strava_athlete(schema, emulator)
+    with transaction(schema) as cur:
+        alice = athletes.upsert(cur, "alice", strava_athlete_id=2)
+    created = requests.post(f"{emulator.url}/_emulator/strava/athletes", json={"athlete_id": 2}, timeout=10)
+    PostgresTokenStore("fitness_db").store_authorized(token_key("strava", "strava_default", alice.id),
+                                                      TokenSet(None, created.json()["refresh_token"], None))
+    start = (dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)).replace(microsecond=0)
+    upload = requests.post(f"{emulator.url}/_emulator/strava/activities", params={"athlete_id": 2}, timeout=10,
+                           json={"start_date": start.isoformat(), "sport_type": "Run"}).json()
+    push(receiver, 2, upload["id"], "create")
+    requests.post(f"{emulator.url}/_emulator/strava/revoke", params={"athlete_id": 2}, timeout=10).raise_for_status()
+    push(receiver, 2, 2, "update", {"authorized": "false"}, object_type="athlete", at=1765000300)
+
+    applied = apply_pending()
+    assert (applied.upserted, applied.quarantined, applied.deauthorized) == (0, 1, 1)
+    assert query(schema, "SELECT active FROM athlete WHERE id = %s", (alice.id,)) == [(False,)]
+    assert query(schema, "SELECT count(*) FROM webhook_event WHERE processed_at IS NULL") == [(0,)]
+    (reason,) = [r for (r,) in query(schema, "SELECT reason FROM quarantine WHERE source = 'webhook_event'")]
+    assert "strava" in reason.lower()
+
+
+def test_a_detail_the_transform_refuses_keeps_the_activity_s_update(schema: Any, all_connections: Any,
+                                                                    receiver: Any) -> None:
+    from fitness_pipeline.tasks.events import apply_pending
+
+    emulator = all_connections
+    owner = default_strava_athlete(schema, emulator)
+    start = (dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)).replace(microsecond=0)
+    upload = requests.post(f"{emulator.url}/_emulator/strava/activities", timeout=10, json={
+        "start_date": start.isoformat(), "sport_type": "Run", "name": "Long Run", "description": "x" * 100_001}).json()
+    push(receiver, owner, upload["id"], "create")
+    applied = apply_pending()
+    assert (applied.upserted, applied.quarantined) == (1, 0)
+    assert query(schema, "SELECT name FROM strava_activity WHERE id = %s", (upload["id"],)) == [("Long Run",)]
+    assert query(schema, "SELECT source, reason FROM quarantine") == [
+        ("strava_activity_detail", "description must be at most 100,000 characters long")]
+
+
 def test_an_upload_and_its_rename_waiting_together_cost_one_read(schema: Any, all_connections: Any,
                                                                    receiver: Any) -> None:
     from fitness_pipeline.tasks.events import apply_pending

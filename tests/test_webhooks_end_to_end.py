@@ -152,3 +152,20 @@ def test_events_received_while_airflow_is_stopped_are_all_applied_when_it_starts
     assert query(schema, "SELECT count(*) FROM webhook_event WHERE processed_at IS NULL") == [(5,)]
     assert apply_pending().upserted == 5  # the first run after Airflow is back
     assert query(schema, "SELECT count(*) FROM strava_activity WHERE id = ANY(%s)", (uploads,)) == [(5,)]
+
+
+def test_fitness_sync_s_clean_up_leaves_a_webhook_event_s_batch_alone(schema: Any,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """An event's sync lands and stages a batch ``webhook-event-<id>/...``, which no fitness_sync run owns: the
+    clean-up of finished batches (Airflow answers "finished or unknown" for it) must not take it mid-way."""
+    from fitness_pipeline import compat, sources
+    from fitness_pipeline.tasks.load import clear_finished_batches
+
+    monkeypatch.setattr(compat, "dag_run_finished", lambda dag_id, run_id: True)
+    with schema.cursor() as cur:
+        for batch in ("webhook-event-5/fitbit_weight", "scheduled__2026-12-01/fitbit_weight"):
+            cur.execute("INSERT INTO raw_record (batch_id, seq, payload) VALUES (%s, 0, '{}')", (batch,))
+    schema.commit()
+    spec = sources.get("fitbit_weight")
+    assert clear_finished_batches(schema, spec, "scheduled__2026-12-06/fitbit_weight", "fitness_sync") == 1
+    assert query(schema, "SELECT batch_id FROM raw_record") == [("webhook-event-5/fitbit_weight",)]
