@@ -335,6 +335,35 @@ def test_an_api_error_gives_the_claims_back_and_the_next_try_applies_them(schema
     assert apply_pending().upserted == 2
 
 
+def test_a_spent_budget_keeps_the_claims_until_its_reset(schema: Any, all_connections: Any,
+                                                        receiver: Any) -> None:
+    """The events wait for the budget's reset claimed: the trigger does not start a run a minute for them (the
+    rescheduled try takes them at the reset)."""
+    from fitness_pipeline.errors import RateLimitError
+    from fitness_pipeline.hooks.strava import StravaHook
+    from fitness_pipeline.tasks.events import CLAIM_EXPIRES, apply_pending
+    from fitness_pipeline.triggers import pending_events
+
+    emulator = all_connections
+    owner = default_strava_athlete(schema, emulator)
+    for activity in emulator.state.strava.find_activities(lambda a: True)[-2:]:
+        push(receiver, owner, activity["id"], "create")
+    reset = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=3)).replace(microsecond=0)
+
+    class Spent(StravaHook):
+        def get_activity(self, activity_id: int) -> Any:
+            raise RateLimitError("the application's read limit is reached", retry_at=reset)
+
+    with pytest.raises(RateLimitError):
+        apply_pending(hook_for=lambda athlete_id: Spent(athlete_id=athlete_id))
+    assert query(schema, "SELECT DISTINCT claimed_at + %s FROM webhook_event", (CLAIM_EXPIRES,)) == [(reset,)]
+    assert pending_events("fitness_db")[1] is False  # nothing waits to be taken: the trigger stays quiet
+    with schema.cursor() as cur:  # the reset has come
+        cur.execute("UPDATE webhook_event SET claimed_at = claimed_at - interval '3 hours'")
+    schema.commit()
+    assert apply_pending().upserted == 2
+
+
 def test_events_left_waiting_fire_the_trigger_again(schema: Any) -> None:
     import asyncio
 

@@ -99,8 +99,8 @@ def apply_pending(db_conn_id: str = FITNESS_DB_CONN_ID, hook_for: Any = None) ->
                             applied.superseded += 1
                             continue
                         apply_one(conn, event_id, payload, hooks, hook_for, applied)
-                    except Exception:
-                        release(conn, [pending for pending, _ in batch[position:]])
+                    except Exception as error:
+                        release(conn, [pending for pending, _ in batch[position:]], error)
                         raise
             while batch := claim(conn, provider="google"):
                 apply_google(conn, batch, applied, db_conn_id)
@@ -111,16 +111,23 @@ def apply_pending(db_conn_id: str = FITNESS_DB_CONN_ID, hook_for: Any = None) ->
     return applied
 
 
-def release(conn: Any, event_ids: list[int]) -> None:
-    """Give the claims of ``event_ids`` back (the events are taken again at once by the next try)."""
+def release(conn: Any, event_ids: list[int], error: BaseException | None = None) -> None:
+    """Give the claims of ``event_ids`` back: taken again at once by the next try; or, when ``error`` says when to
+    come back (the API's budget is spent until a reset), kept until then, so that the trigger does not start a
+    run a minute for events that cannot be applied before the reset (the rescheduled try takes them then)."""
+    from fitness_pipeline.errors import ComeBackLater
+
+    claimed_at: Any = None
+    if isinstance(error, ComeBackLater) and error.retry_at is not None:
+        claimed_at = error.retry_at - CLAIM_EXPIRES  # the claims expire at the reset
     try:
         with transaction(conn) as cur:
             execute(cur, sa.update(webhook_event).where(webhook_event.c.id == sa.any_(
                                                             sa.cast(event_ids, pg.ARRAY(sa.BigInteger))),
                                                         webhook_event.c.processed_at.is_(None))
-                    .values(claimed_at=None))
-    except Exception as error:  # the claims expire after CLAIM_EXPIRES all the same
-        log.warning("Could not release %d claimed events (%s)", len(event_ids), type(error).__name__)
+                    .values(claimed_at=claimed_at))
+    except Exception as problem:  # the claims expire after CLAIM_EXPIRES all the same
+        log.warning("Could not release %d claimed events (%s)", len(event_ids), type(problem).__name__)
 
 
 def latest_per_activity(batch: list[tuple[int, str]]) -> set[int]:
@@ -393,8 +400,8 @@ def apply_google(conn: Any, batch: list[tuple[int, str]], applied: Applied, db_c
                     processed(cur, event_id)
             applied.notified += len(sync.event_ids)
             applied.synced += 1
-    except Exception:
-        release(conn, [event_id for event_id, _ in batch])  # those applied or quarantined stay processed
+    except Exception as error:
+        release(conn, [event_id for event_id, _ in batch], error)  # those applied or quarantined stay processed
         raise
 
 
