@@ -166,19 +166,12 @@ def source_group(spec: SourceSpec, schema: Any, athletes: Any) -> Any:
         def extract(schema_report: dict[str, Any] | None, athlete: dict[str, Any],
                     params: dict[str, Any] | None = None, data_interval_start: dt.datetime | None = None,
                     data_interval_end: dt.datetime | None = None, dag_run: Any = None) -> dict[str, Any]:
-            from fitness_pipeline import sources
-            from fitness_pipeline.compat import AirflowSkipException, name_map_index
+            from fitness_pipeline.compat import AirflowSkipException
             from fitness_pipeline.errors import raise_for_airflow
             from fitness_pipeline.tasks import extract as step
             from fitness_pipeline.tasks import plan, prepare
 
-            name_map_index(athlete["name"])
-            run = RunParams.from_params(params)
-            if not MAP_OVER_ATHLETES:
-                prepare.default_athlete_only(run.athletes)
-            spec = sources.get(source)
-            if not plan.wanted(spec, run):
-                raise AirflowSkipException(f"{source} is not in this run's sources")
+            spec, run = plan.start_task(source, athlete, params, mapped=MAP_OVER_ATHLETES)
             if not plan.polled(spec, run, data_interval_end):
                 raise AirflowSkipException(f"{source} is listed every {getattr(run, spec.poll_every_param)} hours "
                                            "(webhook events keep it current meanwhile)")
@@ -220,18 +213,10 @@ def source_group(spec: SourceSpec, schema: Any, athletes: Any) -> Any:
             # also after a skipped load (a run without new records still enriches older ones), never after a failed one
             @task(task_id="enrich", pool=spec.pool, map_index_template=ATHLETE_LABEL, trigger_rule="none_failed")
             def enrich(athlete: dict[str, Any], params: dict[str, Any] | None = None) -> dict[str, Any]:
-                from fitness_pipeline import sources
-                from fitness_pipeline.compat import AirflowSkipException, name_map_index
                 from fitness_pipeline.errors import raise_for_airflow
                 from fitness_pipeline.sources import resolve
-                from fitness_pipeline.tasks import plan, prepare
-                name_map_index(athlete["name"])
-                run = RunParams.from_params(params)
-                if not MAP_OVER_ATHLETES:
-                    prepare.default_athlete_only(run.athletes)
-                spec = sources.get(source)
-                if not plan.wanted(spec, run):
-                    raise AirflowSkipException(f"{source} is not in this run's sources")
+                from fitness_pipeline.tasks import plan
+                spec, run = plan.start_task(source, athlete, params, mapped=MAP_OVER_ATHLETES)
                 try:
                     return resolve(spec.enrich)(athlete["athlete_id"], run)
                 except Exception as error:

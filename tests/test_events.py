@@ -44,19 +44,26 @@ def default_strava_athlete(schema: Any, emulator: Any) -> int:
     return owner
 
 
-def test_an_upload_a_rename_and_a_deletion_reach_the_table_once_each(schema: Any, all_connections: Any,
-                                                                     receiver: Any) -> None:
+def strava_athlete_alice(schema: Any, emulator: Any) -> Any:
+    """Athlete alice, Strava athlete 2 of the emulator, authorized (her tokens in the store)."""
     from fitness_pipeline import athletes
-    from fitness_pipeline.tasks.events import apply_pending
     from fitness_pipeline.tokens import PostgresTokenStore, TokenSet, token_key
 
-    emulator = all_connections
-    owner = default_strava_athlete(schema, emulator)
     with transaction(schema) as cur:
         alice = athletes.upsert(cur, "alice", strava_athlete_id=2)
     created = requests.post(f"{emulator.url}/_emulator/strava/athletes", json={"athlete_id": 2}, timeout=10)
     PostgresTokenStore("fitness_db").store_authorized(token_key("strava", "strava_default", alice.id),
                                                       TokenSet(None, created.json()["refresh_token"], None))
+    return alice
+
+
+def test_an_upload_a_rename_and_a_deletion_reach_the_table_once_each(schema: Any, all_connections: Any,
+                                                                     receiver: Any) -> None:
+    from fitness_pipeline.tasks.events import apply_pending
+
+    emulator = all_connections
+    owner = default_strava_athlete(schema, emulator)
+    strava_athlete_alice(schema, emulator)
     start = (dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)).replace(microsecond=0)
     upload = requests.post(f"{emulator.url}/_emulator/strava/activities", timeout=10,
                            json={"start_date": start.isoformat(), "name": "Lunch Run", "sport_type": "Run"})
@@ -104,19 +111,14 @@ def test_an_upload_a_rename_and_a_deletion_reach_the_table_once_each(schema: Any
 
 def test_with_purge_on_revoke_a_revoked_athlete_loses_their_strava_data_and_nothing_else(
         schema: Any, all_connections: Any, receiver: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    from fitness_pipeline import athletes
     from fitness_pipeline.tasks.events import apply_pending
     from fitness_pipeline.tokens import PostgresTokenStore, TokenSet, token_key
     from tests.test_athletes import digest
 
     emulator = all_connections
     owner = default_strava_athlete(schema, emulator)
-    with transaction(schema) as cur:
-        alice = athletes.upsert(cur, "alice", strava_athlete_id=2)
-    created = requests.post(f"{emulator.url}/_emulator/strava/athletes", json={"athlete_id": 2}, timeout=10)
+    alice = strava_athlete_alice(schema, emulator)
     store = PostgresTokenStore("fitness_db")
-    store.store_authorized(token_key("strava", "strava_default", alice.id),
-                           TokenSet(None, created.json()["refresh_token"], None))
     store.store_authorized(token_key("fitbit", "fitbit_default", alice.id), TokenSet(None, "google-refresh", None))
     start = (dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)).replace(microsecond=0)
     for athlete_id, owner_id in ((2, 2), (None, owner)):  # one activity each, with detail and laps
@@ -154,17 +156,11 @@ def test_an_event_the_athlete_s_revocation_makes_impossible_does_not_block_the_r
         schema: Any, all_connections: Any, receiver: Any) -> None:
     """Alice uploads, then revokes the app before the events are applied: reading the upload is refused for
     good. That event is quarantined with the reason; the revocation behind it is applied."""
-    from fitness_pipeline import athletes
     from fitness_pipeline.tasks.events import apply_pending
-    from fitness_pipeline.tokens import PostgresTokenStore, TokenSet, token_key
 
     emulator = all_connections
     default_strava_athlete(schema, emulator)
-    with transaction(schema) as cur:
-        alice = athletes.upsert(cur, "alice", strava_athlete_id=2)
-    created = requests.post(f"{emulator.url}/_emulator/strava/athletes", json={"athlete_id": 2}, timeout=10)
-    PostgresTokenStore("fitness_db").store_authorized(token_key("strava", "strava_default", alice.id),
-                                                      TokenSet(None, created.json()["refresh_token"], None))
+    alice = strava_athlete_alice(schema, emulator)
     start = (dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)).replace(microsecond=0)
     upload = requests.post(f"{emulator.url}/_emulator/strava/activities", params={"athlete_id": 2}, timeout=10,
                            json={"start_date": start.isoformat(), "sport_type": "Run"}).json()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from typing import Any
 
 from fitness_pipeline import sources
@@ -65,3 +66,21 @@ def polled(spec: SourceSpec, params: RunParams, data_interval_end: dt.datetime |
     if params.lookback_hours + 1 < every:  # the polls' windows would leave hours between them unlisted
         return True
     return data_interval_end.astimezone(dt.UTC).hour % every == 0
+
+
+def start_task(source: str, athlete: Mapping[str, Any], params: Mapping[str, Any] | None, *,
+               mapped: bool = True) -> tuple[SourceSpec, RunParams]:
+    """What each task of a source's group does first: label its mapped task with the athlete's name, read the
+    run's params (unmapped, on Airflow 2: check that the run asks for the default athlete only), and skip when the
+    run does not sync ``source``. Returns the source and the params."""
+    from fitness_pipeline.compat import AirflowSkipException, name_map_index
+    from fitness_pipeline.tasks import prepare
+
+    name_map_index(athlete["name"])
+    run = RunParams.from_params(params)
+    if not mapped:
+        prepare.default_athlete_only(run.athletes)
+    spec = sources.get(source)
+    if not wanted(spec, run):
+        raise AirflowSkipException(f"{source} is not in this run's sources")
+    return spec, run
