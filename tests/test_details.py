@@ -196,3 +196,38 @@ def receiver(schema: Any) -> Any:
     from tests.test_events import SUBSCRIPTION
 
     return TestClient(create_app(ReceiverSettings(strava_verify_token="t" * 24, strava_subscription_id=SUBSCRIPTION)))
+
+
+def test_an_activity_strava_refuses_to_detail_is_quarantined_and_the_others_are_read(
+        schema: Any, all_connections: Any) -> None:
+    from fitness_pipeline.errors import FatalApiError, RetriableApiError
+    from fitness_pipeline.hooks.strava import StravaHook
+    from fitness_pipeline.tasks.details import enrich, missing
+
+    load_activities(days=5)
+    with schema.cursor() as cur:
+        oldest, *others = missing(cur, 1, limit=100)
+    assert others
+
+    class RefusingOne(StravaHook):
+        def get_activity(self, activity_id: int) -> Any:
+            if activity_id == oldest:  # Strava answers this one with a 403, say
+                raise FatalApiError("Strava answered 403 Forbidden for GET /activities/<id>", status=403)
+            return super().get_activity(activity_id)
+
+    done = enrich(1, share=1.0, hook=RefusingOne())
+    assert (done.quarantined, done.stored) == (1, len(others))
+    assert query(schema, "SELECT reason FROM quarantine WHERE source = 'strava_activity_detail' AND record_key = %s",
+                 (str(oldest),)) == [("Strava refused its detail: Strava answered 403 Forbidden for GET "
+                                      "/activities/<id>",)]
+    assert enrich(1, share=1.0).read == 0  # not read again; nothing else missing
+
+    class Failing(StravaHook):
+        def get_activity(self, activity_id: int) -> Any:
+            raise RetriableApiError("Strava answered 502", status=502)
+
+    load_activities(days=30)  # older activities, now missing their detail
+    with schema.cursor() as cur:
+        assert missing(cur, 1)
+    stopped = enrich(1, share=1.0, hook=Failing())
+    assert stopped.budget_spent and stopped.read == 0  # Strava failing: it stops without failing the run
