@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -224,7 +225,7 @@ def simulate_day(postgres: Any, name: str, changes: int, *, webhooks: bool) -> d
                 older = [i for (i,) in conn.execute("SELECT id FROM strava_activity ORDER BY start_date DESC "
                                                     "LIMIT %s", (changes,)).fetchall()]
             plan_of_day = day_of_changes(changes)
-            with (subscribed_receiver(emulator.url) if webhooks else _nothing()):
+            with (subscribed_receiver(emulator.url) if webhooks else contextlib.nullcontext()):
                 requests.delete(f"{emulator.url}/_emulator/strava/rate-limits", timeout=10)
                 emulator.reset_stats()
                 event_reads = 0
@@ -252,14 +253,6 @@ def simulate_day(postgres: Any, name: str, changes: int, *, webhooks: bool) -> d
                     "changed": len(set(made)), "changes": len(made), "plan": describe(plan_of_day)}
         finally:
             tokens.utcnow, strava_hook.rate_limit_clock = saved
-
-
-class _nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *_: Any) -> None:
-        return None
 
 
 def day_of_changes(changes: int) -> list[list[str]]:

@@ -230,6 +230,17 @@ def personal_tables() -> list[sa.Table]:
     return [t for t in metadata.sorted_tables if ATHLETE_ID in t.c and t is not athlete]
 
 
+def strava_accounts(cur: Any, person: Athlete) -> set[str]:
+    """The Strava athlete ids of ``person`` (as ``webhook_event.account_id``): theirs in the athlete table and the
+    owners of their activities (the default athlete's, whose Strava id the Connection does not say)."""
+    execute(cur, sa.select(strava_activity.c.owner).distinct().where(strava_activity.c[ATHLETE_ID] == person.id,
+                                                                       strava_activity.c.owner.is_not(None)))
+    accounts = {str(owner) for (owner,) in cur.fetchall()}
+    if person.strava_athlete_id is not None:
+        accounts.add(str(person.strava_athlete_id))
+    return accounts
+
+
 def purge(cur: Any, person: Athlete) -> dict[str, int]:
     """Delete everything about ``person`` in the caller's transaction: their rows in every table, their
     quarantine entries, their tokens and what their unfinished batches left; the athlete row too, except the
@@ -239,11 +250,7 @@ def purge(cur: Any, person: Athlete) -> dict[str, int]:
     execute(cur, sa.select(athlete.c.id).where(athlete.c.id == person.id).with_for_update())
     # the events the providers pushed about them (by the provider's ids of the account: the default athlete's
     # Strava id is known from their activities only, so these are read before the activities go)
-    execute(cur, sa.select(strava_activity.c.owner).distinct().where(strava_activity.c[ATHLETE_ID] == person.id,
-                                                                       strava_activity.c.owner.is_not(None)))
-    accounts = {"strava": {str(owner) for (owner,) in cur.fetchall()}, "google": set()}
-    if person.strava_athlete_id is not None:
-        accounts["strava"].add(str(person.strava_athlete_id))
+    accounts = {"strava": strava_accounts(cur, person), "google": set()}
     if person.google_user_id is not None:
         accounts["google"].add(person.google_user_id)
     for provider, ids in accounts.items():
@@ -293,10 +300,7 @@ def purge_strava(cur: Any, person: Athlete) -> dict[str, int]:
     longer kept). Returns the rows deleted per table."""
     deleted: dict[str, int] = {}
     execute(cur, sa.select(athlete.c.id).where(athlete.c.id == person.id).with_for_update())
-    execute(cur, sa.select(strava_activity.c.owner).distinct().where(strava_activity.c[ATHLETE_ID] == person.id,
-                                                                       strava_activity.c.owner.is_not(None)))
-    accounts = {str(owner) for (owner,) in cur.fetchall()} | (
-        {str(person.strava_athlete_id)} if person.strava_athlete_id is not None else set())
+    accounts = strava_accounts(cur, person)
     if accounts:
         events = sa.select(webhook_event.c.id).where(
             webhook_event.c.provider == "strava",

@@ -83,6 +83,32 @@ def store_detail(cur: Any, detail: Mapping[str, Any], athlete_id: int) -> bool:
     return True
 
 
+#: what :func:`store_or_quarantine` did with a detail
+STORED, GONE, QUARANTINED = "stored", "gone", "quarantined"
+
+
+def store_or_quarantine(cur: Any, activity_id: int, detail: Mapping[str, Any], athlete_id: int) -> str:
+    """:func:`store_detail` under a SAVEPOINT in the caller's transaction. A detail the transform refuses is
+    quarantined instead (``strava_activity_detail``, keyed by ``activity_id``: not read again), and what the caller's
+    transaction wrote before stays (an event's update of the activity). Returns :data:`STORED`, :data:`GONE` (not
+    that athlete's activity row) or :data:`QUARANTINED`."""
+    from fitness_pipeline.loader import quarantine_records
+
+    cur.execute("SAVEPOINT fitness_detail")
+    try:
+        stored = store_detail(cur, detail, athlete_id)
+    except RecordError as error:
+        cur.execute("ROLLBACK TO SAVEPOINT fitness_detail")
+        quarantine_records(cur, QUARANTINE_SOURCE, [QuarantineEntry(str(activity_id), str(error),
+                                                                    dump_json(detail))], athlete_id)
+        log.warning("The detail of an activity of athlete %d was quarantined: %s", athlete_id, error)
+        outcome = QUARANTINED
+    else:
+        outcome = STORED if stored else GONE
+    cur.execute("RELEASE SAVEPOINT fitness_detail")  # not after a database error: that fails the transaction
+    return outcome
+
+
 def missing(cur: Any, athlete_id: int, limit: int = BATCH, since: dt.datetime | None = None) -> list[int]:
     """Ids of ``athlete_id``'s listed activities (started at or after ``since``) without their detail, oldest
     first; deleted and quarantined ones are left out."""
@@ -150,16 +176,10 @@ def enrich(athlete_id: int, share: float, *, retention_days: int | None = None, 
                         if detail is None:  # deleted upstream since it was listed: the next listing says so
                             done.gone += 1
                             continue
-                        try:  # refused before anything is written
-                            stored = store_detail(cur, detail, athlete_id)
-                        except RecordError as error:
-                            quarantine_records(cur, QUARANTINE_SOURCE,
-                                               [QuarantineEntry(str(activity_id), str(error), dump_json(detail))],
-                                               athlete_id)
-                            done.quarantined += 1
-                            continue
-                        done.stored += stored
-                        done.gone += not stored
+                        outcome = store_or_quarantine(cur, activity_id, detail, athlete_id)
+                        done.stored += outcome == STORED
+                        done.gone += outcome == GONE
+                        done.quarantined += outcome == QUARANTINED
                 if done.budget_spent:
                     break
     finally:

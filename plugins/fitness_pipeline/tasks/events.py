@@ -32,7 +32,7 @@ from fitness_pipeline.handover import EVENT_RUN_PREFIX
 from fitness_pipeline.schema import DEFAULT_ATHLETE_ID, DELETED_AT, LAST_TIME, strava_activity, webhook_event
 from fitness_pipeline.transforms.fields import RecordError
 from fitness_pipeline.transforms.records import QuarantineEntry
-from fitness_pipeline.windows import Window
+from fitness_pipeline.windows import MAX_UTC_OFFSET, Window
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +179,7 @@ def apply_one(conn: Any, event_id: int, payload: str, hooks: dict[int, Any], hoo
     from fitness_pipeline import athletes
     from fitness_pipeline.errors import AuthorizationRevokedError
     from fitness_pipeline.loader import upsert_rows
+    from fitness_pipeline.tasks.details import store_or_quarantine
     from fitness_pipeline.tokens import NotAuthorizedError
     from fitness_pipeline.transforms.strava import strava_activity_row
 
@@ -189,7 +190,9 @@ def apply_one(conn: Any, event_id: int, payload: str, hooks: dict[int, Any], hoo
             athlete_id = athletes.of_strava_athlete(cur, event["owner_id"])
         if athlete_id is None:
             raise EventError("the event's athlete is not one of ours (authorized the app elsewhere?)")
-        if event["object_type"] == "activity" and not athletes_active(conn, athlete_id):
+        with transaction(conn) as cur:
+            active = athletes.find(cur, str(athlete_id)).active
+        if event["object_type"] == "activity" and not active:
             raise EventError("the event's athlete is inactive (python -m fitness_pipeline.athletes list says why); "
                              "the poll syncs their activities once they are enabled again")
         if athlete_id not in hooks:
@@ -235,41 +238,13 @@ def apply_one(conn: Any, event_id: int, payload: str, hooks: dict[int, Any], hoo
             else:
                 summary = {key: value for key, value in detail.items() if key not in DETAIL_ONLY}
                 upsert_rows(cur, strava_activity, [strava_activity_row(summary)], athlete_id=athlete_id)
-                store_detail_or_quarantine(cur, detail, athlete_id)  # its description, calories, gear and laps
+                store_or_quarantine(cur, event["object_id"], detail, athlete_id)  # description, gear, laps
                 applied.upserted += 1
             processed(cur, event_id)
     except (NeedsPersonError, RecordError) as error:
         # what no retry changes (a record refused, an athlete not ours or whose authorization is refused for good,
         # a 4xx): the event is kept with its reason and the next ones go on; anything else is retried
         quarantine_event(conn, event_id, payload, error, athlete_id, applied)
-
-
-def athletes_active(conn: Any, athlete_id: int) -> bool:
-    from fitness_pipeline.schema import athlete
-
-    with transaction(conn) as cur:
-        execute(cur, sa.select(athlete.c.active).where(athlete.c.id == athlete_id))
-        row = cur.fetchone()
-    return bool(row and row[0])
-
-
-def store_detail_or_quarantine(cur: Any, detail: dict[str, Any], athlete_id: int) -> None:
-    """Store the detail of an activity whose summary the caller just upserted; a detail the transform refuses is
-    quarantined (``strava_activity_detail``) under a SAVEPOINT, and the summary's update stays."""
-    from fitness_pipeline.loader import quarantine_records
-    from fitness_pipeline.tasks.details import QUARANTINE_SOURCE as DETAIL_SOURCE
-    from fitness_pipeline.tasks.details import store_detail
-    from fitness_pipeline.transforms.fields import dump_json
-
-    cur.execute("SAVEPOINT fitness_event_detail")
-    try:
-        store_detail(cur, detail, athlete_id)
-    except RecordError as error:
-        cur.execute("ROLLBACK TO SAVEPOINT fitness_event_detail")
-        quarantine_records(cur, DETAIL_SOURCE, [QuarantineEntry(str(detail.get("id")), str(error), dump_json(detail))],
-                           athlete_id)
-        log.warning("The detail of an activity of athlete %d was quarantined: %s", athlete_id, error)
-    cur.execute("RELEASE SAVEPOINT fitness_event_detail")
 
 
 def processed(cur: Any, event_id: int, error: str | None = None) -> None:
@@ -282,8 +257,6 @@ def processed(cur: Any, event_id: int, error: str | None = None) -> None:
 #: the source that keeps each Google Health data type a notification may name (height: the weights' BMI)
 GOOGLE_SOURCES = {"weight": "fitbit_weight", "body-fat": "fitbit_weight", "height": "fitbit_weight",
                   "nutrition-log": "fitbit_calories"}
-#: a civil date may be 14 hours either side of the UTC date (UTC+14 to UTC-12)
-CIVIL_MARGIN = dt.timedelta(hours=14)
 
 
 @dataclass(frozen=True)
@@ -323,7 +296,7 @@ def interval_span(interval: dict[str, Any]) -> tuple[dt.datetime, dt.datetime]:
     civil = interval["civilDateTimeInterval"]
     first, last = (dt.datetime(d["year"], d["month"], d["day"], tzinfo=dt.UTC)
                    for d in (civil["startDateTime"]["date"], civil["endDateTime"]["date"]))
-    return first - CIVIL_MARGIN, last + dt.timedelta(days=1) + CIVIL_MARGIN
+    return first - MAX_UTC_OFFSET, last + dt.timedelta(days=1) + MAX_UTC_OFFSET
 
 
 #: notifications whose windows are this close are synced together (one listing instead of two)
