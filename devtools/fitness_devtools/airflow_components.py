@@ -249,7 +249,16 @@ class AirflowComponents:
         for name, pool in json.loads(pools_file.read_text()).items():
             body = {"name": name, "slots": pool["slots"], "description": pool.get("description"),
                     "include_deferred": pool.get("include_deferred", False)}
-            if self.request("POST", "/api/v2/pools", ok=(201, 409), json=body).status_code == 409:
+            # SQLite is locked now and then while five processes start on it (the API server answers 500
+            # "Database error"): a few tries, a second apart; the POST is idempotent (409: there already)
+            for attempt in range(5):
+                answer = self.request("POST", "/api/v2/pools", ok=(201, 409, 500, 503), json=body)
+                if answer.status_code < 500:
+                    break
+                if attempt == 4:
+                    raise RuntimeError(f"POST /api/v2/pools: {answer.status_code} {answer.text[:500]}")
+                time.sleep(1 + attempt)
+            if answer.status_code == 409:
                 self.request("PATCH", f"/api/v2/pools/{name}", json=body)
 
     def dag_runs(self, dag_id: str) -> list[dict[str, Any]]:
